@@ -1,0 +1,24 @@
+"""Structural analysis and rewriting of exported transformer ONNX graphs.
+
+``find_attention_blocks`` describes every attention block by what the graph computes;
+``instrument`` exposes the tensors of those blocks as extra outputs. Nothing here knows ALTI.
+"""
+
+from .analyze import find_attention_blocks, static_shapes
+from .block import AttentionBlock
+from .errors import GraphRewriteError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
+from .instrument import expose_tensors, instrument
+from .model_io import load_model
+
+__all__ = [
+    "AttentionBlock",
+    "GraphRewriteError",
+    "ModelLoadError",
+    "PatternNotFoundError",
+    "QuantizedWeightsError",
+    "expose_tensors",
+    "find_attention_blocks",
+    "instrument",
+    "load_model",
+    "static_shapes",
+]

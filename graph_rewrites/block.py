@@ -1,0 +1,71 @@
+"""The description of one attention block that the rewrites hand to their users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+NormPlacement = Literal["post", "pre"]
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """Where one attention block's intermediates live in the graph, and its constant parameters.
+
+    Tensor fields hold graph tensor names (found structurally, never matched on); the rewrite
+    exposes them as graph outputs. Shapes at run time:
+
+    - ``probs``: attention probabilities, the Softmax output, [B, H, S, S];
+    - ``values``: per-head value vectors that multiply ``probs``, [B, H_kv, S, head_size];
+    - ``residual``: the block input that the residual connection adds back, [B, S, D];
+    - ``norm_input``: the residual sum fed to the post-attention norm (post-LN only), [B, S, D];
+    - ``output``: the block output, the norm's output (post-LN) or the residual sum (pre-LN).
+
+    ``out_proj_weight`` is oriented so that ``merged_heads @ out_proj_weight`` is the projection,
+    with rows ``h*head_size:(h+1)*head_size`` belonging to head h.
+    """
+
+    layer: int
+    num_heads: int | None
+    head_size: int | None
+    norm_placement: NormPlacement
+    probs: str
+    values: str
+    residual: str
+    output: str
+    norm_input: str | None
+    out_proj_weight: np.ndarray = field(repr=False)
+    out_proj_bias: np.ndarray | None = field(repr=False)
+    norm_weight: np.ndarray | None = field(default=None, repr=False)
+    norm_bias: np.ndarray | None = field(default=None, repr=False)
+    norm_epsilon: float | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.out_proj_weight.shape[1])
+
+    def tensor_names(self) -> list[str]:
+        """The graph tensors this block needs at run time, in a fixed order."""
+        names = [self.probs, self.values, self.residual, self.output]
+        if self.norm_input is not None:
+            names.append(self.norm_input)
+        return names
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-friendly description (no weights)."""
+        return {
+            "layer": self.layer,
+            "num_heads": self.num_heads,
+            "head_size": self.head_size,
+            "hidden_size": self.hidden_size,
+            "norm_placement": self.norm_placement,
+            "probs": self.probs,
+            "values": self.values,
+            "residual": self.residual,
+            "norm_input": self.norm_input,
+            "output": self.output,
+            "out_proj_bias": self.out_proj_bias is not None,
+            "norm_epsilon": self.norm_epsilon,
+        }

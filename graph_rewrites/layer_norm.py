@@ -1,0 +1,125 @@
+"""Recognise a layer norm applied to a tensor: the LayerNormalization op or its decomposition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from .walk import consumers, constant, forward, int_attr, is_standard, reduce_axes, same, split_constant
+
+
+@dataclass(frozen=True)
+class LayerNormMatch:
+    """``output = weight * (input - mean) / sqrt(var + epsilon) + bias`` over the last axis."""
+
+    input: ir.Value
+    output: ir.Value
+    weight: np.ndarray
+    bias: np.ndarray
+    epsilon: float
+
+
+def match_layer_norm(x: ir.Value, width: int) -> LayerNormMatch | None:
+    """The layer norm over the last axis that reads ``x``, or None."""
+    return _fused(x, width) or _decomposed(x, width)
+
+
+def _fused(x: ir.Value, width: int) -> LayerNormMatch | None:
+    for node in consumers(x, "LayerNormalization"):
+        if node.inputs[0] is not x or int_attr(node, "axis", -1) not in (-1,):
+            continue
+        weight = constant(node.inputs[1])
+        bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if weight is None:
+            continue
+        epsilon = node.attributes.get("epsilon")
+        return LayerNormMatch(
+            input=x,
+            output=node.outputs[0],
+            weight=_vector(weight, width),
+            bias=_vector(bias if bias is not None else np.zeros(width), width),
+            epsilon=float(epsilon.as_float()) if epsilon is not None else 1e-5,
+        )
+    return None
+
+
+def _is_last_axis_mean(node: ir.Node) -> bool:
+    """A mean over one axis that is the last of a [B, S, D] activation."""
+    axes = reduce_axes(node)
+    return axes is not None and len(axes) == 1 and (axes[0] == -1 or axes[0] >= 2)
+
+
+def _decomposed(x: ir.Value, width: int) -> LayerNormMatch | None:
+    """ReduceMean -> Sub -> Pow(2)/Mul -> ReduceMean -> Add(eps) -> Sqrt -> Div -> Mul(gamma) -> Add(beta)."""
+    for mean_node in consumers(x, "ReduceMean"):
+        if not _is_last_axis_mean(mean_node):
+            continue
+        mean = mean_node.outputs[0]
+        for sub in consumers(x, "Sub"):
+            if sub.inputs[0] is not x or not same(sub.inputs[1], mean):
+                continue
+            centered = sub.outputs[0]
+            match = _normalize_centered(x, centered, width)
+            if match is not None:
+                return match
+    return None
+
+
+def _normalize_centered(x: ir.Value, centered: ir.Value, width: int) -> LayerNormMatch | None:
+    for div in consumers(centered, "Div"):
+        if div.inputs[0] is not centered:
+            continue
+        epsilon = _epsilon_of_std(div.inputs[1], centered)
+        if epsilon is None:
+            continue
+        output, weight, bias = _affine(forward(div.outputs[0]), width)
+        return LayerNormMatch(input=x, output=output, weight=weight, bias=bias, epsilon=epsilon)
+    return None
+
+
+def _epsilon_of_std(std: ir.Value, centered: ir.Value) -> float | None:
+    """Epsilon when ``std`` is Sqrt(ReduceMean(centered**2) + epsilon)."""
+    sqrt = std.producer()
+    if sqrt is None or not is_standard(sqrt, "Sqrt"):
+        return None
+    add = sqrt.inputs[0].producer()
+    if add is None or not is_standard(add, "Add"):
+        return None
+    eps, variance = split_constant(add)
+    if eps is None or variance is None:
+        return None
+    var_node = variance.producer()
+    if var_node is None or not is_standard(var_node, "ReduceMean"):
+        return None
+    square = var_node.inputs[0].producer()
+    if square is None:
+        return None
+    if is_standard(square, "Pow") and same(square.inputs[0], centered):
+        exponent = constant(square.inputs[1])
+        if exponent is None or float(np.ravel(exponent)[0]) != 2.0:
+            return None
+    elif not (is_standard(square, "Mul") and same(square.inputs[0], centered) and same(square.inputs[1], centered)):
+        return None
+    return float(np.ravel(eps)[0])
+
+
+def _affine(normed: ir.Value, width: int) -> tuple[ir.Value, np.ndarray, np.ndarray]:
+    """Follow the optional Mul(gamma) and Add(beta) after the normalisation."""
+    weight, bias, out = np.ones(width), np.zeros(width), normed
+    muls = consumers(out, "Mul")
+    if len(muls) == 1:
+        gamma, other = split_constant(muls[0])
+        if gamma is not None and other is out:
+            weight, out = _vector(gamma, width), forward(muls[0].outputs[0])
+    adds = consumers(out, "Add")
+    if len(adds) == 1:
+        beta, other = split_constant(adds[0])
+        if beta is not None and other is out:
+            bias, out = _vector(beta, width), forward(adds[0].outputs[0])
+    return out, weight, bias
+
+
+def _vector(array: np.ndarray, width: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(array, dtype=np.float64).reshape(-1), (width,)).copy()
