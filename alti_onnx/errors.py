@@ -1,0 +1,33 @@
+"""User-facing errors: each has a one-line message; the CLI prints it and exits with code 2."""
+
+from __future__ import annotations
+
+from graph_rewrites import GraphRewriteError
+
+
+class AltiOnnxError(Exception):
+    """Base class of errors caused by the user's model, files or input."""
+
+
+class ModelPathError(AltiOnnxError):
+    """The model path does not exist or does not hold a model."""
+
+
+class MissingTokenizerError(AltiOnnxError):
+    """No tokenizer.json was given or found next to the model."""
+
+
+class InputError(AltiOnnxError):
+    """The text cannot be explained: empty, or longer than the model's positions."""
+
+
+class SelfCheckError(AltiOnnxError):
+    """The decomposition does not reproduce the model's own block output."""
+
+
+class RuntimeFailure(AltiOnnxError):
+    """onnxruntime refused the model or failed while running it."""
+
+
+#: Everything the CLI turns into a one-line error and exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (AltiOnnxError, GraphRewriteError)

@@ -1,0 +1,143 @@
+"""The Python API: ``Explainer(model).explain(text)``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tokenizers import Tokenizer
+
+from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
+
+from .contributions import layer_contributions, rollout
+from .errors import ModelPathError, SelfCheckError
+from .explanation import Explanation
+from .runtime import BlockTensors, InstrumentedSession
+from .text_inputs import Batch, TextEncoder
+
+#: Self-check tolerance, relative to the block output's magnitude (at least 1).
+DEFAULT_SELF_CHECK_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's graph, tokenizer and config live."""
+
+    onnx: Path
+    tokenizer: Path
+    config: Path
+
+
+def locate_model(model: str | Path, tokenizer: str | Path | None = None) -> ModelFiles:
+    """Resolve an optimum-style directory (model.onnx + tokenizer.json) or a .onnx path."""
+    path = Path(model)
+    if not path.exists():
+        raise ModelPathError(f"model not found: {path}")
+    if path.is_dir():
+        onnx_path = path / "model.onnx"
+        if not onnx_path.is_file():
+            candidates = sorted(path.glob("*.onnx"))
+            if len(candidates) != 1:
+                raise ModelPathError(f"no model.onnx in {path}")
+            onnx_path = candidates[0]
+    else:
+        onnx_path = path
+    folder = onnx_path.parent
+    tokenizer_path = Path(tokenizer) if tokenizer is not None else folder / "tokenizer.json"
+    if tokenizer_path.is_dir():
+        tokenizer_path = tokenizer_path / "tokenizer.json"
+    return ModelFiles(onnx_path, tokenizer_path, folder / "config.json")
+
+
+class Explainer:
+    """Explains an exported transformer with ALTI, running only onnxruntime and NumPy.
+
+    ``model`` is an optimum-style export directory or an .onnx file; ``tokenizer`` a
+    tokenizer.json (defaults to the one beside the model); ``providers`` onnxruntime execution
+    providers (CUDA when available, else CPU).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | None = None,
+        providers: list[str] | None = None,
+        self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE,
+    ):
+        files = locate_model(model, tokenizer)
+        self.files = files
+        self.config = json.loads(files.config.read_text()) if files.config.is_file() else {}
+        self.model: onnx.ModelProto = load_model(files.onnx)
+        self.blocks: list[AttentionBlock] = find_attention_blocks(self.model)
+        self.encoder = TextEncoder(files.tokenizer, self.config)
+        self.session = InstrumentedSession(self.model, self.blocks, providers)
+        self.self_check_tolerance = self_check_tolerance
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.encoder.tokenizer
+
+    def explain(self, text: str | list[str], check: bool = True) -> Explanation | list[Explanation]:
+        """Explain one text, or a list of texts run as one padded batch.
+
+        With ``check`` (the default) a self-check error above the tolerance raises SelfCheckError.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("explain() needs at least one text")
+        explanations = self.explain_batch(self.encoder.encode(texts), check=check)
+        return explanations[0] if isinstance(text, str) else explanations
+
+    def explain_batch(self, batch: Batch, check: bool = True) -> list[Explanation]:
+        """Explain a tokenized, right-padded batch in one onnxruntime run."""
+        feeds = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "token_type_ids": batch.token_type_ids,
+        }
+        outputs, tensors = self.session.run(feeds)
+        explanations = []
+        for row, length in enumerate(batch.lengths):
+            explanation = self._explain_row(batch, row, length, outputs, tensors)
+            if check:
+                self._self_check(explanation, tensors, row, length)
+            explanations.append(explanation)
+        return explanations
+
+    def _explain_row(
+        self, batch: Batch, row: int, length: int, outputs: dict[str, np.ndarray], tensors: list[BlockTensors]
+    ) -> Explanation:
+        keep = np.flatnonzero(batch.attention_mask[row])
+        layers = [
+            layer_contributions(
+                block,
+                t.probs[row][:, keep][:, :, keep],
+                t.values[row][:, keep],
+                t.residual[row][keep],
+                t.output[row][keep],
+            )
+            for block, t in zip(self.blocks, tensors)
+        ]
+        contributions = np.stack([layer.contributions for layer in layers])
+        return Explanation(
+            tokens=batch.tokens[row],
+            input_ids=[int(i) for i in batch.input_ids[row, keep]],
+            contributions=contributions,
+            rollout=rollout(contributions),
+            reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
+            default_target=0,
+            outputs={name: value[row] for name, value in outputs.items()},
+        )
+
+    def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, length: int) -> None:
+        for layer, (error, t) in enumerate(zip(explanation.reconstruction_error, tensors)):
+            scale = max(1.0, float(np.abs(t.output[row, :length]).max()))
+            if error > self.self_check_tolerance * scale:
+                raise SelfCheckError(
+                    f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
+                    f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); the graph is not what "
+                    "the block description says"
+                )

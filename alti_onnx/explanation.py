@@ -1,0 +1,52 @@
+"""The result of explaining one text."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """ALTI for one text. Row i = receiving token, column j = contributing token.
+
+    ``contributions[l]`` is layer l's normalized contribution matrix, ``rollout[l]`` the product
+    of layers 0..l, ``reconstruction_error[l]`` the self-check: the largest absolute difference
+    between the block output rebuilt from the decomposition and the model's own.
+    """
+
+    tokens: list[str]
+    input_ids: list[int]
+    contributions: np.ndarray
+    rollout: np.ndarray
+    reconstruction_error: np.ndarray
+    default_target: int = 0
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.contributions.shape[0])
+
+    def attribution(self, position: int | None = None) -> np.ndarray:
+        """How much each input token contributes to the token at ``position`` after all layers."""
+        position = self.default_target if position is None else position
+        if not -len(self.tokens) <= position < len(self.tokens):
+            raise IndexError(f"target position {position} is outside the {len(self.tokens)} tokens")
+        return self.rollout[-1, position].copy()
+
+    def to_dict(self, target: int | None = None) -> dict[str, object]:
+        target = self.default_target if target is None else target
+        return {
+            "tokens": list(self.tokens),
+            "input_ids": [int(i) for i in self.input_ids],
+            "contributions": self.contributions.tolist(),
+            "rollout": self.rollout.tolist(),
+            "target": int(target),
+            "attribution": self.attribution(target).tolist(),
+            "reconstruction_error": [float(e) for e in self.reconstruction_error],
+        }
+
+    def to_json(self, target: int | None = None) -> str:
+        return json.dumps(self.to_dict(target))

@@ -1,0 +1,70 @@
+"""onnxruntime sessions over the instrumented model: run once, get outputs and block tensors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graph_rewrites import AttentionBlock, instrument
+
+from .errors import RuntimeFailure
+
+
+def default_providers() -> list[str]:
+    """CUDA when onnxruntime has it and the machine has an NVIDIA driver, else CPU."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and os.path.exists("/proc/driver/nvidia/version"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class BlockTensors:
+    """One block's run-time tensors for a batch (float arrays straight from onnxruntime)."""
+
+    probs: np.ndarray
+    values: np.ndarray
+    residual: np.ndarray
+    output: np.ndarray
+
+
+class InstrumentedSession:
+    """An onnxruntime session whose outputs include every block's intermediates."""
+
+    def __init__(self, model: onnx.ModelProto, blocks: list[AttentionBlock], providers: list[str] | None = None):
+        self.blocks = blocks
+        self.original_outputs = [o.name for o in model.graph.output]
+        self.input_names = {i.name for i in model.graph.input}
+        instrumented = instrument(model, blocks)
+        self.output_names = [o.name for o in instrumented.graph.output]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                instrumented.SerializeToString(), options, providers=providers or default_providers()
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
+        """The model's own outputs by name, and each block's tensors in layer order."""
+        feeds = {name: array for name, array in feeds.items() if name in self.input_names}
+        try:
+            results = self.session.run(self.output_names, feeds)
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+        by_name = dict(zip(self.output_names, results))
+        outputs = {name: by_name[name] for name in self.original_outputs}
+        tensors = [
+            BlockTensors(by_name[b.probs], by_name[b.values], by_name[b.residual], by_name[b.output]) for b in self.blocks
+        ]
+        return outputs, tensors
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,90 @@
+"""Turning texts into the padded feeds an exported encoder expects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from .errors import InputError, MissingTokenizerError
+
+#: Position-embedding rows that RoBERTa-style models reserve before the first real position.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids and masks for a right-padded batch; ``lengths[b]`` real tokens in row b."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    tokens: list[list[str]]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(n) for n in self.attention_mask.sum(1)]
+
+
+class TextEncoder:
+    """A `tokenizers` tokenizer plus the model limits read from config.json."""
+
+    def __init__(self, tokenizer_path: Path, config: dict | None = None):
+        if not tokenizer_path.is_file():
+            raise MissingTokenizerError(f"tokenizer not found: {tokenizer_path} (pass --tokenizer PATH/tokenizer.json)")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+            raise MissingTokenizerError(f"{tokenizer_path} is not a tokenizers JSON file: {exc}") from None
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        config = config or {}
+        self.pad_id = _pad_id(self.tokenizer, config)
+        self.max_length = _max_length(tokenizer_path.parent, config)
+
+    def encode(self, texts: list[str]) -> Batch:
+        """Tokenize with special tokens and pad on the right; reject empty and over-long texts."""
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("empty text: give at least one word to explain")
+        encodings: list[Encoding] = self.tokenizer.encode_batch(texts)
+        for text, encoding in zip(texts, encodings):
+            if self.max_length is not None and len(encoding.ids) > self.max_length:
+                raise InputError(
+                    f"text too long: {len(encoding.ids)} tokens, the model takes at most {self.max_length} "
+                    f"(text starts {text[:40]!r})"
+                )
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        types = np.zeros((len(texts), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = encoding.ids, 1, encoding.type_ids
+        return Batch(ids, mask, types, [list(e.tokens) for e in encodings])
+
+
+def _pad_id(tokenizer: Tokenizer, config: dict) -> int:
+    if isinstance(config.get("pad_token_id"), int):
+        return config["pad_token_id"]
+    for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def _max_length(folder: Path, config: dict) -> int | None:
+    """Longest input the model's positions allow (tokenizer_config.json, else config.json)."""
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        limit = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return limit
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(positions, int):
+        return positions - _POSITION_OFFSET.get(config.get("model_type", ""), 0)
+    return None
