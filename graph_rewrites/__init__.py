@@ -8,7 +8,7 @@ from .analyze import find_attention_blocks, static_shapes
 from .block import AttentionBlock
 from .errors import GraphRewriteError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
 from .instrument import expose_tensors, instrument
-from .model_io import load_model
+from .model_io import load_model, save_model
 
 __all__ = [
     "AttentionBlock",
@@ -20,5 +20,6 @@ __all__ = [
     "find_attention_blocks",
     "instrument",
     "load_model",
+    "save_model",
     "static_shapes",
 ]

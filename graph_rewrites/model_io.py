@@ -28,3 +28,15 @@ def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path} is not a valid ONNX model: its graph has no nodes")
     return model
+
+
+#: Protobuf's limit on one serialized message; larger models keep their weights beside the file.
+_INLINE_LIMIT = 1_800_000_000
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """Save a model; weights go to ``<name>.data`` beside it when they would not fit inline."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = model.ByteSize() > _INLINE_LIMIT
+    onnx.save(model, str(path), save_as_external_data=external, location=f"{path.name}.data" if external else None)
