@@ -1,0 +1,147 @@
+"""Invariants of the ALTI core (hypothesis) and a naive, loop-by-loop check of its arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alti_onnx import Explainer
+from alti_onnx.contributions import layer_contributions, rollout
+from graph_rewrites import AttentionBlock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def random_block(rng, heads, kv_heads, head_size, placement, with_bias=True):
+    width = heads * head_size
+    return AttentionBlock(
+        layer=0,
+        num_heads=heads,
+        head_size=head_size,
+        norm_placement=placement,
+        probs="p", values="v", residual="x", output="y",
+        norm_input="u" if placement == "post" else None,
+        out_proj_weight=rng.normal(size=(width, width)),
+        out_proj_bias=rng.normal(size=width) if with_bias else None,
+        norm_weight=rng.uniform(0.5, 1.5, width) if placement == "post" else None,
+        norm_bias=rng.normal(0, 0.1, width) if placement == "post" else None,
+        norm_epsilon=1e-5 if placement == "post" else None,
+    )
+
+
+def random_inputs(rng, block, kv_heads, seq, causal):
+    scores = rng.normal(size=(block.num_heads, seq, seq)) * 2
+    if causal:
+        scores = np.where(np.tril(np.ones((seq, seq), bool)), scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    values = rng.normal(size=(kv_heads, seq, block.head_size))
+    residual = rng.normal(size=(seq, block.hidden_size)) * 3
+    return probs, values, residual
+
+
+def naive_alti(block, probs, values, residual):
+    """ALTI.md written out with explicit loops over i, j and h: the slow, obvious version."""
+    heads, seq, _ = probs.shape
+    group = heads // values.shape[0]
+    d = block.head_size
+    bias = np.zeros(block.hidden_size) if block.out_proj_bias is None else block.out_proj_bias
+    T = np.zeros((seq, seq, block.hidden_size))
+    for i in range(seq):
+        for j in range(seq):
+            for h in range(heads):
+                T[i, j] += probs[h, i, j] * values[h // group, j] @ block.out_proj_weight[h * d:(h + 1) * d]
+            if i == j:
+                T[i, j] += residual[j]
+    u = T.sum(1) + bias
+    if block.norm_placement == "post":
+        sigma = np.sqrt(u.var(-1) + block.norm_epsilon)
+        Tp = block.norm_weight * (T - T.mean(-1, keepdims=True)) / sigma[:, None, None]
+        y = Tp.sum(1) + block.norm_weight * (bias - bias.mean()) / sigma[:, None] + block.norm_bias
+    else:
+        Tp, y = T, u
+    c = np.maximum(0, np.abs(y).sum(-1)[:, None] - np.abs(y[:, None] - Tp).sum(-1))
+    totals = c.sum(-1, keepdims=True)
+    return np.divide(c, totals, out=np.zeros_like(c), where=totals > 0), y
+
+
+shapes = st.tuples(
+    st.sampled_from([(1, 1), (2, 2), (4, 2), (4, 1)]),  # (heads, kv heads)
+    st.integers(1, 4),  # head size
+    st.integers(1, 9),  # sequence length
+    st.sampled_from(["post", "pre"]),
+    st.booleans(),  # causal
+    st.integers(0, 2**31 - 1),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_core_equals_naive_loops(shape):
+    (heads, kv_heads), head_size, seq, placement, causal, seed = shape
+    rng = np.random.default_rng(seed)
+    block = random_block(rng, heads, kv_heads, head_size, placement)
+    probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
+    want, y = naive_alti(block, probs, values, residual)
+    got = layer_contributions(block, probs, values, residual, y)
+    np.testing.assert_allclose(got.contributions, want, atol=1e-10)
+    assert got.reconstruction_error < 1e-10
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_rows_sum_to_one_no_negatives_and_blocking_is_invisible(shape):
+    (heads, kv_heads), head_size, seq, placement, causal, seed = shape
+    rng = np.random.default_rng(seed)
+    block = random_block(rng, heads, kv_heads, head_size, placement)
+    probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
+    y = np.zeros((seq, block.hidden_size))
+    whole = layer_contributions(block, probs, values, residual, y).contributions
+    row_by_row = layer_contributions(block, probs, values, residual, y, row_block_bytes=1).contributions
+    np.testing.assert_allclose(whole, row_by_row, atol=1e-12)
+    assert np.all(whole >= 0)
+    sums = whole.sum(-1)
+    assert np.all(np.isclose(sums, 1.0) | (sums == 0.0))
+    if causal:
+        assert np.all(np.triu(whole, k=1) == 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 8), st.integers(0, 2**31 - 1))
+def test_rollout_is_the_product_and_stays_row_stochastic(layers, seq, seed):
+    rng = np.random.default_rng(seed)
+    stack = rng.uniform(size=(layers, seq, seq))
+    stack /= stack.sum(-1, keepdims=True)
+    rolled = rollout(stack)
+    expected = stack[0]
+    for layer in range(1, layers):
+        expected = stack[layer] @ expected
+    np.testing.assert_allclose(rolled[-1], expected, atol=1e-12)
+    np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    folder = FIXTURES / "tiny-bert"
+    words = sorted({w for t in json.loads((folder / "texts.json").read_text()) for w in t.lower().split() if w.isalpha()})
+    return Explainer(folder), words
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data())
+def test_padding_changes_nothing(tiny_bert, data):
+    explainer, words = tiny_bert
+    texts = data.draw(st.lists(st.lists(st.sampled_from(words), min_size=1, max_size=20).map(" ".join), min_size=2, max_size=4))
+    batched = explainer.explain(texts)
+    for text, in_batch in zip(texts, batched):
+        alone = explainer.explain(text)
+        assert alone.input_ids == in_batch.input_ids
+        np.testing.assert_allclose(in_batch.contributions, alone.contributions, atol=1e-6)
+        np.testing.assert_allclose(in_batch.rollout, alone.rollout, atol=1e-6)
+        np.testing.assert_allclose(in_batch.rollout.sum(-1), 1.0, atol=1e-9)
+        assert np.all(in_batch.contributions >= 0)
