@@ -14,9 +14,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, OutputPathError
 from .export import ExportUnavailableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ALTI explanations for transformer models in ONNX.")
@@ -32,7 +34,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, ExportUnavailableError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -49,7 +51,7 @@ def export(
         if not hf_model_dir.exists():
             raise ExportUnavailableError(f"model directory not found: {hf_model_dir}")
         export_model(hf_model_dir, out_dir, task=task)
-    out.print(f"exported {hf_model_dir} -> {out_dir}")
+    out.print(escape(f"exported {hf_model_dir} -> {out_dir}"), soft_wrap=True)
 
 
 @app.command()
@@ -67,7 +69,7 @@ def inspect(
     if as_json:
         print(json.dumps([b.summary() for b in blocks], indent=2))
         return
-    table = Table(title=f"{len(blocks)} attention blocks in {model}")
+    table = Table(title=Text(f"{len(blocks)} attention blocks in {model}"))
     for column in ("layer", "heads", "head size", "width", "norm", "probs", "values", "block output"):
         table.add_column(column)
     for b in blocks:
@@ -92,8 +94,9 @@ def instrument(
     with user_errors():
         original = load_model(locate_model(model).onnx)
         blocks = find_attention_blocks(original)
-        save_model(expose(original, blocks), output)
-    out.print(f"wrote {output}: {len(blocks)} blocks, {5 * len(blocks)} extra outputs at most")
+        with _writing(output):
+            save_model(expose(original, blocks), output)
+    out.print(escape(f"wrote {output}: {len(blocks)} blocks, {5 * len(blocks)} extra outputs at most"), soft_wrap=True)
 
 
 @app.command()
@@ -113,10 +116,22 @@ def explain(
         target = explanation.default_target if target is None else target
         attribution = _attribution(explanation, target)
         if json_path is not None:
-            json_path.write_text(explanation.to_json(target))
+            with _writing(json_path):
+                json_path.write_text(explanation.to_json(target))
     print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
-        out.print(f"wrote {json_path}")
+        out.print(escape(f"wrote {json_path}"), soft_wrap=True)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failure to write ``path`` (missing or read-only folder, a file in the way) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is not a directory" if blocker is not None else exc.strerror or str(exc)
+        raise OutputPathError(f"cannot write {path}: {reason}") from None
 
 
 def _attribution(explanation, target: int):
@@ -130,7 +145,7 @@ def _attribution(explanation, target: int):
 
 def print_attribution(tokens: list[str], attribution, target: int, errors) -> None:
     """A table of tokens with their attribution to ``target`` as numbers and bars."""
-    table = Table(title=f"ALTI attribution to position {target} ({tokens[target]!r})", title_justify="left")
+    table = Table(title=Text(f"ALTI attribution to position {target} ({tokens[target]!r})"), title_justify="left")
     table.add_column("pos", justify="right")
     table.add_column("token")
     table.add_column("attribution", justify="right")
@@ -139,7 +154,7 @@ def print_attribution(tokens: list[str], attribution, target: int, errors) -> No
     for position, (token, value) in enumerate(zip(tokens, attribution)):
         bar = "█" * max(0, round(30 * float(value) / peak))
         style = "bold" if position == target else ""
-        table.add_row(str(position), token, f"{value:.4f}", f"[cyan]{bar}[/]", style=style)
+        table.add_row(str(position), Text(token), f"{value:.4f}", Text(bar, style="cyan"), style=style)
     out.print(table)
     out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} layers")
 

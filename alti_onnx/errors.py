@@ -25,6 +25,10 @@ class SelfCheckError(AltiOnnxError):
     """The decomposition does not reproduce the model's own block output."""
 
 
+class OutputPathError(AltiOnnxError):
+    """An output file (instrumented model, JSON) cannot be written."""
+
+
 class RuntimeFailure(AltiOnnxError):
     """onnxruntime refused the model or failed while running it."""
 

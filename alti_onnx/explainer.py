@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
 
 from .contributions import layer_contributions, rollout
-from .errors import ModelPathError, SelfCheckError
+from .errors import ModelPathError, RuntimeFailure, SelfCheckError
 from .explanation import Explanation
 from .runtime import BlockTensors, InstrumentedSession
 from .text_inputs import Batch, TextEncoder
@@ -98,7 +98,15 @@ class Explainer:
             "attention_mask": batch.attention_mask,
             "token_type_ids": batch.token_type_ids,
         }
-        outputs, tensors = self.session.run(feeds)
+        try:
+            outputs, tensors = self.session.run(feeds)
+        except RuntimeFailure as exc:
+            if self.encoder.max_length is None:  # nothing told us the limit, so the text may be too long
+                raise RuntimeFailure(
+                    f"the text may be longer than the model takes ({batch.input_ids.shape[1]} tokens, and no "
+                    f"config.json or tokenizer_config.json beside the model gives the limit): {exc}"
+                ) from None
+            raise
         explanations = []
         for row, length in enumerate(batch.lengths):
             explanation = self._explain_row(batch, row, length, outputs, tensors)

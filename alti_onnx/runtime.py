@@ -41,11 +41,18 @@ class InstrumentedSession:
         self.input_names = {i.name for i in model.graph.input}
         instrumented = instrument(model, blocks)
         self.output_names = [o.name for o in instrumented.graph.output]
+        providers = providers or default_providers()
+        known = ort.get_all_providers()
+        unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in known]
+        if unknown:
+            raise RuntimeFailure(
+                f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
+            )
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: failures reach the user as one RuntimeFailure line
         try:
             self.session = ort.InferenceSession(
-                instrumented.SerializeToString(), options, providers=providers or default_providers()
+                instrumented.SerializeToString(), options, providers=providers
             )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
