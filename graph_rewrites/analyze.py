@@ -10,7 +10,8 @@ import onnxscript.optimizer
 
 from .attention import BlockMatch, find_block_matches
 from .block import AttentionBlock
-from .errors import GraphRewriteError
+from .errors import GraphRewriteError, ModelLoadError
+from .model_io import external_data_files
 
 #: Ops that only re-lay out or re-type a weight: always folded, whatever the weight's size.
 _WEIGHT_LAYOUT_OPS = frozenset({"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"})
@@ -28,6 +29,7 @@ def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
     Analysis runs on a constant-folded copy (onnxscript's folder) so weights behind Transpose,
     Cast or Identity resolve to arrays; the original model is not modified.
     """
+    _require_weights(model)
     analysis = ir.from_proto(model)
     fold: Callable[[ir.Node], bool | None] = _fold_weight_layout
     onnxscript.optimizer.fold_constants(analysis, should_fold=fold)
@@ -40,6 +42,20 @@ def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
         if missing:
             raise GraphRewriteError(f"layer {block.layer}: tensors {missing} were found by analysis but are not in the model")
     return blocks
+
+
+def _require_weights(model: onnx.ModelProto) -> None:
+    """The analysis reads W_O and the norm parameters, so external weights must already be loaded.
+
+    Without this check a proto loaded with ``load_external_data=False`` fails deep inside constant
+    folding with a bare FileNotFoundError relative to the working directory.
+    """
+    locations = external_data_files(model)
+    if locations:
+        raise ModelLoadError(
+            f"the model's weights are in external data ({', '.join(locations)}) that was not loaded; "
+            "load the model with graph_rewrites.load_model(path) (or onnx.load(path)) before analysing it"
+        )
 
 
 def _describe(layer: int, match: BlockMatch, shapes: dict[str, list[int | None]]) -> AttentionBlock:

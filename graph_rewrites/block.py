@@ -15,12 +15,13 @@ class AttentionBlock:
     """Where one attention block's intermediates live in the graph, and its constant parameters.
 
     Tensor fields hold graph tensor names (found structurally, never matched on); the rewrite
-    exposes them as graph outputs. Shapes at run time:
+    exposes the ones ``tensor_names`` lists as graph outputs. Shapes at run time:
 
     - ``probs``: attention probabilities, the Softmax output, [B, H, S, S];
     - ``values``: per-head value vectors that multiply ``probs``, [B, H_kv, S, head_size];
     - ``residual``: the block input that the residual connection adds back, [B, S, D];
     - ``norm_input``: the residual sum fed to the post-attention norm (post-LN only), [B, S, D];
+      described, not exposed (see ``tensor_names``);
     - ``output``: the block output, the norm's output (post-LN) or the residual sum (pre-LN).
 
     ``out_proj_weight`` is oriented so that ``merged_heads @ out_proj_weight`` is the projection,
@@ -47,11 +48,14 @@ class AttentionBlock:
         return int(self.out_proj_weight.shape[1])
 
     def tensor_names(self) -> list[str]:
-        """The graph tensors this block needs at run time, in a fixed order."""
-        names = [self.probs, self.values, self.residual, self.output]
-        if self.norm_input is not None:
-            names.append(self.norm_input)
-        return names
+        """The graph tensors this block needs at run time, in a fixed order.
+
+        ``norm_input`` is deliberately left out: the decomposition does not need it (it is the
+        residual plus the projection), and making the residual sum a graph output stops
+        onnxruntime from fusing Add + LayerNormalization into SkipLayerNormalization, which
+        changes the model's own outputs in their last bits (seen on torch's dynamo exports).
+        """
+        return [self.probs, self.values, self.residual, self.output]
 
     def summary(self) -> dict[str, object]:
         """A JSON-friendly description (no weights)."""

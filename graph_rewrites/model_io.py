@@ -2,32 +2,75 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import ModelLoadError
 
 
 def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model; external data files are resolved relative to the model."""
+    """Load an ONNX model; external data files are resolved relative to the model.
+
+    The graph is read first and the weights after, so that a missing or unreadable external
+    data file is reported by name instead of as onnx's checker error about "regular files".
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model (truncated or not ONNX): {exc}") from None
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"external weights of {path} are missing: {exc.filename or exc}") from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{path} could not be loaded as ONNX: {exc}") from None
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path} is not a valid ONNX model: its graph has no nodes")
+    if load_weights:
+        _load_external_weights(model, path)
     return model
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The external data locations the model's tensors refer to (relative to the model), in order."""
+    locations = (ExternalDataInfo(t).location for t in _tensors(model.graph) if uses_external_data(t))
+    return list(dict.fromkeys(locations))
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in ``graph``: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def _load_external_weights(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights kept beside ``path`` into ``model``; a missing or short file is a ModelLoadError."""
+    locations = external_data_files(model)
+    if not locations:
+        return
+    missing = [loc for loc in locations if not (path.parent / loc).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"external weights of {path} are missing: expected {', '.join(missing)} in {path.parent} "
+            "(copy the .data file saved with the model next to it)"
+        )
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(f"external weights of {path} could not be read ({', '.join(locations)}): {exc}") from None
 
 
 #: Protobuf's limit on one serialized message; larger models keep their weights beside the file.
