@@ -5,7 +5,15 @@ computes the contributions in NumPy; PyTorch is never imported.
 """
 
 from .contributions import layer_contributions, rollout
-from .errors import AltiOnnxError, InputError, MissingTokenizerError, ModelPathError, SelfCheckError
+from .errors import (
+    AltiOnnxError,
+    InputError,
+    MissingTokenizerError,
+    ModelPathError,
+    OutputPathError,
+    RuntimeFailure,
+    SelfCheckError,
+)
 from .explainer import Explainer
 from .explanation import Explanation
 
@@ -16,6 +24,8 @@ __all__ = [
     "InputError",
     "MissingTokenizerError",
     "ModelPathError",
+    "OutputPathError",
+    "RuntimeFailure",
     "SelfCheckError",
     "layer_contributions",
     "rollout",

@@ -96,7 +96,7 @@ def instrument(
         blocks = find_attention_blocks(original)
         with _writing(output):
             save_model(expose(original, blocks), output)
-    out.print(escape(f"wrote {output}: {len(blocks)} blocks, {5 * len(blocks)} extra outputs at most"), soft_wrap=True)
+    out.print(escape(f"wrote {output}: {len(blocks)} blocks, {sum(len(b.tensor_names()) for b in blocks)} extra outputs"), soft_wrap=True)
 
 
 @app.command()
