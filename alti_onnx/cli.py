@@ -118,6 +118,9 @@ def explain(
         if json_path is not None:
             with _writing(json_path):
                 json_path.write_text(explanation.to_json(target))
+    if explanation.prediction is not None:
+        p = explanation.prediction
+        out.print(Text(f"prediction: {p.label} (probability {p.probability:.4f})", style="bold"))
     print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
@@ -163,13 +166,17 @@ def print_attribution(tokens: list[str], attribution, target: int, errors) -> No
 def demo(
     text: Annotated[str, typer.Option("--text", "-t", help="the text to explain")] = DEFAULT_TEXT,
 ) -> None:
-    """Explain a text with the default model (all-MiniLM-L6-v2), built and cached on first use."""
+    """Explain a text with the default model, built and cached on first use.
+
+    The default model is all-MiniLM-L6-v2 fine-tuned as a Rotten Tomatoes sentiment classifier
+    (models/sentiment.py); building it the first time fine-tunes it on the CPU (minutes).
+    """
     with user_errors():
         try:
-            from models.minilm import build_minilm
+            from models.sentiment import build_sentiment_classifier
         except ImportError as exc:
-            raise ExportUnavailableError(f"the model recipes are not importable: {exc}") from None
-        model_dir = build_minilm()
+            raise ExportUnavailableError(f"the model recipes need the 'export' extra: {exc}") from None
+        model_dir = build_sentiment_classifier()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None)
 
 

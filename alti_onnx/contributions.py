@@ -19,9 +19,14 @@ ROW_BLOCK_BYTES = 32 * 1024 * 1024
 
 @dataclass(frozen=True)
 class LayerContributions:
-    """Normalized contributions C [S, S] (row i receives from column j) and the self-check error."""
+    """One layer's matrices (row i receives from column j) and the self-check error.
+
+    ``contributions`` is ALTI's C; ``norms`` the norm-based baseline of Kobayashi et al.
+    (||T'[i, j]||_2, rows normalized), which falls out of the same pass over T' for free.
+    """
 
     contributions: np.ndarray
+    norms: np.ndarray
     reconstruction_error: float
 
 
@@ -56,6 +61,7 @@ def layer_contributions(
     error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
 
     raw = np.empty((seq_len, seq_len))
+    norms = np.empty((seq_len, seq_len))
     rows_per_block = max(1, row_block_bytes // max(1, 8 * seq_len * width * 3))
     by_column = projected.transpose(1, 0, 2)  # [S_j, H, D]
     y_norm = np.abs(recomposed).sum(-1)
@@ -70,7 +76,8 @@ def layer_contributions(
             mixed *= scale[start:stop, None, :]
         distance = np.abs(recomposed[start:stop, None, :] - mixed).sum(-1)
         raw[start:stop] = np.maximum(0.0, y_norm[start:stop, None] - distance)
-    return LayerContributions(normalize_rows(raw), error)
+        norms[start:stop] = np.sqrt(np.einsum("ijd,ijd->ij", mixed, mixed))
+    return LayerContributions(normalize_rows(raw), normalize_rows(norms), error)
 
 
 def _norm_scale(block: AttentionBlock, summed: np.ndarray) -> np.ndarray | None:

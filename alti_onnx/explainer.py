@@ -15,6 +15,7 @@ from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
 from .contributions import layer_contributions, rollout
 from .errors import ModelPathError, RuntimeFailure, SelfCheckError
 from .explanation import Explanation
+from .prediction import class_labels, classify
 from .runtime import BlockTensors, InstrumentedSession
 from .text_inputs import Batch, TextEncoder
 
@@ -75,6 +76,7 @@ class Explainer:
         self.encoder = TextEncoder(files.tokenizer, self.config)
         self.session = InstrumentedSession(self.model, self.blocks, providers)
         self.self_check_tolerance = self_check_tolerance
+        self.labels = class_labels(self.config)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -130,6 +132,7 @@ class Explainer:
             for block, t in zip(self.blocks, tensors)
         ]
         contributions = np.stack([layer.contributions for layer in layers])
+        row_outputs = {name: value[row] for name, value in outputs.items()}
         return Explanation(
             tokens=batch.tokens[row],
             input_ids=[int(i) for i in batch.input_ids[row, keep]],
@@ -137,7 +140,10 @@ class Explainer:
             rollout=rollout(contributions),
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
             default_target=0,
-            outputs={name: value[row] for name, value in outputs.items()},
+            outputs=row_outputs,
+            attention=np.stack([t.probs[row][:, keep][:, :, keep].mean(0) for t in tensors]).astype(np.float64),
+            norm_based=np.stack([layer.norms for layer in layers]),
+            prediction=classify(row_outputs, self.labels),
         )
 
     def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, length: int) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .prediction import Prediction
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -14,7 +16,10 @@ class Explanation:
 
     ``contributions[l]`` is layer l's normalized contribution matrix, ``rollout[l]`` the product
     of layers 0..l, ``reconstruction_error[l]`` the self-check: the largest absolute difference
-    between the block output rebuilt from the decomposition and the model's own.
+    between the block output rebuilt from the decomposition and the model's own. For baselines,
+    ``attention[l]`` holds the head-averaged attention probabilities and ``norm_based[l]`` the
+    row-normalized ||T'[i, j]|| of Kobayashi et al. ``prediction`` is the classifier's predicted
+    label when the model has a ``logits`` output.
     """
 
     tokens: list[str]
@@ -24,6 +29,9 @@ class Explanation:
     reconstruction_error: np.ndarray
     default_target: int = 0
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    attention: np.ndarray | None = field(default=None, repr=False)
+    norm_based: np.ndarray | None = field(default=None, repr=False)
+    prediction: Prediction | None = None
 
     @property
     def num_layers(self) -> int:
