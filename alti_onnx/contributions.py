@@ -7,14 +7,37 @@ T[i, j] is never built whole: rows i are processed in blocks sized to a memory b
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
+from threadpoolctl import ThreadpoolController
+
 from graph_rewrites import AttentionBlock
 
-#: Bytes one block of transformed vectors T[i_block, :, :] may take.
-ROW_BLOCK_BYTES = 32 * 1024 * 1024
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Every matmul here is small and batched; OpenBLAS's own threads make those up to 100x slower
+#: (thread hand-offs per call), so the math runs with one BLAS thread and parallelizes outside.
+_BLAS = ThreadpoolController()
+
+
+def one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` with OpenBLAS (or MKL) limited to one thread."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _BLAS.limit(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+#: Bytes one block of transformed vectors T[i_block, :, :] may take (about an L2 cache).
+ROW_BLOCK_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,7 @@ def head_outputs(block: AttentionBlock, values: np.ndarray, num_heads: int) -> n
     return np.matmul(per_head, weight)
 
 
+@one_blas_thread
 def layer_contributions(
     block: AttentionBlock,
     probs: np.ndarray,
@@ -45,47 +69,87 @@ def layer_contributions(
     residual: np.ndarray,
     block_output: np.ndarray,
     row_block_bytes: int = ROW_BLOCK_BYTES,
+    dtype: type = np.float32,
 ) -> LayerContributions:
-    """ALTI contributions of one block for one unpadded example."""
-    probs = np.asarray(probs, dtype=np.float64)
-    residual = np.asarray(residual, dtype=np.float64)
+    """ALTI contributions of one block for one unpadded example.
+
+    The post-LN map T -> T' = gamma (T - mean T) / sigma_i is linear in T once sigma_i is fixed,
+    so centering and gamma are applied once to the per-token vectors (v W_O and x), giving
+    T~[i, j] = sigma_i T'[i, j], and 1/sigma_i is pulled out of the distances. Only the Manhattan
+    distance needs the S*S*D tensor T~; it is written once by a matmul and read once, in row
+    blocks that stay in cache, using |a - b| = 2 max(a, b) - a - b so the row sums of T~ (cheap,
+    S*S*H) replace an elementwise pass. The norm-based baseline ||T'|| comes from per-token
+    Gram matrices (S*S*H*H), never from T~. Small [S, D] quantities (sigma, the recomposed
+    output, the self-check) are float64; the S*S*D pass runs in ``dtype``.
+    """
+    probs = np.asarray(probs)
+    exact_probs = probs.astype(np.float64)
     num_heads, seq_len, _ = probs.shape
     projected = head_outputs(block, np.asarray(values, dtype=np.float64), num_heads)  # [H, S, D]
-    width = projected.shape[-1]
-    bias = np.zeros(width) if block.out_proj_bias is None else block.out_proj_bias
+    residual = np.asarray(residual, dtype=np.float64)
+    bias = np.zeros(projected.shape[-1]) if block.out_proj_bias is None else block.out_proj_bias
 
-    attended = np.einsum("hij,hjd->id", probs, projected)  # sum_j sum_h A v W, [S, D]
-    summed = attended + residual + bias  # the residual sum u_i = sum_j T[i,j] + b_O
-    scale = _norm_scale(block, summed)  # gamma / sigma_i per row (post-LN) or None (pre-LN)
+    summed = np.matmul(exact_probs, projected).sum(0) + residual + bias  # u_i = sum_j T[i,j] + b_O
     recomposed = _recompose(block, summed)
     error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
 
-    raw = np.empty((seq_len, seq_len))
-    norms = np.empty((seq_len, seq_len))
-    rows_per_block = max(1, row_block_bytes // max(1, 8 * seq_len * width * 3))
-    by_column = projected.transpose(1, 0, 2)  # [S_j, H, D]
-    y_norm = np.abs(recomposed).sum(-1)
+    if block.norm_placement == "post":
+        sigma = np.sqrt(summed.var(-1) + block.norm_epsilon)
+        projected = (projected - projected.mean(-1, keepdims=True)) * block.norm_weight
+        residual = (residual - residual.mean(-1, keepdims=True)) * block.norm_weight
+    else:
+        sigma = np.ones(seq_len)
+    target = recomposed * sigma[:, None]  # sigma_i y_i, so that ||target_i - T~[i, j]|| = sigma_i ||y_i - T'[i, j]||
+
+    distance = _manhattan_distances(probs, projected, residual, target, dtype, row_block_bytes)
+    norms = np.sqrt(_squared_norms(exact_probs, projected, residual))
+    y_norms = np.abs(recomposed).sum(-1)[:, None]
+    raw = y_norms - distance / sigma[:, None]
+    # Differences below the rounding of the distance pass are noise, not contribution: clip them
+    # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
+    raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
+    # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
+    # there rather than the rounding residue of the distance identity.
+    silent = ~np.any(probs, axis=0)
+    np.fill_diagonal(silent, False)
+    raw[silent] = 0.0
+    return LayerContributions(normalize_rows(raw), normalize_rows(norms / sigma[:, None]), error)
+
+
+def _manhattan_distances(
+    probs: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, dtype: type, budget: int
+) -> np.ndarray:
+    """||target_i - T~[i, j]||_1 for all i, j, with T~[i, j] = sum_h A[h,i,j] vectors[h,j] + [i==j] residual_j."""
+    num_heads, seq_len, width = vectors.shape
+    # sum_d T~[i, j] and sum_d target_i, exact and cheap
+    row_sums = np.einsum("hij,hj->ij", probs.astype(np.float64), vectors.sum(-1))
+    row_sums[np.diag_indices(seq_len)] += residual.sum(-1)
+    target_sums = target.sum(-1)
+
+    by_column = np.ascontiguousarray(vectors.transpose(1, 0, 2), dtype=dtype)  # [S_j, H, D]
+    probs_by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
+    residual, target = residual.astype(dtype), target.astype(dtype)
+    max_sums = np.empty((seq_len, seq_len))
+    rows_per_block = max(1, budget // max(1, np.dtype(dtype).itemsize * seq_len * width))
     for start in range(0, seq_len, rows_per_block):
         stop = min(seq_len, start + rows_per_block)
         rows = np.arange(start, stop)
-        # T[i, j] = sum_h A^h[i, j] v^h_j W_O^h, as one batched matmul over j: [S_j, I, H] @ [S_j, H, D]
-        mixed = np.matmul(probs[:, start:stop, :].transpose(2, 1, 0), by_column).transpose(1, 0, 2)
-        mixed[np.arange(stop - start), rows] += residual[rows]  # + [i == j] x_j
-        if scale is not None:  # T'[i, j] = gamma (T - mean(T)) / sigma_i
-            mixed -= mixed.mean(-1, keepdims=True)
-            mixed *= scale[start:stop, None, :]
-        distance = np.abs(recomposed[start:stop, None, :] - mixed).sum(-1)
-        raw[start:stop] = np.maximum(0.0, y_norm[start:stop, None] - distance)
-        norms[start:stop] = np.sqrt(np.einsum("ijd,ijd->ij", mixed, mixed))
-    return LayerContributions(normalize_rows(raw), normalize_rows(norms), error)
+        mixed = np.matmul(probs_by_column[:, start:stop, :], by_column)  # T~ for rows i in the block, [S_j, I, D]
+        mixed[rows, rows - start] += residual[rows]
+        np.maximum(target[None, start:stop, :], mixed, out=mixed)
+        max_sums[start:stop] = mixed.sum(-1).T
+    return 2.0 * max_sums - target_sums[:, None] - row_sums
 
 
-def _norm_scale(block: AttentionBlock, summed: np.ndarray) -> np.ndarray | None:
-    """gamma / sigma_i for post-LN blocks ([S, D]); None when no norm follows the block."""
-    if block.norm_placement != "post":
-        return None
-    sigma = np.sqrt(summed.var(-1) + block.norm_epsilon)
-    return block.norm_weight[None, :] / sigma[:, None]
+def _squared_norms(probs: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """||T~[i, j]||_2^2 = a^T G_j a + [i==j] (2 a.c_j + ||x~_j||^2), a = A[:, i, j], from Gram matrices."""
+    gram = np.einsum("hjd,kjd->jhk", vectors, vectors)  # [S_j, H, H]
+    by_column = np.ascontiguousarray(probs.transpose(2, 0, 1))  # [S_j, H, S_i]
+    squared = np.einsum("jhi,jhi->ij", np.matmul(gram, by_column), by_column)
+    diagonal = np.diag_indices(probs.shape[1])
+    cross = np.einsum("hjd,jd->jh", vectors, residual)  # [S_j, H]
+    squared[diagonal] += 2.0 * np.einsum("hjj,jh->j", probs, cross) + np.einsum("jd,jd->j", residual, residual)
+    return np.maximum(squared, 0.0)
 
 
 def _recompose(block: AttentionBlock, summed: np.ndarray) -> np.ndarray:
@@ -103,6 +167,7 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
+@one_blas_thread
 def rollout(contributions: np.ndarray) -> np.ndarray:
     """R^1 = C^1, R^l = C^l @ R^(l-1) for a stack [L, S, S]."""
     result = np.empty_like(contributions)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from tokenizers import Tokenizer
 
 from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
 
-from .contributions import layer_contributions, rollout
+from .contributions import LayerContributions, layer_contributions, rollout
 from .errors import ModelPathError, RuntimeFailure, SelfCheckError
 from .explanation import Explanation
 from .prediction import class_labels, classify
@@ -77,6 +79,8 @@ class Explainer:
         self.session = InstrumentedSession(self.model, self.blocks, providers)
         self.self_check_tolerance = self_check_tolerance
         self.labels = class_labels(self.config)
+        # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -109,28 +113,38 @@ class Explainer:
                     f"config.json or tokenizer_config.json beside the model gives the limit): {exc}"
                 ) from None
             raise
+        rows = range(len(batch.lengths))
+        kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
+        jobs = [(row, layer) for row in rows for layer in range(len(self.blocks))]
+        layers = list(self._pool.map(lambda job: self._layer(tensors, kept, *job), jobs))
         explanations = []
-        for row, length in enumerate(batch.lengths):
-            explanation = self._explain_row(batch, row, length, outputs, tensors)
+        for row in rows:
+            mine = layers[row * len(self.blocks) : (row + 1) * len(self.blocks)]
+            explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine)
             if check:
-                self._self_check(explanation, tensors, row, length)
+                self._self_check(explanation, tensors, row, kept[row])
             explanations.append(explanation)
         return explanations
 
-    def _explain_row(
-        self, batch: Batch, row: int, length: int, outputs: dict[str, np.ndarray], tensors: list[BlockTensors]
+    def _layer(self, tensors: list[BlockTensors], kept: list, row: int, layer: int) -> LayerContributions:
+        keep, t = kept[row], tensors[layer]
+        return layer_contributions(
+            self.blocks[layer],
+            t.probs[row][:, keep][:, :, keep],
+            t.values[row][:, keep],
+            t.residual[row][keep],
+            t.output[row][keep],
+        )
+
+    def _explanation(
+        self,
+        batch: Batch,
+        row: int,
+        keep: slice | np.ndarray,
+        outputs: dict[str, np.ndarray],
+        tensors: list[BlockTensors],
+        layers: list[LayerContributions],
     ) -> Explanation:
-        keep = np.flatnonzero(batch.attention_mask[row])
-        layers = [
-            layer_contributions(
-                block,
-                t.probs[row][:, keep][:, :, keep],
-                t.values[row][:, keep],
-                t.residual[row][keep],
-                t.output[row][keep],
-            )
-            for block, t in zip(self.blocks, tensors)
-        ]
         contributions = np.stack([layer.contributions for layer in layers])
         row_outputs = {name: value[row] for name, value in outputs.items()}
         return Explanation(
@@ -141,17 +155,25 @@ class Explainer:
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
             default_target=0,
             outputs=row_outputs,
-            attention=np.stack([t.probs[row][:, keep][:, :, keep].mean(0) for t in tensors]).astype(np.float64),
+            attention=np.stack([t.probs[row][:, keep][:, :, keep].mean(0, dtype=np.float64) for t in tensors]),
             norm_based=np.stack([layer.norms for layer in layers]),
             prediction=classify(row_outputs, self.labels),
         )
 
-    def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, length: int) -> None:
+    def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, keep) -> None:
         for layer, (error, t) in enumerate(zip(explanation.reconstruction_error, tensors)):
-            scale = max(1.0, float(np.abs(t.output[row, :length]).max()))
+            scale = max(1.0, float(np.abs(t.output[row][keep]).max()))
             if error > self.self_check_tolerance * scale:
                 raise SelfCheckError(
                     f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
                     f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); the graph is not what "
                     "the block description says"
                 )
+
+
+def _kept_positions(mask: np.ndarray) -> slice | np.ndarray:
+    """The unpadded positions of one row: a slice when they are contiguous (a view, no copy)."""
+    positions = np.flatnonzero(mask)
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions

@@ -50,6 +50,8 @@ class InstrumentedSession:
             )
         options = ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: failures reach the user as one RuntimeFailure line
+        # onnxruntime's workers otherwise spin after each run, taking the cores NumPy needs next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 instrumented.SerializeToString(), options, providers=providers

@@ -66,8 +66,13 @@ def naive_alti(block, probs, values, residual):
     else:
         Tp, y = T, u
     c = np.maximum(0, np.abs(y).sum(-1)[:, None] - np.abs(y[:, None] - Tp).sum(-1))
-    totals = c.sum(-1, keepdims=True)
-    return np.divide(c, totals, out=np.zeros_like(c), where=totals > 0), y
+    norms = np.linalg.norm(Tp, axis=-1)
+    return _rows_to_one(c), _rows_to_one(norms), y
+
+
+def _rows_to_one(matrix):
+    totals = matrix.sum(-1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
 shapes = st.tuples(
@@ -87,9 +92,12 @@ def test_core_equals_naive_loops(shape):
     rng = np.random.default_rng(seed)
     block = random_block(rng, heads, kv_heads, head_size, placement)
     probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
-    want, y = naive_alti(block, probs, values, residual)
-    got = layer_contributions(block, probs, values, residual, y)
+    want, want_norms, y = naive_alti(block, probs, values, residual)
+    got = layer_contributions(block, probs, values, residual, y, dtype=np.float64)
     np.testing.assert_allclose(got.contributions, want, atol=1e-10)
+    np.testing.assert_allclose(got.norms, want_norms, atol=1e-10)
+    fast = layer_contributions(block, probs, values, residual, y)  # the default float32 pass over T
+    np.testing.assert_allclose(fast.contributions, want, atol=1e-4)
     assert got.reconstruction_error < 1e-10
 
 
@@ -101,8 +109,8 @@ def test_rows_sum_to_one_no_negatives_and_blocking_is_invisible(shape):
     block = random_block(rng, heads, kv_heads, head_size, placement)
     probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
     y = np.zeros((seq, block.hidden_size))
-    whole = layer_contributions(block, probs, values, residual, y).contributions
-    row_by_row = layer_contributions(block, probs, values, residual, y, row_block_bytes=1).contributions
+    whole = layer_contributions(block, probs, values, residual, y, dtype=np.float64).contributions
+    row_by_row = layer_contributions(block, probs, values, residual, y, row_block_bytes=1, dtype=np.float64).contributions
     np.testing.assert_allclose(whole, row_by_row, atol=1e-12)
     assert np.all(whole >= 0)
     sums = whole.sum(-1)
