@@ -1,0 +1,145 @@
+"""`alti-onnx bench`: the explanation's cost next to the plain forward pass, in one process.
+
+Each configuration (sequence length, batch size) runs in a fresh worker process so its peak
+resident memory is its own. Inside a worker the plain model and the instrumented model run on
+onnxruntime sessions with the same options and providers; times are medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .explainer import Explainer
+from .runtime import InstrumentedSession
+from .text_inputs import Batch
+
+LENGTHS = (32, 128, 512)
+BATCH_SIZES = (1, 32)
+FILLER = "the film moves along at a steady pace and the cast is very good in every single scene "
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One configuration: median seconds of the plain forward and of the full explanation."""
+
+    seq_len: int
+    batch_size: int
+    forward_s: float
+    explain_s: float
+    ratio: float
+    peak_rss_mb: float
+    repeats: int
+
+
+def synthetic_batch(explainer: Explainer, seq_len: int, batch_size: int) -> Batch:
+    """A batch of identical, real-word inputs of exactly ``seq_len`` tokens (specials included)."""
+    encoding = explainer.tokenizer.encode(FILLER * (1 + seq_len // 8))  # longer than needed, then cut
+    ids = np.array(encoding.ids[: seq_len - 1] + encoding.ids[-1:], dtype=np.int64)
+    tokens = encoding.tokens[: seq_len - 1] + encoding.tokens[-1:]
+    shape = (batch_size, seq_len)
+    return Batch(
+        np.broadcast_to(ids, shape).copy(),
+        np.ones(shape, dtype=np.int64),
+        np.zeros(shape, dtype=np.int64),
+        [list(tokens) for _ in range(batch_size)],
+    )
+
+
+def _median_seconds(run, warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), len(times)
+
+
+def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
+            warmup: int = 2, repeats: int = 7, budget_s: float = 60.0) -> BenchResult:
+    """Time one configuration in this process."""
+    explainer = Explainer(model, providers=providers)
+    plain = InstrumentedSession(explainer.model, [], providers)  # same options, no extra outputs
+    batch = synthetic_batch(explainer, seq_len, batch_size)
+    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
+    forward, _ = _median_seconds(lambda: plain.run(feeds), warmup, repeats, budget_s)
+    explain, done = _median_seconds(lambda: explainer.explain_batch(batch), warmup, repeats, budget_s)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return BenchResult(seq_len, batch_size, forward, explain, explain / forward, peak_mb, done)
+
+
+def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
+                  progress=None) -> list[BenchResult]:
+    """Every configuration, each in its own worker process (so peak memory is per configuration)."""
+    results = []
+    for seq_len in lengths:
+        for batch_size in batch_sizes:
+            if progress is not None:
+                progress(seq_len, batch_size)
+            command = [sys.executable, "-m", "alti_onnx.bench", str(model), str(seq_len), str(batch_size)]
+            for provider in providers or []:
+                command += ["--provider", provider]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"benchmark worker failed for S={seq_len} B={batch_size}: {done.stderr.strip()[-500:]}")
+            results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
+    return results
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    memory_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def to_json(results: list[BenchResult], model: str | Path, providers: list[str] | None) -> dict[str, object]:
+    return {
+        "model": str(model),
+        "providers": providers or ["default"],
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _worker(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="alti_onnx.bench")
+    parser.add_argument("model")
+    parser.add_argument("seq_len", type=int)
+    parser.add_argument("batch_size", type=int)
+    parser.add_argument("--provider", action="append")
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.seq_len, args.batch_size, args.provider)
+    print(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])
