@@ -53,12 +53,30 @@ class LayerContributions:
     reconstruction_error: float
 
 
-def head_outputs(block: AttentionBlock, values: np.ndarray, num_heads: int) -> np.ndarray:
-    """v^h_j @ W_O^h for every head h and token j: [H, S, D] (grouped key/value heads expanded)."""
+def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
+    """v^h_j @ W^h for every head h and token j: [H, S, D] (grouped key/value heads expanded)."""
     kv_heads, _, head_size = values.shape
-    weight = block.out_proj_weight.reshape(num_heads, head_size, -1)
     per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
-    return np.matmul(per_head, weight)
+    return np.matmul(per_head, weight.reshape(num_heads, head_size, -1))
+
+
+def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """u_i = sum_j T[i, j] + b_O = merge_h(A^h V^h) W_O + x_i + b_O (the cheap order; float64 after A V)."""
+    num_heads, seq_len, _ = probs.shape
+    kv_heads = values.shape[0]
+    per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
+    context = np.matmul(probs, per_head)  # [H, S, dh]
+    merged = context.transpose(1, 0, 2).reshape(seq_len, -1).astype(np.float64)
+    bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
+    return merged @ block.out_proj_weight + residual + bias
+
+
+def mixing_weight(block: AttentionBlock) -> np.ndarray:
+    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW))."""
+    weight = block.out_proj_weight
+    if block.norm_placement != "post":
+        return weight
+    return (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
 
 
 @one_blas_thread
@@ -74,35 +92,37 @@ def layer_contributions(
     """ALTI contributions of one block for one unpadded example.
 
     The post-LN map T -> T' = gamma (T - mean T) / sigma_i is linear in T once sigma_i is fixed,
-    so centering and gamma are applied once to the per-token vectors (v W_O and x), giving
-    T~[i, j] = sigma_i T'[i, j], and 1/sigma_i is pulled out of the distances. Only the Manhattan
-    distance needs the S*S*D tensor T~; it is written once by a matmul and read once, in row
-    blocks that stay in cache, using |a - b| = 2 max(a, b) - a - b so the row sums of T~ (cheap,
-    S*S*H) replace an elementwise pass. The norm-based baseline ||T'|| comes from per-token
-    Gram matrices (S*S*H*H), never from T~. Small [S, D] quantities (sigma, the recomposed
-    output, the self-check) are float64; the S*S*D pass runs in ``dtype``.
+    so centering and gamma are folded into W_O and x once, giving T~[i, j] = sigma_i T'[i, j],
+    and 1/sigma_i is pulled out of the distances. Only the Manhattan distance needs the S*S*D
+    tensor T~; it is written once by a matmul and read once, in row blocks that stay in cache,
+    using |a - b| = 2 max(a, b) - a - b so the row sums of T~ (cheap, S*S*H) replace an
+    elementwise pass. The norm-based baseline ||T'|| comes from per-token Gram matrices
+    (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed output and the
+    self-check are float64; the per-token vectors and the S*S*D pass use ``dtype``.
     """
     probs = np.asarray(probs)
-    exact_probs = probs.astype(np.float64)
+    exact = np.float64
     num_heads, seq_len, _ = probs.shape
-    projected = head_outputs(block, np.asarray(values, dtype=np.float64), num_heads)  # [H, S, D]
-    residual = np.asarray(residual, dtype=np.float64)
-    bias = np.zeros(projected.shape[-1]) if block.out_proj_bias is None else block.out_proj_bias
-
-    summed = np.matmul(exact_probs, projected).sum(0) + residual + bias  # u_i = sum_j T[i,j] + b_O
+    values = np.asarray(values, dtype=dtype)
+    summed = residual_sum(block, probs.astype(dtype), values, np.asarray(residual, dtype=exact))
     recomposed = _recompose(block, summed)
     error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
 
+    projected = head_outputs(mixing_weight(block).astype(dtype), values, num_heads)  # v^h_j W~^h, [H, S, D]
+    residual = np.asarray(residual, dtype=exact)
     if block.norm_placement == "post":
         sigma = np.sqrt(summed.var(-1) + block.norm_epsilon)
-        projected = (projected - projected.mean(-1, keepdims=True)) * block.norm_weight
         residual = (residual - residual.mean(-1, keepdims=True)) * block.norm_weight
     else:
         sigma = np.ones(seq_len)
+    residual = residual.astype(dtype)
     target = recomposed * sigma[:, None]  # sigma_i y_i, so that ||target_i - T~[i, j]|| = sigma_i ||y_i - T'[i, j]||
 
-    distance = _manhattan_distances(probs, projected, residual, target, dtype, row_block_bytes)
-    norms = np.sqrt(_squared_norms(exact_probs, projected, residual))
+    # One transpose of the probabilities serves every pass: column j outermost, heads innermost.
+    by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
+    vectors = np.ascontiguousarray(projected.transpose(1, 0, 2))  # [S_j, H, D]
+    distance = _manhattan_distances(by_column, vectors, residual, target, row_block_bytes)
+    norms = np.sqrt(_squared_norms(by_column, vectors, residual))
     y_norms = np.abs(recomposed).sum(-1)[:, None]
     raw = y_norms - distance / sigma[:, None]
     # Differences below the rounding of the distance pass are noise, not contribution: clip them
@@ -110,45 +130,50 @@ def layer_contributions(
     raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
     # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
     # there rather than the rounding residue of the distance identity.
-    silent = ~np.any(probs, axis=0)
+    silent = ~by_column.any(-1).T
     np.fill_diagonal(silent, False)
     raw[silent] = 0.0
     return LayerContributions(normalize_rows(raw), normalize_rows(norms / sigma[:, None]), error)
 
 
 def _manhattan_distances(
-    probs: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, dtype: type, budget: int
+    by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, budget: int
 ) -> np.ndarray:
-    """||target_i - T~[i, j]||_1 for all i, j, with T~[i, j] = sum_h A[h,i,j] vectors[h,j] + [i==j] residual_j."""
-    num_heads, seq_len, width = vectors.shape
+    """||target_i - T~[i, j]||_1 for all i, j, with T~[i, j] = sum_h A[h,i,j] vectors[j,h] + [i==j] residual_j.
+
+    ``by_column`` is A laid out [S_j, S_i, H], ``vectors`` [S_j, H, D].
+    """
+    seq_len, _, width = vectors.shape
     # sum_d T~[i, j] and sum_d target_i, exact and cheap
-    row_sums = np.einsum("hij,hj->ij", probs.astype(np.float64), vectors.sum(-1))
-    row_sums[np.diag_indices(seq_len)] += residual.sum(-1)
+    row_sums = np.einsum("jih,jh->ij", by_column, vectors.sum(-1, dtype=np.float64))
+    row_sums[np.diag_indices(seq_len)] += residual.sum(-1, dtype=np.float64)
     target_sums = target.sum(-1)
 
-    by_column = np.ascontiguousarray(vectors.transpose(1, 0, 2), dtype=dtype)  # [S_j, H, D]
-    probs_by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
-    residual, target = residual.astype(dtype), target.astype(dtype)
+    target = target.astype(vectors.dtype)
     max_sums = np.empty((seq_len, seq_len))
-    rows_per_block = max(1, budget // max(1, np.dtype(dtype).itemsize * seq_len * width))
-    for start in range(0, seq_len, rows_per_block):
-        stop = min(seq_len, start + rows_per_block)
-        rows = np.arange(start, stop)
-        mixed = np.matmul(probs_by_column[:, start:stop, :], by_column)  # T~ for rows i in the block, [S_j, I, D]
-        mixed[rows, rows - start] += residual[rows]
-        np.maximum(target[None, start:stop, :], mixed, out=mixed)
-        max_sums[start:stop] = mixed.sum(-1).T
+    # Blocks of columns j: each is one [S_i x H] @ [H x D] matmul per j (few, large BLAS calls).
+    columns_per_block = max(1, budget // max(1, vectors.itemsize * seq_len * width))
+    ones = np.ones(width, dtype=vectors.dtype)
+    for start in range(0, seq_len, columns_per_block):
+        stop = min(seq_len, start + columns_per_block)
+        columns = np.arange(start, stop)
+        mixed = np.matmul(by_column[start:stop], vectors[start:stop])  # T~[i, j] for the block's j, [J, S_i, D]
+        mixed[columns - start, columns] += residual[columns]
+        np.maximum(target[None, :, :], mixed, out=mixed)
+        max_sums[:, start:stop] = np.matmul(mixed, ones).T  # a BLAS row sum, faster than .sum(-1)
     return 2.0 * max_sums - target_sums[:, None] - row_sums
 
 
-def _squared_norms(probs: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:
+def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """||T~[i, j]||_2^2 = a^T G_j a + [i==j] (2 a.c_j + ||x~_j||^2), a = A[:, i, j], from Gram matrices."""
-    gram = np.einsum("hjd,kjd->jhk", vectors, vectors)  # [S_j, H, H]
-    by_column = np.ascontiguousarray(probs.transpose(2, 0, 1))  # [S_j, H, S_i]
-    squared = np.einsum("jhi,jhi->ij", np.matmul(gram, by_column), by_column)
-    diagonal = np.diag_indices(probs.shape[1])
-    cross = np.einsum("hjd,jd->jh", vectors, residual)  # [S_j, H]
-    squared[diagonal] += 2.0 * np.einsum("hjj,jh->j", probs, cross) + np.einsum("jd,jd->j", residual, residual)
+    gram = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [S_j, H, H]
+    weighted = np.matmul(by_column, gram)  # (G_j a)[h] for every (j, i), [S_j, S_i, H]
+    np.multiply(weighted, by_column, out=weighted)
+    squared = np.matmul(weighted, np.ones(weighted.shape[-1], dtype=weighted.dtype)).T.astype(np.float64)
+    diagonal = np.diag_indices(len(vectors))
+    self_weights = by_column[diagonal]  # A[:, j, j], [S_j, H]
+    cross = np.einsum("jhd,jd->jh", vectors, residual)  # [S_j, H]
+    squared[diagonal] += 2.0 * np.einsum("jh,jh->j", self_weights, cross) + np.einsum("jd,jd->j", residual, residual)
     return np.maximum(squared, 0.0)
 
 
