@@ -17,7 +17,7 @@ from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
 from .contributions import LayerContributions, layer_contributions, rollout
 from .errors import ModelPathError, RuntimeFailure, SelfCheckError
 from .explanation import Explanation
-from .prediction import class_labels, classify
+from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, InstrumentedSession
 from .text_inputs import Batch, TextEncoder
 
@@ -79,6 +79,7 @@ class Explainer:
         self.session = InstrumentedSession(self.model, self.blocks, providers)
         self.self_check_tolerance = self_check_tolerance
         self.labels = class_labels(self.config)
+        self.causal = _causal_from_config(self.config)
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
@@ -103,6 +104,7 @@ class Explainer:
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "token_type_ids": batch.token_type_ids,
+            "position_ids": batch.position_ids,
         }
         try:
             outputs, tensors = self.session.run(feeds)
@@ -115,12 +117,13 @@ class Explainer:
             raise
         rows = range(len(batch.lengths))
         kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
+        causal = self.causal or _causal_attention(tensors[0].probs, kept)
         jobs = [(row, layer) for row in rows for layer in range(len(self.blocks))]
         layers = list(self._pool.map(lambda job: self._layer(tensors, kept, *job), jobs))
         explanations = []
         for row in rows:
             mine = layers[row * len(self.blocks) : (row + 1) * len(self.blocks)]
-            explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine)
+            explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine, causal)
             if check:
                 self._self_check(explanation, tensors, row, kept[row])
             explanations.append(explanation)
@@ -144,21 +147,27 @@ class Explainer:
         outputs: dict[str, np.ndarray],
         tensors: list[BlockTensors],
         layers: list[LayerContributions],
+        causal: bool,
     ) -> Explanation:
         contributions = np.stack([layer.contributions for layer in layers])
         row_outputs = {name: value[row] for name, value in outputs.items()}
+        last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
         return Explanation(
             tokens=batch.tokens[row],
             input_ids=[int(i) for i in batch.input_ids[row, keep]],
             contributions=contributions,
             rollout=rollout(contributions),
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
-            default_target=0,
+            default_target=len(layers[0].contributions) - 1 if causal else 0,
             outputs=row_outputs,
             attention=np.stack([t.probs[row][:, keep][:, :, keep].mean(0, dtype=np.float64) for t in tensors]),
             norm_based=np.stack([layer.norms for layer in layers]),
-            prediction=classify(row_outputs, self.labels),
+            prediction=None if causal else classify(row_outputs, self.labels),
+            next_token=next_token(row_outputs, last, self._decode) if causal else None,
         )
+
+    def _decode(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, keep) -> None:
         for layer, (error, t) in enumerate(zip(explanation.reconstruction_error, tensors)):
@@ -169,6 +178,27 @@ class Explainer:
                     f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); the graph is not what "
                     "the block description says"
                 )
+
+
+def _causal_from_config(config: dict) -> bool:
+    """A causal language model by config.json's architectures (``*ForCausalLM``, ``*LMHeadModel``)."""
+    architectures = config.get("architectures")
+    return isinstance(architectures, list) and any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+def _causal_attention(probs: np.ndarray, kept: list) -> bool:
+    """Causal when no row attends to a later real token (the first block's probabilities are
+    lower-triangular) and some row has two tokens to tell by: a decoder without a config saying so
+    (an encoder's Softmax is positive everywhere unmasked)."""
+    seen = False
+    for row, keep in enumerate(kept):
+        square = probs[row][:, keep][:, :, keep]
+        if square.shape[-1] < 2:
+            continue
+        if np.any(np.triu(square, k=1)):
+            return False
+        seen = True
+    return seen
 
 
 def _kept_positions(mask: np.ndarray) -> slice | np.ndarray:

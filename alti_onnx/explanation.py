@@ -19,7 +19,8 @@ class Explanation:
     between the block output rebuilt from the decomposition and the model's own. For baselines,
     ``attention[l]`` holds the head-averaged attention probabilities and ``norm_based[l]`` the
     row-normalized ||T'[i, j]|| of Kobayashi et al. ``prediction`` is the classifier's predicted
-    label when the model has a ``logits`` output.
+    label when the model has a ``logits`` output. For a causal language model ``default_target`` is
+    the last token and ``next_token`` what the model predicts after it (token id, text, probability).
     """
 
     tokens: list[str]
@@ -32,6 +33,7 @@ class Explanation:
     attention: np.ndarray | None = field(default=None, repr=False)
     norm_based: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = None
+    next_token: Prediction | None = None
 
     @property
     def num_layers(self) -> int:
@@ -46,7 +48,7 @@ class Explanation:
 
     def to_dict(self, target: int | None = None) -> dict[str, object]:
         target = self.default_target if target is None else target
-        return {
+        payload: dict[str, object] = {
             "tokens": list(self.tokens),
             "input_ids": [int(i) for i in self.input_ids],
             "contributions": self.contributions.tolist(),
@@ -55,6 +57,10 @@ class Explanation:
             "attribution": self.attribution(target).tolist(),
             "reconstruction_error": [float(e) for e in self.reconstruction_error],
         }
+        if self.next_token is not None:  # decoders only, so encoders keep exactly the keys above
+            token = self.next_token
+            payload["next_token"] = {"id": token.index, "token": token.label, "probability": token.probability}
+        return payload
 
     def to_json(self, target: int | None = None) -> str:
         return json.dumps(self.to_dict(target))

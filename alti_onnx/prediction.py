@@ -1,7 +1,9 @@
-"""What a sequence classifier predicts, read from its ``logits`` output."""
+"""What the model predicts, read from its ``logits`` output: a sequence classifier's class, or a
+causal language model's next token."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +11,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted class: its index, its label and its softmax probability."""
+    """The predicted class (or next token): its index (token id), label (token text) and softmax probability."""
 
     index: int
     label: str
@@ -39,3 +41,13 @@ def classify(outputs: dict[str, np.ndarray], labels: list[str] | None) -> Predic
     index = int(probabilities.argmax())
     label = labels[index] if labels and index < len(labels) else str(index)
     return Prediction(index, label, float(probabilities[index]), probabilities)
+
+
+def next_token(outputs: dict[str, np.ndarray], position: int, decode: Callable[[int], str]) -> Prediction | None:
+    """The most likely token after ``position`` for one example of a [S, V] ``logits`` output; None otherwise."""
+    logits = outputs.get("logits")
+    if logits is None or np.ndim(logits) != 2:
+        return None
+    probabilities = softmax(np.asarray(logits[position], dtype=np.float64))
+    index = int(probabilities.argmax())
+    return Prediction(index, decode(index), float(probabilities[index]), probabilities)

@@ -39,6 +39,7 @@ class InstrumentedSession:
         self.blocks = blocks
         self.original_outputs = [o.name for o in model.graph.output]
         self.input_names = {i.name for i in model.graph.input}
+        self.cache_inputs = _cache_inputs(model)
         instrumented = instrument(model, blocks)
         self.output_names = [o.name for o in instrumented.graph.output]
         providers = providers or default_providers()
@@ -62,6 +63,8 @@ class InstrumentedSession:
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
         """The model's own outputs by name, and each block's tensors in layer order."""
         feeds = {name: array for name, array in feeds.items() if name in self.input_names}
+        if "input_ids" in feeds:
+            feeds.update(self.empty_cache(len(feeds["input_ids"])))
         try:
             results = self.session.run(self.output_names, feeds)
         except Exception as exc:  # noqa: BLE001
@@ -72,6 +75,39 @@ class InstrumentedSession:
             BlockTensors(by_name[b.probs], by_name[b.values], by_name[b.residual], by_name[b.output]) for b in self.blocks
         ]
         return outputs, tensors
+
+
+    def empty_cache(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zero-length past keys/values for a KV-cache export, so it runs on the full sequence."""
+        return {
+            name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype)
+            for name, (heads, head_size, dtype) in self.cache_inputs.items()
+        }
+
+
+#: ONNX element types a KV cache is stored in.
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def _cache_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int, type]]:
+    """Graph inputs that are a KV cache: float [batch, heads, past_length, head_size], fixed heads and size.
+
+    Recognised by type and shape, not name: token inputs are integer, and a float rank-4 input of
+    a text model can only be past keys or values.
+    """
+    found = {}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        dims = list(tensor.shape.dim) if tensor.HasField("shape") else []
+        if tensor.elem_type not in _FLOAT_TYPES or len(dims) != 4:
+            continue
+        if not (dims[1].HasField("dim_value") and dims[3].HasField("dim_value")):
+            raise RuntimeFailure(
+                f"input {value.name!r} looks like a KV cache with unknown head count or size; export the model "
+                "without past (alti-onnx export HF_DIR OUT --task text-generation)"
+            )
+        found[value.name] = (dims[1].dim_value, dims[3].dim_value, _FLOAT_TYPES[tensor.elem_type])
+    return found
 
 
 def _first_line(exc: Exception) -> str:

@@ -28,6 +28,13 @@ class Batch:
     def lengths(self) -> list[int]:
         return [int(n) for n in self.attention_mask.sum(1)]
 
+    @property
+    def position_ids(self) -> np.ndarray:
+        """0..S-1 in every row: with right padding each text's real tokens keep the positions they
+        have alone (decoder exports take position_ids; padded positions are never attended to)."""
+        rows, width = self.input_ids.shape
+        return np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
+
 
 class TextEncoder:
     """A `tokenizers` tokenizer plus the model limits read from config.json."""

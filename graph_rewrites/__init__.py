@@ -6,13 +6,14 @@
 
 from .analyze import find_attention_blocks, static_shapes
 from .block import AttentionBlock
-from .errors import GraphRewriteError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
+from .errors import GraphRewriteError, KVCacheExportError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
 from .instrument import expose_tensors, instrument
 from .model_io import load_model, save_model
 
 __all__ = [
     "AttentionBlock",
     "GraphRewriteError",
+    "KVCacheExportError",
     "ModelLoadError",
     "PatternNotFoundError",
     "QuantizedWeightsError",

@@ -65,7 +65,7 @@ def _describe(layer: int, match: BlockMatch, shapes: dict[str, list[int | None]]
         layer=layer,
         num_heads=num_heads,
         head_size=head_size,
-        norm_placement="post" if norm is not None else "pre",
+        norm_placement=match.placement,
         probs=match.probs.name,
         values=match.values.name,
         residual=match.residual.name,

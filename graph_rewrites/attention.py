@@ -4,7 +4,13 @@ The pattern, one step at a time (each step is a function below)::
 
     Softmax -> probs x values (MatMul) -> head merge (Transpose 0,2,1,3 + Reshape)
             -> output projection (MatMul/Gemm with constant W_O, optional + b_O)
-            -> residual add (+ x) -> norm (post-LN: LayerNorm of the sum)
+            -> residual add (+ x) -> norm
+
+The norm step decides the placement from the value path: when the values are projected from a
+norm of the residual input x (v = n(x) W_V + b_V) the block is pre-LN and its output is the
+residual sum; when they are projected from x itself it is post-LN and the output is the LayerNorm
+of the sum. A NaN guard after the Softmax (``Where(IsNaN(p), 0, p)``, as SDPA exports have) and
+grouped key/value heads expanded by Unsqueeze/Expand/Reshape are walked through.
 
 When no Softmax completes the pattern, the error names the furthest step reached and where.
 """
@@ -16,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from .errors import PatternNotFoundError, QuantizedWeightsError
-from .layer_norm import LayerNormMatch, match_layer_norm
+from .block import NormPlacement
+from .errors import KVCacheExportError, PatternNotFoundError, QuantizedWeightsError
+from .layer_norm import LayerNormMatch, match_layer_norm, match_rms_norm
 from .walk import (
     backward,
     consumers,
@@ -29,6 +36,7 @@ from .walk import (
     is_constant,
     is_standard,
     other_input,
+    reduce_axes,
     same,
     split_constant,
 )
@@ -62,6 +70,7 @@ class BlockMatch:
     out_proj_weight: np.ndarray
     out_proj_bias: np.ndarray | None
     norm: LayerNormMatch | None
+    placement: NormPlacement = "post"
 
 
 def match_block(softmax: ir.Node) -> BlockMatch:
@@ -71,6 +80,28 @@ def match_block(softmax: ir.Node) -> BlockMatch:
     merged = _head_merge(context)
     projected, weight, bias = _output_projection(merged)
     residual, summed = _residual_add(projected)
+    source = _value_projection_input(values)
+    pre = _pre_norm(source, residual, weight.shape[1])
+    if pre is not None:
+        return BlockMatch(
+            softmax=softmax,
+            probs=probs,
+            values=_grouped_values(values),
+            residual=residual,
+            output=summed,
+            norm_input=None,
+            out_proj_weight=weight,
+            out_proj_bias=bias,
+            norm=pre,
+            placement="pre",
+        )
+    if source is not None and not same(source, residual):
+        raise StepFailed(
+            "norm",
+            summed.producer(),
+            "the values are projected neither from the residual input (post-LN) nor from a LayerNorm or RMSNorm "
+            "of it (pre-LN)",
+        )
     norm = _post_norm(summed, weight.shape[1])
     return BlockMatch(
         softmax=softmax,
@@ -93,12 +124,102 @@ def _softmax(node: ir.Node) -> ir.Value:
 
 
 def _probs_times_values(softmax: ir.Node, probs: ir.Value) -> tuple[ir.Value, ir.Value]:
-    probs = forward(probs)
+    probs = _past_nan_guard(forward(probs))
     for matmul in consumers(probs, "MatMul"):
         if matmul.inputs[0] is probs and not is_constant(matmul.inputs[1]):
             return matmul.inputs[1], matmul.outputs[0]
     found = ", ".join(n.op_type for n in consumers(probs)) or "nothing"
     raise StepFailed("probs x values", softmax, f"expected MatMul(probs, values) after the Softmax, found {found}")
+
+
+def _past_nan_guard(probs: ir.Value) -> ir.Value:
+    """``Where(IsNaN(p), 0, p)``: SDPA exports zero fully masked rows; other rows pass unchanged."""
+    for where in consumers(probs, "Where"):
+        condition = where.inputs[0].producer()
+        if (
+            condition is not None
+            and is_standard(condition, "IsNaN")
+            and condition.inputs[0] is probs
+            and where.inputs[2] is probs
+            and is_constant(where.inputs[1])
+        ):
+            return forward(where.outputs[0])
+    return probs
+
+
+#: Ops that hand a tensor on unchanged in value (shapes aside).
+PASS_OPS = ("Identity", "Cast")
+#: Ops that move or re-type value vectors without changing them (heads split, transposed, repeated).
+_VALUE_LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Split", "Slice", "Cast", "Identity")
+
+
+def _value_projection_input(values: ir.Value) -> ir.Value | None:
+    """What the value projection (MatMul/Gemm with a constant weight) reads, walking back from the
+    values through layout ops, a bias Add and a KV-cache Concat; None when the walk gets lost."""
+    value = values
+    for _ in range(24):
+        node = value.producer()
+        if node is None:
+            return None
+        if is_standard(node, "MatMul", "Gemm") and is_constant(node.inputs[1]):
+            source = node.inputs[0]
+            while source.producer() is not None and is_standard(source.producer(), "Reshape", *PASS_OPS):
+                source = source.producer().inputs[0]  # Gemm works on [B*S, D]
+            return backward(source)
+        if is_standard(node, *_VALUE_LAYOUT_OPS):
+            value = node.inputs[0]
+        elif is_standard(node, "Add", "Mul"):  # a bias (Qwen2, BERT) or a scale
+            const, other = split_constant(node)
+            if const is None or other is None:
+                return None
+            value = other
+        elif is_standard(node, "Concat"):  # a KV cache: the past values (a graph input), then the new ones
+            fresh = [v for v in node.inputs if v is not None and not v.is_graph_input() and not is_constant(v)]
+            if len(fresh) != 1:
+                return None
+            value = fresh[0]
+        else:
+            return None
+    return None
+
+
+def _pre_norm(source: ir.Value | None, residual: ir.Value, width: int) -> LayerNormMatch | None:
+    """The norm n with ``source = n(residual)`` (a pre-LN block), or None."""
+    if source is None or same(source, residual):
+        return None
+    for alias in _aliases(residual):
+        norm = match_layer_norm(alias, width) or match_rms_norm(alias, width)
+        if norm is not None and same(norm.output, source):
+            return norm
+    return None
+
+
+def _aliases(value: ir.Value) -> list[ir.Value]:
+    """``value`` and every tensor that is it through Identity/Cast consumers (Llama casts before its norms)."""
+    found, todo = [], [value]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(n.outputs[0] for n in consumers(current, *PASS_OPS))
+    return found
+
+
+def _grouped_values(values: ir.Value) -> ir.Value:
+    """The [B, H_kv, S, dh] values before grouped-query heads are repeated to [B, H, S, dh].
+
+    ``repeat_kv`` is Unsqueeze(axis 2) -> Expand -> Reshape: head h reads key/value head
+    h // (H / H_kv), the order the contributions assume. Anything else keeps the expanded values.
+    """
+    reshape = values.producer()
+    if reshape is None or not is_standard(reshape, "Reshape"):
+        return values
+    expand = reshape.inputs[0].producer()
+    if expand is None or not is_standard(expand, "Expand"):
+        return values
+    unsqueeze = expand.inputs[0].producer()
+    if unsqueeze is None or not is_standard(unsqueeze, "Unsqueeze") or reduce_axes(unsqueeze) != [2]:
+        return values
+    return unsqueeze.inputs[0]
 
 
 def _head_merge(context: ir.Value) -> ir.Value:
@@ -214,8 +335,8 @@ def _post_norm(summed: ir.Value, width: int) -> LayerNormMatch:
         raise StepFailed(
             "norm",
             summed.producer(),
-            f"expected a LayerNorm of the residual sum (post-LN block), found {found}; "
-            "pre-LN (decoder) blocks are not supported yet",
+            f"expected a LayerNorm of the residual sum (post-LN block), or values projected from a norm of the "
+            f"residual input (pre-LN block); found {found} after the sum",
         )
     return norm
 
@@ -226,6 +347,7 @@ def find_block_matches(graph: ir.Graph) -> list[BlockMatch]:
     failures: list[StepFailed] = []
     softmaxes = [n for n in graph if is_standard(n, "Softmax")]
     if not softmaxes:
+        _refuse_merged_cache(graph)
         raise PatternNotFoundError("softmax", "the graph", "it has no Softmax node (fused attention operators are not supported)")
     for node in softmaxes:
         try:
@@ -237,3 +359,18 @@ def find_block_matches(graph: ir.Graph) -> list[BlockMatch]:
         where = describe(furthest.node) if furthest.node is not None else "the graph"
         raise PatternNotFoundError(furthest.step, f"{where} ({len(softmaxes)} Softmax node(s) tried)", furthest.detail)
     return matches
+
+
+def _refuse_merged_cache(graph: ir.Graph) -> None:
+    """A merged decoder (optimum's decoder_model_merged.onnx) keeps its attention inside If branches."""
+    for node in graph:
+        if not is_standard(node, "If"):
+            continue
+        for attr in node.attributes.values():
+            branches = [attr.value] if attr.type == ir.AttributeType.GRAPH else []
+            if any(is_standard(n, "Softmax") for branch in branches for n in branch.all_nodes()):
+                raise KVCacheExportError(
+                    f"{describe(node)} switches between a KV-cache and a no-cache decoder graph (a merged "
+                    "with-past export, e.g. decoder_model_merged.onnx); ALTI explains a full sequence: export "
+                    "without past (alti-onnx export HF_DIR OUT --task text-generation) and explain that model.onnx"
+                )

@@ -24,6 +24,11 @@ class AttentionBlock:
       described, not exposed (see ``tensor_names``);
     - ``output``: the block output, the norm's output (post-LN) or the residual sum (pre-LN).
 
+    ``norm_weight``/``norm_bias``/``norm_epsilon`` describe the block's norm: post-LN, the
+    LayerNorm after the residual sum (the decomposition uses them); pre-LN, the norm before
+    attention whose output feeds the values (LayerNorm, or RMSNorm with a zero bias), described
+    only: the values already carry it.
+
     ``out_proj_weight`` is oriented so that ``merged_heads @ out_proj_weight`` is the projection,
     with rows ``h*head_size:(h+1)*head_size`` belonging to head h.
     """

@@ -26,3 +26,7 @@ class PatternNotFoundError(GraphRewriteError):
 
 class QuantizedWeightsError(GraphRewriteError):
     """A weight the decomposition needs is stored quantized (int8/uint8), not as floats."""
+
+
+class KVCacheExportError(GraphRewriteError):
+    """A merged decoder export whose attention sits in If branches (KV cache or not): not explainable."""

@@ -1,4 +1,4 @@
-"""Recognise a layer norm applied to a tensor: the LayerNormalization op or its decomposition."""
+"""Recognise a norm applied to a tensor: LayerNorm or RMSNorm, as one op or decomposed."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def _epsilon_of_std(std: ir.Value, centered: ir.Value) -> float | None:
     return float(np.ravel(eps)[0])
 
 
-def _affine(normed: ir.Value, width: int) -> tuple[ir.Value, np.ndarray, np.ndarray]:
+def _affine(normed: ir.Value, width: int, with_bias: bool = True) -> tuple[ir.Value, np.ndarray, np.ndarray]:
     """Follow the optional Mul(gamma) and Add(beta) after the normalisation."""
     weight, bias, out = np.ones(width), np.zeros(width), normed
     muls = consumers(out, "Mul")
@@ -113,12 +113,88 @@ def _affine(normed: ir.Value, width: int) -> tuple[ir.Value, np.ndarray, np.ndar
         gamma, other = split_constant(muls[0])
         if gamma is not None and other is out:
             weight, out = _vector(gamma, width), forward(muls[0].outputs[0])
-    adds = consumers(out, "Add")
+    adds = consumers(out, "Add") if with_bias else []
     if len(adds) == 1:
         beta, other = split_constant(adds[0])
         if beta is not None and other is out:
             bias, out = _vector(beta, width), forward(adds[0].outputs[0])
     return out, weight, bias
+
+
+def match_rms_norm(x: ir.Value, width: int) -> LayerNormMatch | None:
+    """The RMSNorm over the last axis that reads ``x`` (bias zero), or None.
+
+    ``weight * x / sqrt(mean(x**2) + epsilon)``: SimplifiedLayerNormalization (onnxruntime),
+    RMSNormalization (opset 23), or Pow/ReduceMean/Add/Sqrt/Div(or Reciprocal)/Mul, Casts allowed.
+    """
+    return _rms_fused(x, width) or _rms_decomposed(x, width)
+
+
+_RMS_OPS = ("SimplifiedLayerNormalization", "RMSNormalization")
+
+
+def _rms_fused(x: ir.Value, width: int) -> LayerNormMatch | None:
+    for node in consumers(x):
+        if node.op_type not in _RMS_OPS or node.domain not in ("", "ai.onnx", "com.microsoft"):
+            continue
+        weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        if node.inputs[0] is not x or weight is None or int_attr(node, "axis", -1) != -1:
+            continue
+        epsilon = node.attributes.get("epsilon")
+        return LayerNormMatch(
+            input=x,
+            output=node.outputs[0],
+            weight=_vector(weight, width),
+            bias=np.zeros(width),
+            epsilon=float(epsilon.as_float()) if epsilon is not None else 1e-5,
+        )
+    return None
+
+
+def _rms_decomposed(x: ir.Value, width: int) -> LayerNormMatch | None:
+    for square in consumers(x, "Pow", "Mul"):
+        if not _is_square_of(square, x):
+            continue
+        for mean in consumers(forward(square.outputs[0]), "ReduceMean"):
+            if not _is_last_axis_mean(mean):
+                continue
+            for add in consumers(forward(mean.outputs[0]), "Add"):
+                eps, _ = split_constant(add)
+                if eps is None:
+                    continue
+                for sqrt in consumers(forward(add.outputs[0]), "Sqrt"):
+                    normed = _divided_by(x, forward(sqrt.outputs[0]))
+                    if normed is None:
+                        continue
+                    output, weight, _ = _affine(forward(normed), width, with_bias=False)
+                    return LayerNormMatch(x, output, weight, np.zeros(width), float(np.ravel(eps)[0]))
+    return None
+
+
+def _is_square_of(node: ir.Node, x: ir.Value) -> bool:
+    if is_standard(node, "Pow"):
+        exponent = constant(node.inputs[1])
+        return node.inputs[0] is x and exponent is not None and float(np.ravel(exponent)[0]) == 2.0
+    return is_standard(node, "Mul") and node.inputs[0] is x and node.inputs[1] is x
+
+
+def _divided_by(x: ir.Value, std: ir.Value) -> ir.Value | None:
+    """``x / std``, written as Div(x, std) or as x * (1 / std) with Div(1, .) or Reciprocal."""
+    for div in consumers(std, "Div"):
+        if div.inputs[1] is std and same(div.inputs[0], x):
+            return div.outputs[0]
+    inverses = [n.outputs[0] for n in consumers(std, "Reciprocal")]
+    for div in consumers(std, "Div"):
+        one = constant(div.inputs[0])
+        if div.inputs[1] is std and one is not None and np.all(np.ravel(one) == 1.0):
+            inverses.append(div.outputs[0])
+    for inverse in inverses:
+        inverse = forward(inverse)
+        for mul in consumers(inverse, "Mul"):
+            other = mul.inputs[0] if mul.inputs[1] is inverse else mul.inputs[1]
+            if same(other, x):
+                return mul.outputs[0]
+    return None
 
 
 def _vector(array: np.ndarray, width: int) -> np.ndarray:

@@ -8,6 +8,11 @@ offline tokenizer, exports it with optimum into ``<out>/tiny-<arch>/`` and write
 reference ALTI for ``TEXTS`` into ``expected.npz`` (``input_ids_k``, ``contributions_k``,
 ``rollout_k``) plus ``texts.json``.
 
+The decoders in ``DECODER_ARCHS`` (pre-LN, causal: GPT-2, and Llama with 4 query heads sharing 2
+key/value heads; ``qwen2``, Llama-like with biases on Q, K and V, is built only by the tests) get
+the same treatment with a word-level tokenizer that prepends ``<s>``, exported with optimum's
+``text-generation`` task (logits, no KV cache); ``build_tiny_decoder(arch, out_dir)`` builds one.
+
 ``build_tiny_hf_model(arch, out_dir)`` is importable (tests use it to export variants, e.g. with
 ``torch.onnx.export`` at other opsets); it is deterministic: the same arch gives the same weights.
 """
@@ -32,6 +37,10 @@ __all__ = [
     "load_tiny_model",
     "expected_for_dir",
     "build_fixture",
+    "DECODER_ARCHS",
+    "build_decoder_tokenizer",
+    "build_tiny_decoder",
+    "load_tiny_decoder",
     "main",
 ]
 
@@ -58,6 +67,10 @@ TEXTS = (
 )
 
 _SIZES = dict(layers=2, hidden=32, heads=4, intermediate=64, max_pos=64)
+
+
+DECODER_ARCHS = ("gpt2", "llama")
+DECODER_SEEDS = {"gpt2": 11, "llama": 12, "qwen2": 13}
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -163,6 +176,72 @@ def build_tiny_hf_model(arch: str, out_dir: str | Path, seed: int | None = None)
     return out_dir
 
 
+def build_decoder_tokenizer():
+    """(tokenizers.Tokenizer, special-token kwargs): word-level, ``<s>`` prepended, as Llama does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + list(WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    special = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok.add_special_tokens(list(special.values()))
+    return tok, special
+
+
+def _decoder_config(arch: str, vocab_size: int):
+    import transformers as tf
+
+    L, D, H, F, P = (_SIZES[k] for k in ("layers", "hidden", "heads", "intermediate", "max_pos"))
+    ids = dict(vocab_size=vocab_size, bos_token_id=0, pad_token_id=1, eos_token_id=2, initializer_range=0.2)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_positions=P, n_embd=D, n_layer=L, n_head=H, n_inner=F, **ids)
+    llama_like = dict(
+        hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=H // 2,
+        max_position_embeddings=P, tie_word_embeddings=False, **ids,
+    )
+    if arch == "llama":
+        return tf.LlamaConfig(**llama_like)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**llama_like)
+    raise ValueError(f"unknown tiny decoder {arch!r}; expected one of {DECODER_ARCHS + ('qwen2',)}")
+
+
+def build_tiny_decoder(arch: str, out_dir: str | Path, seed: int | None = None) -> Path:
+    """Build the tiny seeded causal LM ``arch`` (random biases and norm weights) and save it with its
+    tokenizer to ``out_dir`` as a Hugging Face model directory. Deterministic for a given (arch, seed)."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok, special = build_decoder_tokenizer()
+    cfg = _decoder_config(arch, tok.get_vocab_size())
+    torch.manual_seed(DECODER_SEEDS[arch] if seed is None else seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):  # GPT-2's Linear/Conv1D and LayerNorm biases, Qwen2's q/k/v biases
+                param.normal_(0.0, 0.2)
+            elif "norm" in name or "ln_" in name:  # LayerNorm / RMSNorm weights
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=cfg.max_position_embeddings, **special)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tiny_decoder(hf_dir: str | Path):
+    """Load a saved tiny decoder (with its LM head) with eager attention (for the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager")
+
+
 def load_tiny_model(hf_dir: str | Path):
     """Load a saved tiny model directory with eager attention (for the reference)."""
     from transformers import AutoModel
@@ -177,7 +256,9 @@ def expected_for_dir(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS
     from models.reference import reference_alti
 
     tok = Tokenizer.from_file(str(tokenizer_json))
-    model = load_tiny_model(hf_dir)
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    decoder = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures", []))
+    model = load_tiny_decoder(hf_dir) if decoder else load_tiny_model(hf_dir)
     arrays: dict[str, np.ndarray] = {}
     for k, text in enumerate(texts):
         enc = tok.encode(text)
@@ -198,9 +279,11 @@ def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXT
     fixture = Path(out_root) / f"tiny-{arch}"
     if fixture.exists():
         shutil.rmtree(fixture)
+    decoder = arch in DECODER_ARCHS
     with tempfile.TemporaryDirectory() as tmp:
-        hf_dir = build_tiny_hf_model(arch, Path(tmp) / "hf")
-        export_model(hf_dir, fixture, task="feature-extraction")
+        build = build_tiny_decoder if decoder else build_tiny_hf_model
+        hf_dir = build(arch, Path(tmp) / "hf")
+        export_model(hf_dir, fixture, task="text-generation" if decoder else "feature-extraction")
         arrays = expected_for_dir(hf_dir, fixture / "tokenizer.json", texts)
     np.savez_compressed(fixture / "expected.npz", **arrays)
     (fixture / "texts.json").write_text(json.dumps(list(texts), indent=1) + "\n")
@@ -210,7 +293,7 @@ def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXT
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="tests/fixtures", help="fixtures root (default: tests/fixtures)")
-    ap.add_argument("--arch", nargs="*", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--arch", nargs="*", default=list(ARCHS + DECODER_ARCHS), choices=ARCHS + DECODER_ARCHS)
     args = ap.parse_args(argv)
     for arch in args.arch:
         t0 = time.perf_counter()
