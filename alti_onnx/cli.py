@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .errors import USER_ERRORS, OutputPathError
+from .errors import USER_ERRORS, InputError, OutputPathError
 from .export import ExportUnavailableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ALTI explanations for transformer models in ONNX.")
@@ -103,12 +103,18 @@ def instrument(
 def explain(
     model: Annotated[Path, typer.Argument(help="export directory (model.onnx + tokenizer.json) or .onnx file")],
     text: Annotated[str, typer.Option("--text", "-t", help="the text to explain")],
-    target: Annotated[Optional[int], typer.Option(help="position whose attribution is shown (default 0)")] = None,
+    target: Annotated[
+        Optional[int], typer.Option(help="position whose attribution is shown (default 0; a decoder's last token)")
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the full explanation as JSON")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="tokenizer.json, if not beside the model")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="onnxruntime provider (repeatable)")] = None,
 ) -> None:
-    """Explain a text: each token's contribution to the target position after all layers."""
+    """Explain a text: each token's contribution to the target position after all layers.
+
+    For a decoder (causal LM) the target defaults to the last token, whose output predicts the next
+    token; that prediction and its probability are printed too.
+    """
     from .explainer import Explainer
 
     with user_errors():
@@ -121,6 +127,9 @@ def explain(
     if explanation.prediction is not None:
         p = explanation.prediction
         out.print(Text(f"prediction: {p.label} (probability {p.probability:.4f})", style="bold"))
+    if explanation.next_token is not None:
+        p = explanation.next_token
+        out.print(Text(f"next token: {p.label!r} (id {p.index}, probability {p.probability:.4f})", style="bold"))
     print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
@@ -178,6 +187,128 @@ def demo(
             raise ExportUnavailableError(f"the model recipes need the 'export' extra: {exc}") from None
         model_dir = build_sentiment_classifier()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="export directory of a sequence classifier (output 'logits')")],
+    data: Annotated[Path, typer.Option("--data", help="TSV with a 'text' column, or one sentence per line")],
+    n: Annotated[int, typer.Option("--n", min=1, help="evaluate the first N sentences")] = 500,
+    out_dir: Annotated[Path, typer.Option("--out", help="where results.md, results.json, faithfulness.png go")] = Path(
+        "evaluation"
+    ),
+    hf_model: Annotated[
+        Optional[Path], typer.Option("--hf-model", help="Hugging Face dir of the same weights, for the gradient methods")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the random baseline")] = 0,
+    batch_size: Annotated[int, typer.Option(help="onnxruntime batch size for the perturbed inputs")] = 64,
+) -> None:
+    """Faithfulness of ALTI and the baselines: comprehensiveness and sufficiency (AOPC) on N sentences."""
+    from .evaluation import evaluate as run_evaluation
+    from .evaluation import markdown_table, read_texts, write_report
+    from .explainer import Explainer
+
+    with user_errors():
+        dataset = read_texts(data, n)
+        explainer = Explainer(model)
+        if hf_model is None:
+            hf_model = _default_hf_model(model)
+        result = run_evaluation(
+            explainer, dataset.texts, labels=dataset.labels, hf_model=hf_model, seed=seed, batch_size=batch_size,
+            progress=True,
+        )
+        result.meta["data"] = str(data)
+        with _writing(out_dir / "results.md"):
+            paths = write_report(result, out_dir, title=f"Faithfulness of {model.name}")
+    print(markdown_table(result, per_bin=False))
+    out.print(escape(f"{len(result.texts)} sentences in {result.meta['seconds']} s; wrote {', '.join(map(str, paths.values()))}"), soft_wrap=True)
+
+
+def _default_hf_model(model: Path) -> Optional[Path]:
+    """The checkpoint of the project's sentiment classifier when MODEL is its export (needs models/)."""
+    try:
+        from models.sentiment import hf_sentiment_dir, onnx_sentiment_dir
+    except ImportError:
+        return None
+    try:
+        is_sentiment = Path(model).resolve() in (onnx_sentiment_dir().resolve(), (onnx_sentiment_dir() / "model.onnx").resolve())
+    except OSError:
+        return None
+    return hf_sentiment_dir() if is_sentiment and hf_sentiment_dir().is_dir() else None
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="export directory or .onnx file")],
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the results as JSON")] = None,
+    lengths: Annotated[str, typer.Option(help="comma-separated sequence lengths")] = "32,128,512",
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,32",
+    provider: Annotated[Optional[list[str]], typer.Option(help="onnxruntime provider (repeatable)")] = None,
+) -> None:
+    """Time the plain forward pass and the full explanation (medians), with peak memory."""
+    from .bench import run_benchmark, to_json
+
+    with user_errors():
+        _load_or_fail(model)
+        results = run_benchmark(
+            model, _ints(lengths), _ints(batch_sizes), provider,
+            progress=lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False),
+        )
+        if json_path is not None:
+            with _writing(json_path):
+                json_path.write_text(json.dumps(to_json(results, model, provider), indent=2) + "\n")
+    table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
+    for column in ("seq len", "batch", "forward ms", "explain ms", "explain / forward", "peak RSS MB"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r.seq_len), str(r.batch_size), f"{r.forward_s * 1e3:.1f}", f"{r.explain_s * 1e3:.1f}",
+                      f"{r.ratio:.2f}x", f"{r.peak_rss_mb:.0f}")
+    out.print(table)
+
+
+def _load_or_fail(model: Path) -> None:
+    """Fail fast, with the usual one-line errors, before spawning benchmark workers."""
+    from .explainer import Explainer
+
+    Explainer(model)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def batch(
+    model: Annotated[Path, typer.Argument(help="export directory (model.onnx + tokenizer.json) or .onnx file")],
+    input_path: Annotated[Path, typer.Option("--input", help=".jsonl (strings or {'text', 'id'}) or a text file")],
+    output_path: Annotated[Path, typer.Option("--output", help="results as JSON lines (resumed if present)")],
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per onnxruntime run")] = 32,
+    target: Annotated[Optional[int], typer.Option(help="position whose attribution is stored (default 0)")] = None,
+    full: Annotated[bool, typer.Option(help="also store every layer's contributions and rollout")] = False,
+) -> None:
+    """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates."""
+    from rich.progress import Progress
+
+    from .corpus import explain_corpus
+    from .explainer import Explainer
+
+    with user_errors():
+        if not input_path.is_file():
+            raise InputError(f"input not found: {input_path}")
+        explainer = Explainer(model)
+        total = sum(1 for _ in open(input_path, encoding="utf-8"))
+        with Progress(console=err, transient=True) as progress, _writing(output_path):
+            task = progress.add_task("explaining", total=total)
+            summary = explain_corpus(
+                explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
+                on_record=lambda done: progress.update(task, completed=done),
+            )
+    out.print(escape(
+        f"{summary.written} records written to {output_path} ({summary.skipped} already there, "
+        f"{summary.failed} with errors)"), soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point
