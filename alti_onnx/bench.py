@@ -74,7 +74,7 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
     explainer = Explainer(model, providers=providers)
     plain = InstrumentedSession(explainer.model, [], providers)  # same options, no extra outputs
     batch = synthetic_batch(explainer, seq_len, batch_size)
-    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
+    feeds = batch.feeds()
     forward, _ = _median_seconds(lambda: plain.run(feeds), warmup, repeats, budget_s)
     explain, done = _median_seconds(lambda: explainer.explain_batch(batch), warmup, repeats, budget_s)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -100,14 +100,8 @@ class Explainer:
 
     def explain_batch(self, batch: Batch, check: bool = True) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run."""
-        feeds = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "token_type_ids": batch.token_type_ids,
-            "position_ids": batch.position_ids,
-        }
         try:
-            outputs, tensors = self.session.run(feeds)
+            outputs, tensors = self.session.run(batch.feeds())
         except RuntimeFailure as exc:
             if self.encoder.max_length is None:  # nothing told us the limit, so the text may be too long
                 raise RuntimeFailure(

@@ -28,6 +28,15 @@ class Batch:
     def lengths(self) -> list[int]:
         return [int(n) for n in self.attention_mask.sum(1)]
 
+    def feeds(self) -> dict[str, np.ndarray]:
+        """Every input an exported encoder or decoder may take (a session keeps the ones it has)."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+            "position_ids": self.position_ids,
+        }
+
     @property
     def position_ids(self) -> np.ndarray:
         """0..S-1 in every row: with right padding each text's real tokens keep the positions they
