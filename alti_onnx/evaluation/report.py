@@ -1,0 +1,104 @@
+"""Writing an EvaluationResult: a markdown table, the raw numbers as JSON, and a plot of the curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .runner import EvaluationResult
+
+__all__ = ["markdown_table", "summary_lines", "write_report", "plot"]
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def markdown_table(result: EvaluationResult, per_bin: bool = True) -> str:
+    """Method x (comprehensiveness AOPC, sufficiency AOPC[, per-bin values]) as a markdown table."""
+    header = ["method", "comprehensiveness AOPC ↑", "sufficiency AOPC ↓"]
+    if per_bin:
+        header += [f"comp {_pct(b)}" for b in result.bins] + [f"suff {_pct(b)}" for b in result.bins]
+    rows = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, m in result.methods.items():
+        if m.computed:
+            mean = m.scores.mean()
+            cells = [name, f"{mean['comprehensiveness_aopc']:.4f}", f"{mean['sufficiency_aopc']:.4f}"]
+            if per_bin:
+                cells += [f"{v:.4f}" for v in mean["comprehensiveness"]] + [f"{v:.4f}" for v in mean["sufficiency"]]
+        else:
+            cells = [name, m.reason or "not computed", ""] + ([""] * (2 * len(result.bins)) if per_bin else [])
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def summary_lines(result: EvaluationResult) -> list[str]:
+    """What was evaluated, in a few lines above the table."""
+    meta = result.meta
+    lines = [
+        f"- model: `{meta.get('model')}`",
+        f"- sentences: {len(result.texts)}" + (f" ({len(result.skipped)} skipped)" if result.skipped else ""),
+    ]
+    if meta.get("data"):
+        lines.append(f"- data: `{meta['data']}`")
+    if result.accuracy is not None:
+        lines.append(f"- model accuracy on these sentences: {result.accuracy:.4f}")
+    lines.append(
+        f"- bins: {', '.join(_pct(b) for b in result.bins)} of the non-special tokens (rounded up); tokens deleted, "
+        "specials kept; y = the class predicted on the full sentence; means over sentences"
+    )
+    lines.append(
+        f"- random: mean of {meta.get('random_draws')} seeded draws (seed {meta.get('seed')}); "
+        f"{meta.get('forward_passes')} distinct forward passes; {meta.get('seconds')} s"
+    )
+    return lines
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path, title: str = "Faithfulness") -> dict[str, Path]:
+    """OUT/results.md, OUT/results.json and OUT/faithfulness.png; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "results.md", "json": out_dir / "results.json", "plot": out_dir / "faithfulness.png"}
+    text = f"# {title}\n\n" + "\n".join(summary_lines(result)) + "\n\n" + markdown_table(result)
+    paths["markdown"].write_text(text, encoding="utf-8")
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    plot(result, paths["plot"], title)
+    return paths
+
+
+def plot(result: EvaluationResult, path: str | Path, title: str = "Faithfulness") -> Path:
+    """Both curves over the bins, one line per computed method (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [b * 100 for b in result.bins]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), constrained_layout=True)
+    markers = "osD^v<>ph*"
+    for index, (name, m) in enumerate(result.methods.items()):
+        if not m.computed:
+            continue
+        mean = m.scores.mean()
+        style = dict(marker=markers[index % len(markers)], linewidth=1.6, markersize=5)
+        if name == "random":
+            style.update(color="0.4", linestyle="--")
+        elif name == "ALTI":
+            style.update(color="crimson", linewidth=2.6)
+        label = f"{name}: AOPC comp {mean['comprehensiveness_aopc']:.3f}, suff {mean['sufficiency_aopc']:.3f}"
+        for ax, key in zip(axes, ("comprehensiveness", "sufficiency")):
+            ax.plot(x, mean[key], label=label if key == "comprehensiveness" else None, **style)
+    for ax, key, better in zip(axes, ("comprehensiveness", "sufficiency"), ("higher", "lower")):
+        ax.set_xscale("log")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{v:g}%" for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel("top-k tokens (% of the non-special tokens, rounded up)")
+        ax.set_ylabel(f"{key} (p(y|x) - p(y|perturbed))")
+        ax.set_title(f"{key} ({better} is more faithful)")
+        ax.grid(alpha=0.3)
+    fig.legend(loc="outside right center", fontsize=8, title="method (AOPC)", title_fontsize=8)
+    fig.suptitle(f"{title}: {len(result.texts)} sentences")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
