@@ -45,11 +45,13 @@ class LayerContributions:
     """One layer's matrices (row i receives from column j) and the self-check error.
 
     ``contributions`` is ALTI's C; ``norms`` the norm-based baseline of Kobayashi et al.
-    (||T'[i, j]||_2, rows normalized), which falls out of the same pass over T' for free.
+    (||T'[i, j]||_2, rows normalized) and ``attention`` the head-averaged attention, both
+    by-products of the same pass.
     """
 
     contributions: np.ndarray
-    norms: np.ndarray
+    norms: np.ndarray | None
+    attention: np.ndarray
     reconstruction_error: float
 
 
@@ -61,14 +63,17 @@ def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.n
 
 
 def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """u_i = sum_j T[i, j] + b_O = merge_h(A^h V^h) W_O + x_i + b_O (the cheap order; float64 after A V)."""
+    """u_i = sum_j T[i, j] + b_O = merge_h(A^h V^h) W_O + x_i + b_O (the cheap order), in float64.
+
+    The products run in the inputs' dtype (what the model itself computed in); the sum is float64.
+    """
     num_heads, seq_len, _ = probs.shape
     kv_heads = values.shape[0]
     per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
     context = np.matmul(probs, per_head)  # [H, S, dh]
-    merged = context.transpose(1, 0, 2).reshape(seq_len, -1).astype(np.float64)
+    merged = context.transpose(1, 0, 2).reshape(seq_len, -1)
     bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
-    return merged @ block.out_proj_weight + residual + bias
+    return (merged @ block.out_proj_weight.astype(merged.dtype)).astype(np.float64) + residual + bias
 
 
 def mixing_weight(block: AttentionBlock) -> np.ndarray:
@@ -88,6 +93,7 @@ def layer_contributions(
     block_output: np.ndarray,
     row_block_bytes: int = ROW_BLOCK_BYTES,
     dtype: type = np.float32,
+    with_norms: bool = True,
 ) -> LayerContributions:
     """ALTI contributions of one block for one unpadded example.
 
@@ -98,7 +104,8 @@ def layer_contributions(
     using |a - b| = 2 max(a, b) - a - b so the row sums of T~ (cheap, S*S*H) replace an
     elementwise pass. The norm-based baseline ||T'|| comes from per-token Gram matrices
     (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed output and the
-    self-check are float64; the per-token vectors and the S*S*D pass use ``dtype``.
+    self-check are float64; the per-token vectors and the S*S*D pass use ``dtype``. The
+    norm-based baseline is skipped (``norms`` None) unless ``with_norms``.
     """
     probs = np.asarray(probs)
     exact = np.float64
@@ -122,7 +129,7 @@ def layer_contributions(
     by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
     vectors = np.ascontiguousarray(projected.transpose(1, 0, 2))  # [S_j, H, D]
     distance = _manhattan_distances(by_column, vectors, residual, target, row_block_bytes)
-    norms = np.sqrt(_squared_norms(by_column, vectors, residual))
+    norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / sigma[:, None]) if with_norms else None
     y_norms = np.abs(recomposed).sum(-1)[:, None]
     raw = y_norms - distance / sigma[:, None]
     # Differences below the rounding of the distance pass are noise, not contribution: clip them
@@ -130,10 +137,12 @@ def layer_contributions(
     raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
     # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
     # there rather than the rounding residue of the distance identity.
-    silent = ~by_column.any(-1).T
+    attention = probs.sum(0, dtype=np.float64)
+    silent = attention == 0.0
     np.fill_diagonal(silent, False)
     raw[silent] = 0.0
-    return LayerContributions(normalize_rows(raw), normalize_rows(norms / sigma[:, None]), error)
+    attention /= num_heads
+    return LayerContributions(normalize_rows(raw), norms, attention, error)
 
 
 def _manhattan_distances(
@@ -145,7 +154,7 @@ def _manhattan_distances(
     """
     seq_len, _, width = vectors.shape
     # sum_d T~[i, j] and sum_d target_i, exact and cheap
-    row_sums = np.einsum("jih,jh->ij", by_column, vectors.sum(-1, dtype=np.float64))
+    row_sums = np.matmul(by_column, vectors.sum(-1)[:, :, None])[:, :, 0].T.astype(np.float64)
     row_sums[np.diag_indices(seq_len)] += residual.sum(-1, dtype=np.float64)
     target_sums = target.sum(-1)
 
@@ -192,7 +201,6 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
-@one_blas_thread
 def rollout(contributions: np.ndarray) -> np.ndarray:
     """R^1 = C^1, R^l = C^l @ R^(l-1) for a stack [L, S, S]."""
     result = np.empty_like(contributions)

@@ -218,7 +218,7 @@ def test_leave_one_out_matches_direct_computation(explainer, session, result):
 
 
 def test_attention_rollout_and_norm_based_match_direct_computation(explainer):
-    e = explainer.explain(SENTENCES[5])
+    e = explainer.explain(SENTENCES[5], baselines=True)
     L, S, _ = e.attention.shape
     r = None
     for layer in range(L):

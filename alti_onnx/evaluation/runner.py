@@ -263,7 +263,7 @@ def _explain(explainer: Explainer, texts: list[str], ids: list[list[int]], batch
     out: list = [None] * len(texts)
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        for i, e in zip(chunk, explainer.explain([texts[i] for i in chunk])):
+        for i, e in zip(chunk, explainer.explain([texts[i] for i in chunk], baselines=True)):
             if e.input_ids != ids[i]:
                 raise RuntimeError(f"explainer tokenized sentence {i} differently from the tokenizer")
             out[i] = e
