@@ -109,6 +109,12 @@ def explain(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the full explanation as JSON")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="tokenizer.json, if not beside the model")] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="onnxruntime provider (repeatable)")] = None,
+    html_path: Annotated[
+        Optional[Path], typer.Option("--html", help="write a self-contained HTML report (heatmaps, tokens)")
+    ] = None,
+    png_path: Annotated[
+        Optional[Path], typer.Option("--png", help="write a PNG figure: attribution bars + rollout (needs 'plot' extra)")
+    ] = None,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -124,6 +130,7 @@ def explain(
         if json_path is not None:
             with _writing(json_path):
                 json_path.write_text(explanation.to_json(target))
+        written = _write_pictures(explanation, text, model, target, html_path, png_path)
     if explanation.prediction is not None:
         p = explanation.prediction
         out.print(Text(f"prediction: {p.label} (probability {p.probability:.4f})", style="bold"))
@@ -133,6 +140,26 @@ def explain(
     print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
+    for path in written:
+        out.print(escape(f"wrote {path}"), soft_wrap=True)
+
+
+def _write_pictures(explanation, text: str, model: Path, target: int, html_path: Optional[Path],
+                    png_path: Optional[Path]) -> list[Path]:
+    """The --html report and the --png figure (alti_onnx.report), when asked for."""
+    written: list[Path] = []
+    if html_path is not None:
+        from .report import write_html
+
+        with _writing(html_path):
+            name = Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
+            written.append(write_html(explanation, html_path, text=text, model=name, target=target))
+    if png_path is not None:
+        from .report import write_png
+
+        with _writing(png_path):
+            written.append(write_png(explanation, png_path, target=target))
+    return written
 
 
 @contextmanager

@@ -10,7 +10,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   python3 -m venv "$venv" >&2
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
   # torch is pinned in the 'export' extra (2.13.0, CPU build) so no CUDA wheels are pulled in.
-  "$venv/bin/python" -m pip install -q -e "$root[export,test]" >&2
+  "$venv/bin/python" -m pip install -q -e "$root[export,test,plot]" >&2
   echo "$want" > "$stamp"
 fi
 echo "$venv"

@@ -1,0 +1,166 @@
+"""The HTML report in a real browser: Debian's headless Chromium driven by Selenium through chromedriver.
+
+Skips with the reason when the browser, its driver or selenium is missing (``apt-get install -y chromium
+chromium-driver``; ``.ci/run`` installs them and sets ALTI_ONNX_REQUIRE_BROWSER=1, which turns the skip
+into a failure). Screenshots go to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alti_onnx import Explainer
+from alti_onnx.report import display_token, write_html
+from alti_onnx.report.browser import BrowserUnavailable, find_browser, full_page_screenshot, hover_cell, open_report
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TEXT = "The movie was surprisingly good, with a clever plot."
+MODELS = [FIXTURES / "tiny-bert-classifier"] + [
+    p for p in (FIXTURES / "tiny-gpt2", FIXTURES / "tiny-llama") if (p / "model.onnx").is_file()
+]
+
+try:
+    find_browser()
+    UNAVAILABLE = None
+except BrowserUnavailable as exc:
+    UNAVAILABLE = str(exc)
+
+
+@pytest.fixture(scope="module")
+def driver():
+    if UNAVAILABLE is not None:
+        if os.environ.get("ALTI_ONNX_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"ALTI_ONNX_REQUIRE_BROWSER=1 but no browser: {UNAVAILABLE}")
+        pytest.skip(f"no headless browser: {UNAVAILABLE}")
+    from alti_onnx.report.browser import headless_chromium
+
+    with headless_chromium(1100, 900) as d:
+        yield d
+
+
+def canvas_url(driver) -> str:
+    return driver.execute_script("return document.getElementById('heatmap').toDataURL()")
+
+
+def painted_fraction(driver) -> float:
+    """Share of the heatmap's plot area that is not white."""
+    return driver.execute_script(
+        """
+        const c = document.getElementById('heatmap'), g = window.altiReport.geometry();
+        const s = c.width / parseFloat(c.style.width);
+        const img = c.getContext('2d').getImageData(Math.ceil(g.left * s), Math.ceil(g.top * s),
+                                                    Math.floor(g.plot * s) - 1, Math.floor(g.plot * s) - 1).data;
+        let painted = 0;
+        for (let k = 0; k < img.length; k += 4) if (img[k] < 250 || img[k + 1] < 250 || img[k + 2] < 250) painted++;
+        return painted / (img.length / 4);
+        """
+    )
+
+
+def choose_layer(driver, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "layer-select")).select_by_value(value)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
+def test_report_renders_and_reacts(driver, model: Path, tmp_path: Path) -> None:
+    explanation = Explainer(model).explain(TEXT)
+    tokens, n = explanation.tokens, len(explanation.tokens)
+    page = write_html(explanation, tmp_path / "report.html", text=TEXT, model=model.name)
+    open_report(driver, page)
+    assert driver.execute_script("return window.altiReport.data.n") == n
+
+    # the tokens, colored by attribution
+    spans = driver.find_elements("css selector", "#tokens .tok")
+    assert len(spans) == n
+    backgrounds = {s.value_of_css_property("background-color") for s in spans}
+    assert len(backgrounds) > 2, "tokens are colored by their attribution"
+    assert driver.find_element("css selector", "#tokens .tok.target").get_attribute("data-pos") == str(
+        explanation.default_target
+    )
+
+    # the prediction at the top
+    prediction = driver.find_element("id", "prediction").text
+    if explanation.next_token is not None:
+        assert prediction.startswith("Next token:") and f"{explanation.next_token.probability:.4f}" in prediction
+    else:
+        assert prediction.startswith("Prediction: " + explanation.prediction.label)
+
+    # the heatmap is drawn, and the layer selector changes it
+    canvas = driver.find_element("id", "heatmap")
+    assert canvas.get_attribute("data-layer") == "rollout"
+    assert painted_fraction(driver) > 0.3
+    urls = {"rollout": canvas_url(driver)}
+    for layer in range(explanation.num_layers):
+        choose_layer(driver, str(layer))
+        assert canvas.get_attribute("data-layer") == str(layer)
+        urls[str(layer)] = canvas_url(driver)
+        assert painted_fraction(driver) > 0.05
+    assert len(set(urls.values())) == len(urls), "each matrix draws a different picture"
+
+    # the value under the pointer (layer 1's contributions)
+    choose_layer(driver, "0")
+    row, column = min(2, n - 1), min(1, n - 1)
+    hover_cell(driver, row, column)
+    tooltip = driver.find_element("id", "tooltip")
+    assert tooltip.is_displayed()
+    text = tooltip.text
+    shown = [display_token(t) for t in tokens]
+    assert f"“{shown[row]}” [{row}] ← “{shown[column]}” [{column}]" in text
+    value = float(re.search(r"\]: ([-0-9.e]+)", text)[1])
+    assert value == pytest.approx(float(explanation.contributions[0, row, column]), rel=1e-3, abs=1e-6)
+    assert canvas_url(driver) != urls["0"], "the hovered row and column are highlighted"
+
+    # clicking a token makes it the target
+    spans[1].click()
+    assert driver.execute_script("return window.altiReport.target()") == 1
+    assert driver.find_element("id", "attribution-title").text.startswith("Attribution to position 1 ")
+
+    shot = full_page_screenshot(driver, tmp_path / f"{model.name}.png")
+    assert shot.stat().st_size > 10_000
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_stays_usable_at_512_tokens(driver, tmp_path: Path) -> None:
+    """6 layers x 512 tokens (about 10 MB): loads, switches layers, reads values and zooms within seconds."""
+    import time
+
+    from test_report import synthetic
+
+    explanation = synthetic(512, 6, seed=1)
+    page = write_html(explanation, tmp_path / "long.html")
+    start = time.perf_counter()
+    open_report(driver, page)
+    loaded = time.perf_counter() - start
+    assert len(driver.find_elements("css selector", "#tokens .tok")) == 512
+    assert painted_fraction(driver) > 0.3
+    before = canvas_url(driver)
+    start = time.perf_counter()
+    choose_layer(driver, "5")
+    switched = time.perf_counter() - start
+    assert canvas_url(driver) != before
+    assert loaded < 20 and switched < 5, (loaded, switched)
+    # labels are thinned on the axes, but every row reads in the tooltip
+    point = hover_cell(driver, 300, 200)
+    text = driver.find_element("id", "tooltip").text
+    found = re.search(r"\[(\d+)\] ← “tok(\d+)” \[(\d+)\]: ([-0-9.e]+)", text)
+    assert found, text
+    i, j = int(found[1]), int(found[3])
+    assert abs(i - 300) <= 1 and abs(j - 200) <= 1, (point, text)  # cells are about 1.5 px wide
+    assert float(found[4]) == pytest.approx(float(explanation.contributions[5, i, j]), rel=1e-3, abs=1e-7)
+    np.testing.assert_equal(driver.execute_script("return window.altiReport.data.layers"), 6)
+    full_page_screenshot(driver, tmp_path / "long.png")
+    # zoomed in, the cells are big enough to point at exactly (the heatmap scrolls inside its frame)
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "zoom-select")).select_by_value("4")
+    assert driver.execute_script("return window.altiReport.geometry().cell") > 4
+    hover_cell(driver, 300, 200)
+    text = driver.find_element("id", "tooltip").text
+    assert "“tok300” [300] ← “tok200” [200]: " in text, text
