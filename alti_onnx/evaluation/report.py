@@ -67,38 +67,31 @@ def write_report(result: EvaluationResult, out_dir: str | Path, title: str = "Fa
 
 
 def plot(result: EvaluationResult, path: str | Path, title: str = "Faithfulness") -> Path:
-    """Both curves over the bins, one line per computed method (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Both curves over the bins, one line per computed method, in the project's figure style."""
+    from ..report import style
 
     x = [b * 100 for b in result.bins]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), constrained_layout=True)
-    markers = "osD^v<>ph*"
-    for index, (name, m) in enumerate(result.methods.items()):
-        if not m.computed:
-            continue
-        mean = m.scores.mean()
-        style = dict(marker=markers[index % len(markers)], linewidth=1.6, markersize=5)
-        if name == "random":
-            style.update(color="0.4", linestyle="--")
-        elif name == "ALTI":
-            style.update(color="crimson", linewidth=2.6)
-        label = f"{name}: AOPC comp {mean['comprehensiveness_aopc']:.3f}, suff {mean['sufficiency_aopc']:.3f}"
-        for ax, key in zip(axes, ("comprehensiveness", "sufficiency")):
-            ax.plot(x, mean[key], label=label if key == "comprehensiveness" else None, **style)
-    for ax, key, better in zip(axes, ("comprehensiveness", "sufficiency"), ("higher", "lower")):
-        ax.set_xscale("log")
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{v:g}%" for v in x])
-        ax.minorticks_off()
-        ax.set_xlabel("top-k tokens (% of the non-special tokens, rounded up)")
-        ax.set_ylabel(f"{key} (p(y|x) - p(y|perturbed))")
-        ax.set_title(f"{key} ({better} is more faithful)")
-        ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize=8, title="method (AOPC)", title_fontsize=8)
-    fig.suptitle(f"{title}: {len(result.texts)} sentences")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    with style.rc():
+        fig, axes = style.new_figure(1, 2, size=(15, 4.8))
+        for index, (name, m) in enumerate(result.methods.items()):
+            if not m.computed:
+                continue
+            mean = m.scores.mean()
+            label = f"{name}: AOPC comp {mean['comprehensiveness_aopc']:.3f}, suff {mean['sufficiency_aopc']:.3f}"
+            for ax, key in zip(axes, ("comprehensiveness", "sufficiency")):
+                ax.plot(x, mean[key], label=label if key == "comprehensiveness" else None, **style.method_style(name, index))
+        for ax, key, better in zip(axes, ("comprehensiveness", "sufficiency"), ("higher", "lower")):
+            ax.set_xscale("log")
+            ax.set_xticks(x)
+            ax.set_xticklabels([f"{v:g}%" for v in x])
+            ax.minorticks_off()
+            style.finish_axes(
+                ax,
+                title=f"{key} ({better} is more faithful)",
+                xlabel="top-k tokens (% of the non-special tokens, rounded up)",
+                ylabel=f"{key} (p(y|x) - p(y|perturbed))",
+                grid="both",
+            )
+        fig.legend(loc="outside right center", fontsize=8, title="method (AOPC)", title_fontsize=8)
+        fig.suptitle(f"{title}: {len(result.texts)} sentences")
+    return style.save(fig, path)
