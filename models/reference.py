@@ -159,7 +159,6 @@ def reference_alti(model, input_ids, attention_mask=None, token_type_ids=None) -
 
     ids = as_batch(input_ids)
     mask = as_batch(attention_mask)
-    S = ids.shape[1]
     if mask is None:
         mask = torch.ones_like(ids)
     kwargs = {"input_ids": ids, "attention_mask": mask}

@@ -26,7 +26,6 @@ Idempotent: an existing split is reused.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.cache import build_lock
 from models.cache import cache_dir as _cache_dir
 
 __all__ = [
@@ -162,28 +162,11 @@ def build_split(cache_dir: str | Path | None = None) -> dict[str, Path]:
     paths = split_paths(cache_dir)
     if all(p.exists() for p in paths.values()):
         return paths
-    with _build_lock(paths["split"].parent.with_name("rotten-tomatoes.lock")):
+    with build_lock(paths["split"].parent.with_name("rotten-tomatoes.lock")):
         if all(p.exists() for p in paths.values()):
             return paths  # built by another process while this one waited
         _build_split_locked(paths, cache_dir)
     return paths
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """An exclusive inter-process lock (fcntl; a no-op where that is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build_split_locked(paths: dict[str, Path], cache_dir: str | Path | None) -> None:

@@ -24,7 +24,6 @@ Idempotent: a finished export is reused; a finished HF dir is only re-exported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.cache import build_lock
 from models.cache import cache_dir as _cache_dir
 from models.minilm import hf_minilm_dir
 from models.rotten_tomatoes import load_split, split_paths
@@ -324,31 +324,13 @@ def linear_probe(cache_dir: str | Path | None = None, *, max_length: int = 64, t
 # the whole recipe
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """An exclusive inter-process lock (fcntl; a no-op where that is missing), so that two
-    processes asking for the model at once do not both train and export into the same dirs."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_sentiment_classifier(cache_dir: str | Path | None = None, *, force: bool = False, **overrides) -> Path:
     """The ONNX export of the fine-tuned classifier (trained, probed and exported once); returns its dir."""
     onnx_dir = onnx_sentiment_dir(cache_dir)
     done = ("model.onnx", "config.json", "tokenizer.json", "training.json")
     if not force and all((onnx_dir / name).exists() for name in done):
         return onnx_dir
-    with _build_lock(onnx_dir.with_name(onnx_dir.name + ".lock")):
+    with build_lock(onnx_dir.with_name(onnx_dir.name + ".lock")):
         return _build_locked(cache_dir, force, overrides)
 
 

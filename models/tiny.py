@@ -214,7 +214,6 @@ def build_tiny_decoder(arch: str, out_dir: str | Path, seed: int | None = None) 
     """Build the tiny seeded causal LM ``arch`` (random biases and norm weights) and save it with its
     tokenizer to ``out_dir`` as a Hugging Face model directory. Deterministic for a given (arch, seed)."""
     import torch
-    from torch import nn
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -284,10 +283,15 @@ def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXT
         build = build_tiny_decoder if decoder else build_tiny_hf_model
         hf_dir = build(arch, Path(tmp) / "hf")
         export_model(hf_dir, fixture, task="text-generation" if decoder else "feature-extraction")
-        arrays = expected_for_dir(hf_dir, fixture / "tokenizer.json", texts)
+        record_expected(fixture, hf_dir, texts)
+    return fixture
+
+
+def record_expected(fixture: Path, hf_dir: Path, texts) -> None:
+    """Write the reference's outputs (expected.npz) and the texts (texts.json) beside an exported fixture."""
+    arrays = expected_for_dir(hf_dir, fixture / "tokenizer.json", texts)
     np.savez_compressed(fixture / "expected.npz", **arrays)
     (fixture / "texts.json").write_text(json.dumps(list(texts), indent=1) + "\n")
-    return fixture
 
 
 def main(argv=None) -> None:

@@ -24,7 +24,6 @@ model with it); it is deterministic.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.tiny import TEXTS, _config, build_tokenizer, expected_for_dir
+from models.tiny import TEXTS, _config, build_tokenizer, record_expected
 
 __all__ = ["NAME", "ID2LABEL", "SEED", "TEXTS", "build_tiny_classifier_hf", "build_classifier_fixture", "main"]
 
@@ -112,9 +111,7 @@ def build_classifier_fixture(out_root: str | Path = "tests/fixtures", texts=TEXT
         hf_dir = build_tiny_classifier_hf(Path(tmp) / "hf")
         export_model(hf_dir, fixture, task="text-classification")
         # The reference hooks the encoder; the base model of the classifier has the same weights.
-        arrays = expected_for_dir(hf_dir, fixture / "tokenizer.json", texts)
-    np.savez_compressed(fixture / "expected.npz", **arrays)
-    (fixture / "texts.json").write_text(json.dumps(list(texts), indent=1) + "\n")
+        record_expected(fixture, hf_dir, texts)
     return fixture
 
 

@@ -14,34 +14,18 @@ import pytest
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer
+from fixture_cases import FIXTURES, TOLERANCE, assert_matches, load_expected
 from alti_onnx.cli import app
 from graph_rewrites import KVCacheExportError, find_attention_blocks, load_model
 
-FIXTURES = Path(__file__).parent / "fixtures"
 DECODERS = ["gpt2", "llama"]
 KV_HEADS = {"gpt2": 4, "llama": 2}
-TOLERANCE = 1e-4
-
-
-def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
-    folder = FIXTURES / f"tiny-{arch}"
-    texts = json.loads((folder / "texts.json").read_text())
-    npz = np.load(folder / "expected.npz")
-    expected = [{key: npz[f"{key}_{k}"] for key in ("input_ids", "contributions", "rollout")} for k in range(len(texts))]
-    return texts, expected
 
 
 @pytest.fixture(scope="module", params=DECODERS)
 def case(request):
     arch = request.param
     return arch, Explainer(FIXTURES / f"tiny-{arch}"), *load_expected(arch)
-
-
-def assert_matches(explanation, expected) -> None:
-    assert explanation.input_ids == expected["input_ids"].tolist()
-    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
-    assert np.all(explanation.reconstruction_error < TOLERANCE)
 
 
 def plain_logits(explainer: Explainer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

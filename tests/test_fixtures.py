@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alti_onnx import Explainer
+from fixture_cases import FIXTURES, TOLERANCE, assert_matches, load_expected
 
-FIXTURES = Path(__file__).parent / "fixtures"
 ARCHS = ["bert", "roberta", "distilbert", "electra", "xlm-roberta"]
-TOLERANCE = 1e-4
-
-
-def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
-    folder = FIXTURES / f"tiny-{arch}"
-    texts = json.loads((folder / "texts.json").read_text())
-    npz = np.load(folder / "expected.npz")
-    expected = [
-        {key: npz[f"{key}_{k}"] for key in ("input_ids", "contributions", "rollout")} for k in range(len(texts))
-    ]
-    return texts, expected
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def case(request):
     arch = request.param
     return arch, Explainer(FIXTURES / f"tiny-{arch}"), *load_expected(arch)
-
-
-def assert_matches(explanation, expected) -> None:
-    assert explanation.input_ids == expected["input_ids"].tolist()
-    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
-    assert np.all(explanation.reconstruction_error < TOLERANCE)
 
 
 def test_single_texts_match_reference(case):

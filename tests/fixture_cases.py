@@ -1,0 +1,31 @@
+"""The committed tiny fixtures and how a result is compared with their reference outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FIXTURES = Path(__file__).parent / "fixtures"
+#: Largest absolute difference allowed against the float64 reference.
+TOLERANCE = 1e-4
+
+
+def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """The fixture's texts and, per text, the reference's input ids, contributions and rollout."""
+    folder = FIXTURES / f"tiny-{arch}"
+    texts = json.loads((folder / "texts.json").read_text())
+    with np.load(folder / "expected.npz") as npz:
+        expected = [
+            {key: npz[f"{key}_{k}"] for key in ("input_ids", "contributions", "rollout")} for k in range(len(texts))
+        ]
+    return texts, expected
+
+
+def assert_matches(explanation, expected: dict[str, np.ndarray]) -> None:
+    """Same tokens, contributions and rollout within TOLERANCE, and a passing self-check."""
+    assert explanation.input_ids == expected["input_ids"].tolist()
+    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
+    assert np.all(explanation.reconstruction_error < TOLERANCE)
