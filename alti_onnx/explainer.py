@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from graph_rewrites import AttentionBlock, find_attention_blocks, load_model
+from graph_rewrites import AttentionBlock, find_attention_blocks, load_model, unfuse
 
 from .contributions import LayerContributions, layer_contributions, rollout
 from .errors import ModelPathError, RuntimeFailure, SelfCheckError
@@ -73,11 +73,13 @@ class Explainer:
         files = locate_model(model, tokenizer)
         self.files = files
         self.config = json.loads(files.config.read_text()) if files.config.is_file() else {}
-        self.model: onnx.ModelProto = load_model(files.onnx)
+        # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs.
+        self.model: onnx.ModelProto = unfuse(load_model(files.onnx))
         self.blocks: list[AttentionBlock] = find_attention_blocks(self.model)
         self.encoder = TextEncoder(files.tokenizer, self.config)
         self.session = InstrumentedSession(self.model, self.blocks, providers)
         self.self_check_tolerance = self_check_tolerance
+        self.int8 = any(node.op_type == "DynamicQuantizeLinear" for node in self.model.graph.node)
         self.labels = class_labels(self.config)
         self.causal = _causal_from_config(self.config)
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
@@ -87,18 +89,21 @@ class Explainer:
     def tokenizer(self) -> Tokenizer:
         return self.encoder.tokenizer
 
-    def explain(self, text: str | list[str], check: bool = True) -> Explanation | list[Explanation]:
+    def explain(
+        self, text: str | list[str], check: bool = True, baselines: bool = False
+    ) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch.
 
         With ``check`` (the default) a self-check error above the tolerance raises SelfCheckError.
+        With ``baselines`` the norm-based matrices (``Explanation.norm_based``) are computed too.
         """
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("explain() needs at least one text")
-        explanations = self.explain_batch(self.encoder.encode(texts), check=check)
+        explanations = self.explain_batch(self.encoder.encode(texts), check=check, baselines=baselines)
         return explanations[0] if isinstance(text, str) else explanations
 
-    def explain_batch(self, batch: Batch, check: bool = True) -> list[Explanation]:
+    def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run."""
         try:
             outputs, tensors = self.session.run(batch.feeds())
@@ -111,9 +116,9 @@ class Explainer:
             raise
         rows = range(len(batch.lengths))
         kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
-        causal = self.causal or _causal_attention(tensors[0].probs, kept)
+        causal = self.causal if self.causal is not None else _causal_attention(tensors[0].probs, kept)
         jobs = [(row, layer) for row in rows for layer in range(len(self.blocks))]
-        layers = list(self._pool.map(lambda job: self._layer(tensors, kept, *job), jobs))
+        layers = list(self._pool.map(lambda job: self._layer(tensors, kept, baselines, *job), jobs))
         explanations = []
         for row in rows:
             mine = layers[row * len(self.blocks) : (row + 1) * len(self.blocks)]
@@ -123,7 +128,7 @@ class Explainer:
             explanations.append(explanation)
         return explanations
 
-    def _layer(self, tensors: list[BlockTensors], kept: list, row: int, layer: int) -> LayerContributions:
+    def _layer(self, tensors: list[BlockTensors], kept: list, baselines: bool, row: int, layer: int) -> LayerContributions:
         keep, t = kept[row], tensors[layer]
         return layer_contributions(
             self.blocks[layer],
@@ -131,6 +136,7 @@ class Explainer:
             t.values[row][:, keep],
             t.residual[row][keep],
             t.output[row][keep],
+            with_norms=baselines,
         )
 
     def _explanation(
@@ -154,8 +160,8 @@ class Explainer:
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
             default_target=len(layers[0].contributions) - 1 if causal else 0,
             outputs=row_outputs,
-            attention=np.stack([t.probs[row][:, keep][:, :, keep].mean(0, dtype=np.float64) for t in tensors]),
-            norm_based=np.stack([layer.norms for layer in layers]),
+            attention=np.stack([layer.attention for layer in layers]),
+            norm_based=np.stack([layer.norms for layer in layers]) if layers[0].norms is not None else None,
             prediction=None if causal else classify(row_outputs, self.labels),
             next_token=next_token(row_outputs, last, self._decode) if causal else None,
         )
@@ -169,15 +175,25 @@ class Explainer:
             if error > self.self_check_tolerance * scale:
                 raise SelfCheckError(
                     f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
-                    f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); the graph is not what "
-                    "the block description says"
+                    f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); "
+                    + (_INT8_HINT if self.int8 else "the graph is not what the block description says")
                 )
 
 
-def _causal_from_config(config: dict) -> bool:
-    """A causal language model by config.json's architectures (``*ForCausalLM``, ``*LMHeadModel``)."""
+_INT8_HINT = (
+    "the model is dynamically quantized (int8 weights, activations quantized at run time), so the float "
+    "decomposition with the dequantized W_O misses the activation rounding; pass self_check_tolerance=2e-2 "
+    "to accept that error, or explain the float export"
+)
+
+
+def _causal_from_config(config: dict) -> bool | None:
+    """A causal language model by config.json's architectures (``*ForCausalLM``, ``*LMHeadModel``);
+    None when the config does not say, and the attention itself has to tell."""
     architectures = config.get("architectures")
-    return isinstance(architectures, list) and any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if not isinstance(architectures, list) or not architectures:
+        return None
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
 def _causal_attention(probs: np.ndarray, kept: list) -> bool:

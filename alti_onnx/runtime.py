@@ -72,7 +72,7 @@ class InstrumentedSession:
         by_name = dict(zip(self.output_names, results))
         outputs = {name: by_name[name] for name in self.original_outputs}
         tensors = [
-            BlockTensors(by_name[b.probs], by_name[b.values], by_name[b.residual], by_name[b.output]) for b in self.blocks
+            BlockTensors(*(_widen(by_name[name]) for name in (b.probs, b.values, b.residual, b.output))) for b in self.blocks
         ]
         return outputs, tensors
 
@@ -108,6 +108,11 @@ def _cache_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int, type]]:
             )
         found[value.name] = (dims[1].dim_value, dims[3].dim_value, _FLOAT_TYPES[tensor.elem_type])
     return found
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """Half-precision block tensors are read as they ran and computed on in float32."""
+    return array.astype(np.float32) if array.dtype in (np.float16,) else array
 
 
 def _first_line(exc: Exception) -> str:

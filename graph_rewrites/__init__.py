@@ -1,7 +1,8 @@
 """Structural analysis and rewriting of exported transformer ONNX graphs.
 
 ``find_attention_blocks`` describes every attention block by what the graph computes;
-``instrument`` exposes the tensors of those blocks as extra outputs. Nothing here knows ALTI.
+``instrument`` exposes the tensors of those blocks as extra outputs; ``unfuse`` first turns fused
+attention and norm operators (onnxruntime optimizer, opset-23 Attention) back into standard ops. Nothing here knows ALTI.
 """
 
 from .analyze import find_attention_blocks, static_shapes
@@ -9,6 +10,7 @@ from .block import AttentionBlock
 from .errors import GraphRewriteError, KVCacheExportError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
 from .instrument import expose_tensors, instrument
 from .model_io import load_model, save_model
+from .unfuse import UnsupportedFusedOpError, fused_ops, unfuse
 
 __all__ = [
     "AttentionBlock",
@@ -17,10 +19,13 @@ __all__ = [
     "ModelLoadError",
     "PatternNotFoundError",
     "QuantizedWeightsError",
+    "UnsupportedFusedOpError",
     "expose_tensors",
     "find_attention_blocks",
     "instrument",
     "load_model",
     "save_model",
     "static_shapes",
+    "fused_ops",
+    "unfuse",
 ]

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from .block import NormPlacement
 from .errors import KVCacheExportError, PatternNotFoundError, QuantizedWeightsError
 from .layer_norm import LayerNormMatch, match_layer_norm, match_rms_norm
+from .quantized import dequantized_input, dynamic_int8_matmul
 from .walk import (
     backward,
     consumers,
@@ -166,6 +167,11 @@ def _value_projection_input(values: ir.Value) -> ir.Value | None:
             while source.producer() is not None and is_standard(source.producer(), "Reshape", *PASS_OPS):
                 source = source.producer().inputs[0]  # Gemm works on [B*S, D]
             return backward(source)
+        quantized_source = dequantized_input(node)
+        if quantized_source is not None:  # a dynamic-int8 V projection (flattened to [B*S, D] for a Gemm)
+            while quantized_source.producer() is not None and is_standard(quantized_source.producer(), "Reshape"):
+                quantized_source = backward(quantized_source.producer().inputs[0])
+            return quantized_source
         if is_standard(node, *_VALUE_LAYOUT_OPS):
             value = node.inputs[0]
         elif is_standard(node, "Add", "Mul"):  # a bias (Qwen2, BERT) or a scale
@@ -239,6 +245,15 @@ def _head_merge(context: ir.Value) -> ir.Value:
 
 def _output_projection(merged: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None]:
     users = consumers(merged)
+    int8 = dynamic_int8_matmul(merged)
+    for reshape in [] if int8 is not None else consumers(merged, "Reshape"):  # flattened to [B*S, D] first
+        int8 = dynamic_int8_matmul(forward(reshape.outputs[0]))
+        if int8 is not None:
+            out, weight, bias = _projection_bias(int8.output, int8.weight)
+            back = consumers(out, "Reshape")
+            return (forward(back[0].outputs[0]) if len(back) == 1 else out), weight, bias
+    if int8 is not None:  # W_O dequantized from its int8 values, scale and zero point
+        return _projection_bias(int8.output, int8.weight)
     quantized = [n for n in users if n.op_type in QUANTIZED_OPS]
     if quantized:
         raise QuantizedWeightsError(
@@ -256,18 +271,22 @@ def _output_projection(merged: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarr
     bias = None
     if is_standard(projection, "Gemm") and len(projection.inputs) > 2 and projection.inputs[2] is not None:
         bias = np.asarray(constant(projection.inputs[2]), dtype=np.float64).reshape(-1)
-    if flat:  # Gemm works on [B*S, D]: the projection is reshaped back to [B, S, D]
+    if flat or not consumers(out, "Add"):  # Gemm works on [B*S, D]: the projection is reshaped back to [B, S, D]
         back = consumers(out, "Reshape")
         if len(back) == 1:
             out = forward(back[0].outputs[0])
     if bias is None:
-        adds = consumers(out, "Add")
-        for add in adds:
-            const, other = split_constant(add)
-            if const is not None and other is out and const.size == weight.shape[1]:
-                bias, out = np.asarray(const, dtype=np.float64).reshape(-1), forward(add.outputs[0])
-                break
+        return _projection_bias(out, weight)
     return out, weight, bias
+
+
+def _projection_bias(out: ir.Value, weight: np.ndarray) -> tuple[ir.Value, np.ndarray, np.ndarray | None]:
+    """Follow the Add of a constant b_O after the projection, when there is one."""
+    for add in consumers(out, "Add"):
+        const, other = split_constant(add)
+        if const is not None and other is out and const.size == weight.shape[1]:
+            return forward(add.outputs[0]), weight, np.asarray(const, dtype=np.float64).reshape(-1)
+    return out, weight, None
 
 
 def _projection_node(merged: ir.Value) -> tuple[ir.Node | None, bool]:
@@ -348,7 +367,7 @@ def find_block_matches(graph: ir.Graph) -> list[BlockMatch]:
     softmaxes = [n for n in graph if is_standard(n, "Softmax")]
     if not softmaxes:
         _refuse_merged_cache(graph)
-        raise PatternNotFoundError("softmax", "the graph", "it has no Softmax node (fused attention operators are not supported)")
+        raise PatternNotFoundError("softmax", "the graph", "it has no Softmax node (fused attention operators must be rewritten first: graph_rewrites.unfuse)")
     for node in softmaxes:
         try:
             matches.append(match_block(node))

@@ -1,0 +1,76 @@
+"""Dynamic int8 projections (onnxruntime.quantization.quantize_dynamic), read back as float weights.
+
+quantize_dynamic writes ``y = Cast(MatMulInteger(q, W_q, zp_x, zp_w)) * (scale_x * scale_w)`` with
+``q, scale_x, zp_x = DynamicQuantizeLinear(x)``. The weight it multiplies is
+``W = (W_q - zp_w) * scale_w`` (per tensor, or per output column); the activation is quantized at
+run time, so a decomposition with the float activation differs from the model by that rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from .walk import backward, constant, consumers, forward, is_standard
+
+
+@dataclass(frozen=True)
+class DynamicInt8MatMul:
+    """One dynamically quantized ``x @ W``: its float input, float output and dequantized weight."""
+
+    input: ir.Value
+    output: ir.Value
+    weight: np.ndarray
+
+
+def dynamic_int8_matmul(x: ir.Value) -> DynamicInt8MatMul | None:
+    """The dynamic-int8 MatMul that reads ``x``, or None."""
+    for dql in consumers(x, "DynamicQuantizeLinear"):
+        quantized, scale_x, zero_x = dql.outputs
+        for mmi in consumers(quantized, "MatMulInteger"):
+            if mmi.inputs[0] is not quantized or (len(mmi.inputs) > 2 and mmi.inputs[2] is not zero_x):
+                continue
+            found = _rescaled(mmi, scale_x)
+            if found is not None:
+                output, scale_w = found
+                return DynamicInt8MatMul(x, output, _dequantize(mmi, scale_w))
+    return None
+
+
+def _rescaled(mmi: ir.Node, scale_x: ir.Value) -> tuple[ir.Value, np.ndarray] | None:
+    """``Cast(mmi) * (scale_x * scale_w)``: the float output and scale_w."""
+    for cast in consumers(mmi.outputs[0], "Cast"):
+        for mul in consumers(cast.outputs[0], "Mul"):
+            scales = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
+            product = scales.producer()
+            if product is None or not is_standard(product, "Mul"):
+                continue
+            a, b = product.inputs
+            scale_w = constant(b) if a is scale_x else constant(a) if b is scale_x else None
+            if scale_w is not None:
+                return forward(mul.outputs[0]), np.asarray(scale_w, dtype=np.float64)
+    return None
+
+
+def _dequantize(mmi: ir.Node, scale_w: np.ndarray) -> np.ndarray:
+    weight = constant(mmi.inputs[1])
+    zero = constant(mmi.inputs[3]) if len(mmi.inputs) > 3 and mmi.inputs[3] is not None else 0
+    return (np.asarray(weight, dtype=np.float64) - np.asarray(zero, dtype=np.float64)) * scale_w
+
+
+def dequantized_input(node: ir.Node) -> ir.Value | None:
+    """For the rescaling Mul of a dynamic-int8 MatMul, the float tensor it projects (walking the
+    value path back through a quantized V projection); else None."""
+    if not is_standard(node, "Mul"):
+        return None
+    for operand in node.inputs:
+        cast = operand.producer()
+        if cast is None or not is_standard(cast, "Cast"):
+            continue
+        mmi = cast.inputs[0].producer()
+        dql = mmi.inputs[0].producer() if mmi is not None and is_standard(mmi, "MatMulInteger") else None
+        if dql is not None and is_standard(dql, "DynamicQuantizeLinear"):
+            return backward(dql.inputs[0])
+    return None
