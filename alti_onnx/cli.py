@@ -60,12 +60,12 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """List the attention blocks found in the graph."""
-    from graph_rewrites import find_attention_blocks, load_model
+    from graph_rewrites import find_attention_blocks, load_model, unfuse
 
     from .explainer import locate_model
 
     with user_errors():
-        blocks = find_attention_blocks(load_model(locate_model(model).onnx))
+        blocks = find_attention_blocks(unfuse(load_model(locate_model(model).onnx)))
     if as_json:
         print(json.dumps([b.summary() for b in blocks], indent=2))
         return
@@ -85,14 +85,14 @@ def instrument(
     model: Annotated[Path, typer.Argument(help="export directory or .onnx file")],
     output: Annotated[Path, typer.Argument(help="where to write the rewritten .onnx")],
 ) -> None:
-    """Write the model with every attention block's intermediates as extra outputs."""
-    from graph_rewrites import find_attention_blocks, load_model, save_model
+    """Write the model with every attention block's intermediates as extra outputs (fused operators unfused first)."""
+    from graph_rewrites import find_attention_blocks, load_model, save_model, unfuse
     from graph_rewrites import instrument as expose
 
     from .explainer import locate_model
 
     with user_errors():
-        original = load_model(locate_model(model).onnx)
+        original = unfuse(load_model(locate_model(model).onnx))
         blocks = find_attention_blocks(original)
         with _writing(output):
             save_model(expose(original, blocks), output)

