@@ -160,13 +160,15 @@ def _manhattan_distances(
 
     target = target.astype(vectors.dtype)
     max_sums = np.empty((seq_len, seq_len))
-    # Blocks of columns j: each is one [S_i x H] @ [H x D] matmul per j (few, large BLAS calls).
-    columns_per_block = max(1, budget // max(1, vectors.itemsize * seq_len * width))
+    # Blocks of columns j: each is one [S_i x H] @ [H x D] matmul per j (few, large BLAS calls),
+    # written into one reused buffer (fresh large arrays cost a page fault per 4 KiB).
+    columns_per_block = max(1, min(seq_len, budget // max(1, vectors.itemsize * seq_len * width)))
     ones = np.ones(width, dtype=vectors.dtype)
+    buffer = np.empty((columns_per_block, seq_len, width), dtype=vectors.dtype)
     for start in range(0, seq_len, columns_per_block):
         stop = min(seq_len, start + columns_per_block)
         columns = np.arange(start, stop)
-        mixed = np.matmul(by_column[start:stop], vectors[start:stop])  # T~[i, j] for the block's j, [J, S_i, D]
+        mixed = np.matmul(by_column[start:stop], vectors[start:stop], out=buffer[: stop - start])  # T~, [J, S_i, D]
         mixed[columns - start, columns] += residual[columns]
         np.maximum(target[None, :, :], mixed, out=mixed)
         max_sums[:, start:stop] = np.matmul(mixed, ones).T  # a BLAS row sum, faster than .sum(-1)
