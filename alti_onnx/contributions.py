@@ -8,6 +8,7 @@ T[i, j] is never built whole: rows i are processed in blocks sized to a memory b
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -56,10 +57,13 @@ class LayerContributions:
 
 
 def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
-    """v^h_j @ W^h for every head h and token j: [H, S, D] (grouped key/value heads expanded)."""
-    kv_heads, _, head_size = values.shape
+    """v^h_j @ W^h for every token j and head h, laid out [S_j, H, D] (grouped key/value heads expanded)."""
+    kv_heads, seq_len, head_size = values.shape
     per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
-    return np.matmul(per_head, weight.reshape(num_heads, head_size, -1))
+    weight = weight.reshape(num_heads, head_size, -1)
+    out = np.empty((seq_len, num_heads, weight.shape[-1]), dtype=np.result_type(per_head, weight))
+    np.matmul(per_head, weight, out=out.transpose(1, 0, 2))  # written straight into the [S_j, H, D] layout
+    return out
 
 
 def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
@@ -76,12 +80,26 @@ def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, r
     return (merged @ block.out_proj_weight.astype(merged.dtype)).astype(np.float64) + residual + bias
 
 
-def mixing_weight(block: AttentionBlock) -> np.ndarray:
-    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW))."""
+def mixing_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
+    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW)).
+
+    Computed once per block and dtype (every example and batch reuses it).
+    """
+    key = (id(block), np.dtype(dtype).str)
+    cached = _MIXING_WEIGHTS.get(key)
+    if cached is not None and cached[0]() is block:
+        return cached[1]
     weight = block.out_proj_weight
-    if block.norm_placement != "post":
-        return weight
-    return (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
+    if block.norm_placement == "post":
+        weight = (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
+    weight = weight.astype(dtype)
+    _MIXING_WEIGHTS[key] = (weakref.ref(block), weight)
+    weakref.finalize(block, _MIXING_WEIGHTS.pop, key, None)
+    return weight
+
+
+#: (id(block), dtype) -> (weak reference to the block, mixing weight); entries leave with their block.
+_MIXING_WEIGHTS: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
 
 
 @one_blas_thread
@@ -115,7 +133,7 @@ def layer_contributions(
     recomposed = _recompose(block, summed)
     error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
 
-    projected = head_outputs(mixing_weight(block).astype(dtype), values, num_heads)  # v^h_j W~^h, [H, S, D]
+    vectors = head_outputs(mixing_weight(block, dtype), values, num_heads)  # v^h_j W~^h, [S_j, H, D]
     residual = np.asarray(residual, dtype=exact)
     if block.norm_placement == "post":
         sigma = np.sqrt(summed.var(-1) + block.norm_epsilon)
@@ -127,7 +145,6 @@ def layer_contributions(
 
     # One transpose of the probabilities serves every pass: column j outermost, heads innermost.
     by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
-    vectors = np.ascontiguousarray(projected.transpose(1, 0, 2))  # [S_j, H, D]
     distance = _manhattan_distances(by_column, vectors, residual, target, row_block_bytes)
     norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / sigma[:, None]) if with_norms else None
     y_norms = np.abs(recomposed).sum(-1)[:, None]
