@@ -100,20 +100,26 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
 
 
 def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on (OpenBLAS's kernel choice matters: see the benchmark record)."""
     import onnxruntime
+    from threadpoolctl import threadpool_info
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
     memory_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
     return {
         "cpu": cpu,
+        "avx512": "avx512f" in flags,
         "cores": os.cpu_count(),
         "memory_gb": round(memory_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "blas": [f"{i['internal_api']} {i['version']} ({i.get('architecture')})" for i in threadpool_info() if i["user_api"] == "blas"],
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "platform": platform.platform(),
     }
 
