@@ -1,0 +1,41 @@
+"""`alti-onnx bench`: configurations measured in workers, a table, and a JSON record with the machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from alti_onnx import Explainer
+from alti_onnx.bench import measure, synthetic_batch
+from alti_onnx.cli import app
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
+
+
+def test_synthetic_batch_has_exactly_the_asked_length_and_ends_with_the_separator():
+    explainer = Explainer(FIXTURE)
+    batch = synthetic_batch(explainer, 20, 3)
+    assert batch.input_ids.shape == (3, 20) and batch.attention_mask.all()
+    assert batch.tokens[0][0] == "[CLS]" and batch.tokens[0][-1] == "[SEP]"
+    assert np.all(batch.input_ids == batch.input_ids[0])
+
+
+def test_measure_times_both_paths_with_the_same_inputs():
+    result = measure(FIXTURE, seq_len=16, batch_size=2, warmup=1, repeats=3)
+    assert (result.seq_len, result.batch_size) == (16, 2)
+    assert 0 < result.forward_s < result.explain_s  # the explanation includes an instrumented forward
+    assert result.ratio == result.explain_s / result.forward_s
+    assert result.peak_rss_mb > 50 and result.repeats >= 3
+
+
+def test_cli_writes_the_record(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", str(FIXTURE), "--lengths", "8,16", "--batch-sizes", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert [(r["seq_len"], r["batch_size"]) for r in record["results"]] == [(8, 1), (16, 1)]
+    assert record["machine"]["cores"] >= 1 and "onnxruntime" in record["machine"] and "blas" in record["machine"]
+    assert "explain / forward" in result.output
