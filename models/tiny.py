@@ -146,11 +146,25 @@ def _config(arch: str, vocab_size: int, pad_id: int):
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
+def randomize_biases_and_norms(model) -> None:
+    """Random linear biases and LayerNorm gamma/beta (BERT's init makes them 0/1/0), so that
+    the tests really exercise b_O, gamma and beta. Uses torch's current seed."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Linear) and mod.bias is not None:
+                mod.bias.normal_(0.0, 0.2)
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0.0, 0.1)
+
+
 def build_tiny_hf_model(arch: str, out_dir: str | Path, seed: int | None = None) -> Path:
     """Build the tiny seeded ``arch`` model and save it (float32 safetensors, config, fast tokenizer)
     to ``out_dir`` as a Hugging Face model directory. Deterministic for a given (arch, seed)."""
     import torch
-    from torch import nn
     from transformers import AutoModel, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -161,13 +175,7 @@ def build_tiny_hf_model(arch: str, out_dir: str | Path, seed: int | None = None)
 
     torch.manual_seed(SEEDS[arch] if seed is None else seed)
     model = AutoModel.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Linear) and mod.bias is not None:
-                mod.bias.normal_(0.0, 0.2)
-            elif isinstance(mod, nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.1)
+    randomize_biases_and_norms(model)
     model.save_pretrained(out_dir, safe_serialization=True)
 
     max_len = cfg.max_position_embeddings - (pad_id + 1 if "roberta" in arch else 0)  # RoBERTa offsets positions

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.tiny import TEXTS, _config, build_tokenizer, record_expected
+from models.tiny import TEXTS, _config, build_tokenizer, randomize_biases_and_norms, record_expected
 
 __all__ = ["NAME", "ID2LABEL", "SEED", "TEXTS", "build_tiny_classifier_hf", "build_classifier_fixture", "main"]
 
@@ -53,7 +53,6 @@ def _random_sentences(n: int, seed: int) -> list[str]:
 def build_tiny_classifier_hf(out_dir: str | Path, seed: int = SEED) -> Path:
     """Build the seeded tiny BertForSequenceClassification and save it as a Hugging Face dir."""
     import torch
-    from torch import nn
     from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -68,13 +67,8 @@ def build_tiny_classifier_hf(out_dir: str | Path, seed: int = SEED) -> Path:
 
     torch.manual_seed(seed)
     model = BertForSequenceClassification(cfg).eval()
+    randomize_biases_and_norms(model)
     with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Linear) and mod.bias is not None:
-                mod.bias.normal_(0.0, 0.2)
-            elif isinstance(mod, nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.1)
         _fit_head(model, tok, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=cfg.max_position_embeddings, **special)

@@ -89,13 +89,7 @@ def unfuse_attention(node: ir.Node, b: Builder) -> list[ir.Value]:
     if bias is not None:
         qkv = b.op("Add", qkv, bias)
     q3, k3, v3 = b.split(qkv, sizes)
-    head_size, v_head_size = sizes[0] // heads, sizes[2] // heads
-    q = split_heads(b, q3, heads, head_size)
-    k_t = b.op("Transpose", b.op("Reshape", k3, b.ints([0, 0, heads, head_size])), perm=[0, 2, 3, 1])
-    v = split_heads(b, v3, heads, v_head_size)
-    scale = float(_attr(node, "scale", 0.0) or 1.0 / math.sqrt(head_size))
-    context = attend(b, q, k_t, v, scale, _mask_bias(b, node, mask, q, k_t, x))
-    return [merge_heads(b, context, sizes[2])]
+    return [_multi_head(node, b, q3, k3, v3, heads, sizes, mask, x)]
 
 
 def unfuse_multi_head_attention(node: ir.Node, b: Builder) -> list[ir.Value]:
@@ -119,13 +113,22 @@ def unfuse_multi_head_attention(node: ir.Node, b: Builder) -> list[ir.Value]:
         sizes = [len(q_bias), len(k_bias), len(v_bias)]
     else:
         sizes = [_width(t, node) for t in (query, key, value)]
+    return [_multi_head(node, b, query, key, value, heads, sizes, mask, query)]
+
+
+def _multi_head(
+    node: ir.Node, b: Builder, query: ir.Value, key: ir.Value, value: ir.Value, heads: int, sizes: list[int],
+    mask: ir.Value | None, mask_source: ir.Value,
+) -> ir.Value:
+    """Both operators' common core: split [B, S, width] projections into heads, softmax(QK^T scale + mask) V,
+    merge the heads (the attention scale defaults to 1/sqrt(head size), as the specs say)."""
     head_size, v_head_size = sizes[0] // heads, sizes[2] // heads
     q = split_heads(b, query, heads, head_size)
     k_t = b.op("Transpose", b.op("Reshape", key, b.ints([0, 0, heads, head_size])), perm=[0, 2, 3, 1])
     v = split_heads(b, value, heads, v_head_size)
     scale = float(_attr(node, "scale", 0.0) or 1.0 / math.sqrt(head_size))
-    context = attend(b, q, k_t, v, scale, _mask_bias(b, node, mask, q, k_t, query))
-    return [merge_heads(b, context, sizes[2])]
+    context = attend(b, q, k_t, v, scale, _mask_bias(b, node, mask, q, k_t, mask_source))
+    return merge_heads(b, context, sizes[2])
 
 
 def _width(value: ir.Value, node: ir.Node) -> int:
