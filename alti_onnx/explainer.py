@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from graph_rewrites import AttentionBlock, find_attention_blocks, load_model, unfuse
+from graph_rewrites import AttentionBlock, find_attention_blocks, is_dynamically_quantized, load_model, unfuse
 
 from .contributions import LayerContributions, layer_contributions, rollout
 from .errors import ModelPathError, RuntimeFailure, SelfCheckError
@@ -79,7 +79,7 @@ class Explainer:
         self.encoder = TextEncoder(files.tokenizer, self.config)
         self.session = InstrumentedSession(self.model, self.blocks, providers)
         self.self_check_tolerance = self_check_tolerance
-        self.int8 = any(node.op_type == "DynamicQuantizeLinear" for node in self.model.graph.node)
+        self.int8 = is_dynamically_quantized(self.model)
         self.labels = class_labels(self.config)
         self.causal = _causal_from_config(self.config)
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.

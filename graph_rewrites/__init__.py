@@ -10,6 +10,7 @@ from .block import AttentionBlock
 from .errors import GraphRewriteError, KVCacheExportError, ModelLoadError, PatternNotFoundError, QuantizedWeightsError
 from .instrument import expose_tensors, instrument
 from .model_io import load_model, save_model
+from .quantized import is_dynamically_quantized
 from .unfuse import UnsupportedFusedOpError, fused_ops, unfuse
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "expose_tensors",
     "find_attention_blocks",
     "instrument",
+    "is_dynamically_quantized",
     "load_model",
     "save_model",
     "static_shapes",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from .walk import backward, constant, consumers, forward, is_standard
@@ -74,3 +75,9 @@ def dequantized_input(node: ir.Node) -> ir.Value | None:
         if dql is not None and is_standard(dql, "DynamicQuantizeLinear"):
             return backward(dql.inputs[0])
     return None
+
+
+def is_dynamically_quantized(model: onnx.ModelProto) -> bool:
+    """Whether activations are quantized at run time (onnxruntime's dynamic int8), so that a float
+    decomposition with dequantized weights cannot reproduce the blocks' outputs exactly."""
+    return any(node.op_type == "DynamicQuantizeLinear" for node in model.graph.node)
