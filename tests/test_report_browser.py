@@ -70,6 +70,21 @@ def choose_layer(driver, value: str) -> None:
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
 def test_report_renders_and_reacts(driver, model: Path, tmp_path: Path) -> None:
+    check_report(driver, model, tmp_path)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_report_of_the_default_model(driver, tmp_path: Path) -> None:
+    """The sentiment classifier the README's main command explains (built and cached on first use)."""
+    pytest.importorskip("torch")
+    from models.sentiment import build_sentiment_classifier
+
+    check_report(driver, build_sentiment_classifier(), tmp_path)
+
+
+def check_report(driver, model: Path, tmp_path: Path) -> None:
+    """Tokens, prediction, heatmap per layer, tooltip value and target click, then a screenshot."""
     explanation = Explainer(model).explain(TEXT)
     tokens, n = explanation.tokens, len(explanation.tokens)
     page = write_html(explanation, tmp_path / "report.html", text=TEXT, model=model.name)
