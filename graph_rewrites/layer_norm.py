@@ -34,14 +34,8 @@ def _fused(x: ir.Value, width: int) -> LayerNormMatch | None:
         bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if weight is None:
             continue
-        epsilon = node.attributes.get("epsilon")
-        return LayerNormMatch(
-            input=x,
-            output=node.outputs[0],
-            weight=_vector(weight, width),
-            bias=_vector(bias if bias is not None else np.zeros(width), width),
-            epsilon=float(epsilon.as_float()) if epsilon is not None else 1e-5,
-        )
+        bias = _vector(bias if bias is not None else np.zeros(width), width)
+        return LayerNormMatch(x, node.outputs[0], _vector(weight, width), bias, _epsilon(node))
     return None
 
 
@@ -140,14 +134,7 @@ def _rms_fused(x: ir.Value, width: int) -> LayerNormMatch | None:
         weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
         if node.inputs[0] is not x or weight is None or int_attr(node, "axis", -1) != -1:
             continue
-        epsilon = node.attributes.get("epsilon")
-        return LayerNormMatch(
-            input=x,
-            output=node.outputs[0],
-            weight=_vector(weight, width),
-            bias=np.zeros(width),
-            epsilon=float(epsilon.as_float()) if epsilon is not None else 1e-5,
-        )
+        return LayerNormMatch(x, node.outputs[0], _vector(weight, width), np.zeros(width), _epsilon(node))
     return None
 
 
@@ -195,6 +182,12 @@ def _divided_by(x: ir.Value, std: ir.Value) -> ir.Value | None:
             if same(other, x):
                 return mul.outputs[0]
     return None
+
+
+def _epsilon(node: ir.Node) -> float:
+    """A norm op's epsilon attribute, or the ONNX default (1e-5) when it has none."""
+    epsilon = node.attributes.get("epsilon")
+    return float(epsilon.as_float()) if epsilon is not None else 1e-5
 
 
 def _vector(array: np.ndarray, width: int) -> np.ndarray:
