@@ -104,12 +104,9 @@ def machine() -> dict[str, object]:
     import onnxruntime
     from threadpoolctl import threadpool_info
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-    memory_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
+    cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor()
+    flags = _proc_field("/proc/cpuinfo", "flags").split()
+    memory_kb = int((_proc_field("/proc/meminfo", "MemTotal") or "0 kB").split()[0])
     return {
         "cpu": cpu,
         "avx512": "avx512f" in flags,
@@ -122,6 +119,15 @@ def machine() -> dict[str, object]:
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "platform": platform.platform(),
     }
+
+
+def _proc_field(path: str, key: str) -> str:
+    """The value of the first ``key: value`` line of a /proc file ('' when absent, e.g. not Linux)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
 
 
 def to_json(results: list[BenchResult], model: str | Path, providers: list[str] | None) -> dict[str, object]:

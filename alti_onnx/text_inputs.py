@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,26 @@ class Batch:
     @property
     def lengths(self) -> list[int]:
         return [int(n) for n in self.attention_mask.sum(1)]
+
+    @classmethod
+    def padded(
+        cls,
+        ids: Sequence[Sequence[int]],
+        pad_id: int,
+        type_ids: Sequence[Sequence[int]] | None = None,
+        tokens: list[list[str]] | None = None,
+    ) -> Batch:
+        """Right-pad rows of token ids (type ids 0 unless given) into one batch."""
+        width = max(len(row) for row in ids)
+        padded = np.full((len(ids), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        types = np.zeros((len(ids), width), dtype=np.int64)
+        for row, row_ids in enumerate(ids):
+            n = len(row_ids)
+            padded[row, :n], mask[row, :n] = row_ids, 1
+            if type_ids is not None:
+                types[row, :n] = type_ids[row]
+        return cls(padded, mask, types, tokens if tokens is not None else [[] for _ in ids])
 
     def feeds(self) -> dict[str, np.ndarray]:
         """Every input an exported encoder or decoder may take (a session keeps the ones it has)."""
@@ -73,14 +94,9 @@ class TextEncoder:
                     f"text too long: {len(encoding.ids)} tokens, the model takes at most {self.max_length} "
                     f"(text starts {text[:40]!r})"
                 )
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        types = np.zeros((len(texts), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            ids[row, :n], mask[row, :n], types[row, :n] = encoding.ids, 1, encoding.type_ids
-        return Batch(ids, mask, types, [list(e.tokens) for e in encodings])
+        return Batch.padded(
+            [e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings], [list(e.tokens) for e in encodings]
+        )
 
 
 def _pad_id(tokenizer: Tokenizer, config: dict) -> int:

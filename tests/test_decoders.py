@@ -43,8 +43,7 @@ def test_blocks_are_pre_ln_with_grouped_values(case):
         (layer, 4, 8, 32, "pre") for layer in range(2)
     ]
     batch = explainer.encoder.encode(texts[:2])
-    _, tensors = explainer.session.run({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                                        "position_ids": batch.position_ids})
+    _, tensors = explainer.session.run(batch.feeds())
     assert tensors[0].values.shape == (2, KV_HEADS[arch], batch.input_ids.shape[1], 8)
 
 

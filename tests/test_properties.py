@@ -85,13 +85,18 @@ shapes = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(shapes)
-def test_core_equals_naive_loops(shape):
+def random_case(shape):
+    """A random block and its inputs for one drawn shape; also whether the attention is causal."""
     (heads, kv_heads), head_size, seq, placement, causal, seed = shape
     rng = np.random.default_rng(seed)
     block = random_block(rng, heads, kv_heads, head_size, placement)
-    probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
+    return (block, *random_inputs(rng, block, kv_heads, seq, causal), causal)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_core_equals_naive_loops(shape):
+    block, probs, values, residual, causal = random_case(shape)
     want, want_norms, y = naive_alti(block, probs, values, residual)
     got = layer_contributions(block, probs, values, residual, y, dtype=np.float64)
     np.testing.assert_allclose(got.contributions, want, atol=1e-10)
@@ -107,11 +112,8 @@ def test_core_equals_naive_loops(shape):
 @settings(max_examples=60, deadline=None)
 @given(shapes)
 def test_rows_sum_to_one_no_negatives_and_blocking_is_invisible(shape):
-    (heads, kv_heads), head_size, seq, placement, causal, seed = shape
-    rng = np.random.default_rng(seed)
-    block = random_block(rng, heads, kv_heads, head_size, placement)
-    probs, values, residual = random_inputs(rng, block, kv_heads, seq, causal)
-    y = np.zeros((seq, block.hidden_size))
+    block, probs, values, residual, causal = random_case(shape)
+    y = np.zeros_like(residual)
     whole = layer_contributions(block, probs, values, residual, y, dtype=np.float64).contributions
     row_by_row = layer_contributions(block, probs, values, residual, y, row_block_bytes=1, dtype=np.float64).contributions
     np.testing.assert_allclose(whole, row_by_row, atol=1e-12)

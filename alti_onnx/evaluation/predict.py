@@ -18,6 +18,7 @@ import onnxruntime as ort
 from ..errors import RuntimeFailure
 from ..prediction import softmax
 from ..runtime import default_providers
+from ..text_inputs import Batch
 
 __all__ = ["OnnxClassifier"]
 
@@ -35,12 +36,9 @@ class OnnxClassifier:
         pad_id: int,
         providers: list[str] | None = None,
         batch_size: int = 64,
-        threads: int | None = None,
     ):
         options = ort.SessionOptions()
         options.log_severity_level = 4
-        if threads:
-            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(model), options, providers=providers or default_providers())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
@@ -74,14 +72,9 @@ class OnnxClassifier:
         return len({tuple(int(t) for t in s) for s in sequences} - self.cache.keys())
 
     def _run(self, batch: list[tuple[int, ...]]) -> np.ndarray:
-        width = max(len(s) for s in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, s in enumerate(batch):
-            ids[row, : len(s)] = s
-            mask[row, : len(s)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        padded = Batch.padded(batch, self.pad_id)
+        width = padded.input_ids.shape[1]
+        feeds = {k: v for k, v in padded.feeds().items() if k in self.input_names}
         try:
             (logits,) = self.session.run(["logits"], feeds)
         except Exception as exc:  # noqa: BLE001
