@@ -2,7 +2,8 @@
 
 Each configuration (sequence length, batch size) runs in a fresh worker process so its peak
 resident memory is its own. Inside a worker the plain model and the instrumented model run on
-onnxruntime sessions with the same options and providers; times are medians after warm-up.
+onnxruntime sessions with the same options and providers; times are medians after warm-up, the
+two timed in turns.
 """
 
 from __future__ import annotations
@@ -56,27 +57,34 @@ def synthetic_batch(explainer: Explainer, seq_len: int, batch_size: int) -> Batc
     )
 
 
-def _median_seconds(run, warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
-    for _ in range(warmup):
-        run()
-    times: list[float] = []
+def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float) -> tuple[list[float], int]:
+    """Median seconds of each of ``runs``, timed in turns (a, b, a, b, ...) so that a change in the
+    machine's speed during the measurement (other tenants, clock) moves all of them alike."""
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    times: list[list[float]] = [[] for _ in runs]
     deadline = time.perf_counter() + budget_s
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
+    done = 0
+    while done < repeats and (done < 3 or time.perf_counter() < deadline):
+        for run, samples in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+        done += 1
+    return [statistics.median(samples) for samples in times], done
 
 
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
-            warmup: int = 2, repeats: int = 7, budget_s: float = 60.0) -> BenchResult:
+            warmup: int = 2, repeats: int = 7, budget_s: float = 120.0) -> BenchResult:
     """Time one configuration in this process."""
     explainer = Explainer(model, providers=providers)
     plain = InstrumentedSession(explainer.model, [], providers)  # same options, no extra outputs
     batch = synthetic_batch(explainer, seq_len, batch_size)
     feeds = batch.feeds()
-    forward, _ = _median_seconds(lambda: plain.run(feeds), warmup, repeats, budget_s)
-    explain, done = _median_seconds(lambda: explainer.explain_batch(batch), warmup, repeats, budget_s)
+    (forward, explain), done = _median_seconds(
+        [lambda: plain.run(feeds), lambda: explainer.explain_batch(batch)], warmup, repeats, budget_s
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(seq_len, batch_size, forward, explain, explain / forward, peak_mb, done)
 
