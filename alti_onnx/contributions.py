@@ -2,7 +2,8 @@
 
 Everything works on one example with its padding already removed: probs [H, S, S],
 values [H_kv, S, dh], residual x [S, D], the model's block output y [S, D]. The S*S*D tensor
-T[i, j] is never built whole: rows i are processed in blocks sized to a memory budget.
+T[i, j] is never built: the compiled kernel in ``distances`` reduces each T[i, j] to its
+distance as soon as it is formed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 import numpy as np
-
 from threadpoolctl import ThreadpoolController
 
+from alti_onnx.distances import by_column as attention_by_column
+from alti_onnx.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
 
 P = ParamSpec("P")
@@ -37,9 +39,6 @@ def one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
 
     return wrapper
 
-#: Bytes one block of transformed vectors T[i_block, :, :] may take (about an L2 cache).
-ROW_BLOCK_BYTES = 2 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class LayerContributions:
@@ -58,8 +57,8 @@ class LayerContributions:
 
 def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
     """v^h_j @ W^h for every token j and head h, laid out [S_j, H, D] (grouped key/value heads expanded)."""
-    kv_heads, seq_len, head_size = values.shape
-    per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
+    per_head = _values_per_head(values, num_heads)
+    _, seq_len, head_size = per_head.shape
     weight = weight.reshape(num_heads, head_size, -1)
     out = np.empty((seq_len, num_heads, weight.shape[-1]), dtype=np.result_type(per_head, weight))
     np.matmul(per_head, weight, out=out.transpose(1, 0, 2))  # written straight into the [S_j, H, D] layout
@@ -72,34 +71,49 @@ def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, r
     The products run in the inputs' dtype (what the model itself computed in); the sum is float64.
     """
     num_heads, seq_len, _ = probs.shape
-    kv_heads = values.shape[0]
-    per_head = values[np.arange(num_heads) // (num_heads // kv_heads)]
-    context = np.matmul(probs, per_head)  # [H, S, dh]
+    context = np.matmul(probs, _values_per_head(values, num_heads))  # [H, S, dh]
     merged = context.transpose(1, 0, 2).reshape(seq_len, -1)
     bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
-    return (merged @ block.out_proj_weight.astype(merged.dtype)).astype(np.float64) + residual + bias
+    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + residual + bias
+
+
+def _values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
+    """[H_kv, S, dh] -> [H, S, dh]: each query head with the key/value head that serves it."""
+    kv_heads = values.shape[0]
+    return values if kv_heads == num_heads else values[np.arange(num_heads) // (num_heads // kv_heads)]
+
+
+def output_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
+    """W_O in ``dtype``, converted once per block."""
+    return _per_block(block, "output", dtype, lambda: block.out_proj_weight.astype(dtype))
 
 
 def mixing_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
-    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW)).
+    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW))."""
 
-    Computed once per block and dtype (every example and batch reuses it).
-    """
-    key = (id(block), np.dtype(dtype).str)
-    cached = _MIXING_WEIGHTS.get(key)
+    def compute() -> np.ndarray:
+        weight = block.out_proj_weight
+        if block.norm_placement == "post":
+            weight = (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
+        return weight.astype(dtype)
+
+    return _per_block(block, "mixing", dtype, compute)
+
+
+def _per_block(block: AttentionBlock, kind: str, dtype: type, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """A weight derived from ``block``, computed once per block and dtype (every example and batch reuses it)."""
+    key = (id(block), kind, np.dtype(dtype).str)
+    cached = _BLOCK_WEIGHTS.get(key)
     if cached is not None and cached[0]() is block:
         return cached[1]
-    weight = block.out_proj_weight
-    if block.norm_placement == "post":
-        weight = (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
-    weight = weight.astype(dtype)
-    _MIXING_WEIGHTS[key] = (weakref.ref(block), weight)
-    weakref.finalize(block, _MIXING_WEIGHTS.pop, key, None)
+    weight = compute()
+    _BLOCK_WEIGHTS[key] = (weakref.ref(block), weight)
+    weakref.finalize(block, _BLOCK_WEIGHTS.pop, key, None)
     return weight
 
 
-#: (id(block), dtype) -> (weak reference to the block, mixing weight); entries leave with their block.
-_MIXING_WEIGHTS: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
+#: (id(block), kind, dtype) -> (weak reference to the block, weight); entries leave with their block.
+_BLOCK_WEIGHTS: dict[tuple[int, str, str], tuple[weakref.ref, np.ndarray]] = {}
 
 
 @one_blas_thread
@@ -109,7 +123,6 @@ def layer_contributions(
     values: np.ndarray,
     residual: np.ndarray,
     block_output: np.ndarray,
-    row_block_bytes: int = ROW_BLOCK_BYTES,
     dtype: type = np.float32,
     with_norms: bool = True,
 ) -> LayerContributions:
@@ -118,10 +131,8 @@ def layer_contributions(
     The post-LN map T -> T' = gamma (T - mean T) / sigma_i is linear in T once sigma_i is fixed,
     so centering and gamma are folded into W_O and x once, giving T~[i, j] = sigma_i T'[i, j],
     and 1/sigma_i is pulled out of the distances. Only the Manhattan distance needs the S*S*D
-    tensor T~; it is written once by a matmul and read once, in row blocks that stay in cache,
-    using |a - b| = 2 max(a, b) - a - b so the row sums of T~ (cheap, S*S*H) replace an
-    elementwise pass. The norm-based baseline ||T'|| comes from per-token Gram matrices
-    (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed output and the
+    tensor T~, and the kernel never stores it. The norm-based baseline ||T'|| comes from
+    per-token Gram matrices (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed output and the
     self-check are float64; the per-token vectors and the S*S*D pass use ``dtype``. The
     norm-based baseline is skipped (``norms`` None) unless ``with_norms``.
     """
@@ -129,7 +140,7 @@ def layer_contributions(
     exact = np.float64
     num_heads, seq_len, _ = probs.shape
     values = np.asarray(values, dtype=dtype)
-    summed = residual_sum(block, probs.astype(dtype), values, np.asarray(residual, dtype=exact))
+    summed = residual_sum(block, probs.astype(dtype, copy=False), values, np.asarray(residual, dtype=exact))
     recomposed = _recompose(block, summed)
     error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
 
@@ -144,8 +155,9 @@ def layer_contributions(
     target = recomposed * sigma[:, None]  # sigma_i y_i, so that ||target_i - T~[i, j]|| = sigma_i ||y_i - T'[i, j]||
 
     # One transpose of the probabilities serves every pass: column j outermost, heads innermost.
-    by_column = np.ascontiguousarray(probs.transpose(2, 1, 0), dtype=dtype)  # [S_j, S_i, H]
-    distance = _manhattan_distances(by_column, vectors, residual, target, row_block_bytes)
+    by_column = attention_by_column(np.asarray(probs, dtype=dtype))  # [S_j, S_i, H]
+    distance = np.empty((seq_len, seq_len), dtype=dtype)
+    manhattan_distances(by_column, vectors, np.ascontiguousarray(residual), target.astype(dtype), distance)
     norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / sigma[:, None]) if with_norms else None
     y_norms = np.abs(recomposed).sum(-1)[:, None]
     raw = y_norms - distance / sigma[:, None]
@@ -153,43 +165,13 @@ def layer_contributions(
     # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
     raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
     # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
-    # there rather than the rounding residue of the distance identity.
+    # there rather than the rounding residue of ||y_i|| - ||sigma_i y_i|| / sigma_i.
     attention = probs.sum(0, dtype=np.float64)
     silent = attention == 0.0
     np.fill_diagonal(silent, False)
     raw[silent] = 0.0
     attention /= num_heads
     return LayerContributions(normalize_rows(raw), norms, attention, error)
-
-
-def _manhattan_distances(
-    by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, budget: int
-) -> np.ndarray:
-    """||target_i - T~[i, j]||_1 for all i, j, with T~[i, j] = sum_h A[h,i,j] vectors[j,h] + [i==j] residual_j.
-
-    ``by_column`` is A laid out [S_j, S_i, H], ``vectors`` [S_j, H, D].
-    """
-    seq_len, _, width = vectors.shape
-    # sum_d T~[i, j] and sum_d target_i, exact and cheap
-    row_sums = np.matmul(by_column, vectors.sum(-1)[:, :, None])[:, :, 0].T.astype(np.float64)
-    row_sums[np.diag_indices(seq_len)] += residual.sum(-1, dtype=np.float64)
-    target_sums = target.sum(-1)
-
-    target = target.astype(vectors.dtype)
-    max_sums = np.empty((seq_len, seq_len))
-    # Blocks of columns j: each is one [S_i x H] @ [H x D] matmul per j (few, large BLAS calls),
-    # written into one reused buffer (fresh large arrays cost a page fault per 4 KiB).
-    columns_per_block = max(1, min(seq_len, budget // max(1, vectors.itemsize * seq_len * width)))
-    ones = np.ones(width, dtype=vectors.dtype)
-    buffer = np.empty((columns_per_block, seq_len, width), dtype=vectors.dtype)
-    for start in range(0, seq_len, columns_per_block):
-        stop = min(seq_len, start + columns_per_block)
-        columns = np.arange(start, stop)
-        mixed = np.matmul(by_column[start:stop], vectors[start:stop], out=buffer[: stop - start])  # T~, [J, S_i, D]
-        mixed[columns - start, columns] += residual[columns]
-        np.maximum(target[None, :, :], mixed, out=mixed)
-        max_sums[:, start:stop] = np.matmul(mixed, ones).T  # a BLAS row sum, faster than .sum(-1)
-    return 2.0 * max_sums - target_sums[:, None] - row_sums
 
 
 def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:

@@ -111,12 +111,10 @@ def test_core_equals_naive_loops(shape):
 
 @settings(max_examples=60, deadline=None)
 @given(shapes)
-def test_rows_sum_to_one_no_negatives_and_blocking_is_invisible(shape):
+def test_rows_sum_to_one_no_negatives(shape):
     block, probs, values, residual, causal = random_case(shape)
     y = np.zeros_like(residual)
     whole = layer_contributions(block, probs, values, residual, y, dtype=np.float64).contributions
-    row_by_row = layer_contributions(block, probs, values, residual, y, row_block_bytes=1, dtype=np.float64).contributions
-    np.testing.assert_allclose(whole, row_by_row, atol=1e-12)
     assert np.all(whole >= 0)
     sums = whole.sum(-1)
     assert np.all(np.isclose(sums, 1.0) | (sums == 0.0))

@@ -1,0 +1,119 @@
+"""The one S*S*D step of ALTI, as a compiled kernel: Manhattan distances to the transformed vectors.
+
+    distance[i, j] = || target_i - T~[i, j] ||_1,   T~[i, j] = sum_h A[h, i, j] v~[j, h] + [i == j] x~_j
+
+T~ has S*S*D entries; built by BLAS it is written to memory, read back for the difference and
+read again for the sum. Here each T~[i, j] lives only in a D-long scratch row that stays in the
+L1 cache: heads are added three at a time (three multiply-adds per load and store of the scratch
+row) into four rows i at once (every load of v~[j, h] serves four rows), then the row's absolute
+sum is taken from there: about twice as fast as the BLAS version at 128 and 512 tokens. Numba
+compiles it for the machine it runs on (AVX-512 where there is one) and caches the result on
+disk, so only the first run on a machine pays the compile (a few seconds).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Reassociation lets the compiler vectorize the absolute sum; contraction gives fused multiply-adds.
+#: No "no NaNs" or "no infinities" assumptions: a NaN in the inputs stays a NaN in the result.
+_FAST_MATH = {"contract", "reassoc"}
+
+
+@numba.njit(nogil=True, fastmath=_FAST_MATH, cache=True)
+def manhattan_distances(
+    by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, out: np.ndarray
+) -> None:
+    """Write ||target_i - T~[i, j]||_1 into ``out[i, j]``.
+
+    ``by_column`` is the attention A laid out [S_j, S_i, H] (see ``by_column``), ``vectors`` v~
+    [S_j, H, D], ``residual`` x~ [S, D] and ``target`` [S_i, D]; all one dtype. Where no head of
+    j reaches i (causal masks), T~[i, j] = 0 and the distance is ||target_i||_1.
+    """
+    n_columns, n_rows, n_heads = by_column.shape
+    width = vectors.shape[2]
+    last = n_rows - 1
+    scratch = np.empty((4, width), target.dtype)
+    zeros = np.zeros(4, target.dtype)
+    target_norms = np.empty(n_rows, target.dtype)
+    for i in range(n_rows):
+        total = zeros[0]
+        for d in range(width):
+            total += abs(target[i, d])
+        target_norms[i] = total
+    singles = n_heads % 3
+    for j in range(n_columns):
+        v = vectors[j]
+        for first in range(0, n_rows, 4):
+            # four rows per pass; past the last row, the last row is repeated (same value written twice)
+            i0, i1, i2, i3 = first, min(first + 1, last), min(first + 2, last), min(first + 3, last)
+            a0, a1, a2, a3 = by_column[j, i0], by_column[j, i1], by_column[j, i2], by_column[j, i3]
+            diagonal = i0 == j or i1 == j or i2 == j or i3 == j
+            if not diagonal and not (_any(a0) or _any(a1) or _any(a2) or _any(a3)):
+                out[i0, j], out[i1, j], out[i2, j], out[i3, j] = (
+                    target_norms[i0], target_norms[i1], target_norms[i2], target_norms[i3])
+                continue
+            w0, w1, w2, w3 = scratch[0], scratch[1], scratch[2], scratch[3]
+            t0, t1, t2, t3 = target[i0], target[i1], target[i2], target[i3]
+            for d in range(width):
+                w0[d] = t0[d]
+                w1[d] = t1[d]
+                w2[d] = t2[d]
+                w3[d] = t3[d]
+            if diagonal:  # T~[j, j] also holds the residual x~_j
+                for k in range(4):
+                    if min(first + k, last) == j:
+                        for d in range(width):
+                            scratch[k, d] -= residual[j, d]
+            for h in range(singles):
+                x = v[h]
+                b0, b1, b2, b3 = a0[h], a1[h], a2[h], a3[h]
+                for d in range(width):
+                    xd = x[d]
+                    w0[d] -= b0 * xd
+                    w1[d] -= b1 * xd
+                    w2[d] -= b2 * xd
+                    w3[d] -= b3 * xd
+            for h in range(singles, n_heads, 3):
+                x, y, z = v[h], v[h + 1], v[h + 2]
+                b0x, b0y, b0z = a0[h], a0[h + 1], a0[h + 2]
+                b1x, b1y, b1z = a1[h], a1[h + 1], a1[h + 2]
+                b2x, b2y, b2z = a2[h], a2[h + 1], a2[h + 2]
+                b3x, b3y, b3z = a3[h], a3[h + 1], a3[h + 2]
+                for d in range(width):
+                    xd, yd, zd = x[d], y[d], z[d]
+                    w0[d] -= b0x * xd + b0y * yd + b0z * zd
+                    w1[d] -= b1x * xd + b1y * yd + b1z * zd
+                    w2[d] -= b2x * xd + b2y * yd + b2z * zd
+                    w3[d] -= b3x * xd + b3y * yd + b3z * zd
+            s0, s1, s2, s3 = zeros[0], zeros[1], zeros[2], zeros[3]
+            for d in range(width):
+                s0 += abs(w0[d])
+                s1 += abs(w1[d])
+                s2 += abs(w2[d])
+                s3 += abs(w3[d])
+            out[i0, j], out[i1, j], out[i2, j], out[i3, j] = s0, s1, s2, s3
+
+
+@numba.njit(nogil=True, cache=True)
+def by_column(probs: np.ndarray) -> np.ndarray:
+    """The attention [H, S_i, S_j] laid out [S_j, S_i, H], so the kernel reads the H weights of a
+    pair (i, j) from one place. Three times faster than NumPy's copy of a transposed view at 512
+    tokens, because every read and write runs along memory."""
+    n_heads, n_rows, n_columns = probs.shape
+    out = np.empty((n_columns, n_rows, n_heads), probs.dtype)
+    for i in range(n_rows):
+        for j in range(n_columns):
+            for h in range(n_heads):
+                out[j, i, h] = probs[h, i, j]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _any(weights: np.ndarray) -> bool:
+    """Whether any head gives a nonzero weight."""
+    for value in weights:
+        if value != 0.0:
+            return True
+    return False

@@ -1,0 +1,62 @@
+"""The compiled distance kernel against the formula it computes, written out in NumPy."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alti_onnx.distances import by_column, manhattan_distances
+
+
+def direct_distances(probs, vectors, residual, target):
+    """||target_i - T~[i, j]||_1 with T~ built whole, in float64."""
+    transformed = np.einsum("hij,jhd->jid", probs.astype(np.float64), vectors.astype(np.float64))
+    diagonal = np.arange(len(vectors))
+    transformed[diagonal, diagonal] += residual
+    return np.abs(target[None].astype(np.float64) - transformed).sum(-1).T
+
+
+cases = st.tuples(
+    st.integers(1, 13),  # sequence length: every remainder of the four-row passes
+    st.integers(1, 8),  # heads: every remainder of the three-head passes
+    st.integers(1, 40),  # width
+    st.booleans(),  # causal: whole blocks of zero weights are skipped
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases)
+def test_kernel_equals_the_formula(case):
+    seq, heads, width, causal, dtype, seed = case
+    rng = np.random.default_rng(seed)
+    probs = rng.random((heads, seq, seq))
+    if causal:
+        probs = np.tril(probs)
+    probs /= probs.sum(-1, keepdims=True)
+    probs = probs.astype(dtype)
+    np.testing.assert_array_equal(by_column(probs), probs.transpose(2, 1, 0))
+    vectors = rng.standard_normal((seq, heads, width)).astype(dtype)
+    residual = rng.standard_normal((seq, width)).astype(dtype)
+    target = rng.standard_normal((seq, width)).astype(dtype)
+
+    got = np.full((seq, seq), np.nan, dtype=dtype)
+    manhattan_distances(by_column(probs), vectors, residual, target, got)
+
+    want = direct_distances(probs, vectors, residual, target)
+    tolerance = 1e-12 if dtype is np.float64 else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tolerance)
+    if causal:  # where no head reaches i, T~[i, j] = 0: the distance is ||target_i||_1
+        upper = np.triu_indices(seq, k=1)
+        np.testing.assert_allclose(got[upper], np.abs(target).sum(-1, dtype=np.float64)[upper[0]], rtol=tolerance)
+
+
+def test_a_nan_in_the_inputs_reaches_the_distance():
+    """Fast math here allows reassociation only; NaNs are not assumed away."""
+    probs = np.full((3, 2, 2), 0.5, dtype=np.float32)
+    vectors = np.ones((2, 3, 4), dtype=np.float32)
+    vectors[1, 2, 3] = np.nan
+    target = np.zeros((2, 4), dtype=np.float32)
+    got = np.zeros((2, 2), dtype=np.float32)
+    manhattan_distances(by_column(probs), vectors, np.zeros((2, 4), np.float32), target, got)
+    assert np.isnan(got[:, 1]).all() and np.isfinite(got[:, 0]).all()
