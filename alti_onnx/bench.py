@@ -57,16 +57,26 @@ def synthetic_batch(explainer: Explainer, seq_len: int, batch_size: int) -> Batc
     )
 
 
-def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float) -> tuple[list[float], int]:
+def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float, settle_s: float = 5.0,
+                    most: int = 50) -> tuple[list[float], int]:
     """Median seconds of each of ``runs``, timed in turns (a, b, a, b, ...) so that a change in the
-    machine's speed during the measurement (other tenants, clock) moves all of them alike."""
+    machine's speed during the measurement (other tenants, clock) moves all of them alike.
+
+    At least ``repeats`` turns (3 if ``budget_s`` runs out first); short runs go on, up to ``most``
+    turns, until ``settle_s`` has passed, because a few milliseconds are noisy on a shared machine.
+    """
     for run in runs:
         for _ in range(warmup):
             run()
     times: list[list[float]] = [[] for _ in runs]
-    deadline = time.perf_counter() + budget_s
+    began = time.perf_counter()
     done = 0
-    while done < repeats and (done < 3 or time.perf_counter() < deadline):
+    while True:
+        elapsed = time.perf_counter() - began
+        if done >= 3 and elapsed > budget_s:
+            break
+        if done >= repeats and (elapsed > settle_s or done >= most):
+            break
         for run, samples in zip(runs, times):
             start = time.perf_counter()
             run()

@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer
-from alti_onnx.bench import measure, synthetic_batch
+from alti_onnx.bench import _median_seconds, measure, synthetic_batch
 from alti_onnx.cli import app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
@@ -29,6 +29,17 @@ def test_measure_times_both_paths_with_the_same_inputs():
     assert 0 < result.forward_s < result.explain_s  # the explanation includes an instrumented forward
     assert result.ratio == result.explain_s / result.forward_s
     assert result.peak_rss_mb > 50 and result.repeats >= 3
+
+
+def test_runs_are_timed_in_turns_and_short_ones_repeat_until_they_settle():
+    order: list[str] = []
+    medians, turns = _median_seconds(
+        [lambda: order.append("forward"), lambda: order.append("explain")], warmup=1, repeats=4, budget_s=60, settle_s=0
+    )
+    assert turns == 4 and len(medians) == 2
+    assert order == ["forward", "explain"] + ["forward", "explain"] * 4  # warm-up, then alternating turns
+    _, turns = _median_seconds([lambda: None], warmup=0, repeats=4, budget_s=60, settle_s=60, most=12)
+    assert turns == 12  # microsecond runs: up to ``most`` turns within the settle time
 
 
 def test_cli_writes_the_record(tmp_path):
