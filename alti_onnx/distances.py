@@ -21,7 +21,20 @@ import numpy as np
 _FAST_MATH = {"contract", "reassoc"}
 
 
-@numba.njit(nogil=True, fastmath=_FAST_MATH, cache=True)
+def _compiled(**options):
+    """numba.njit without the GIL, cached on disk; where no cache folder is writable (numba then
+    refuses ``cache=True``), compiled afresh in each process instead."""
+
+    def decorate(function):
+        try:
+            return numba.njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:
+            return numba.njit(nogil=True, **options)(function)
+
+    return decorate
+
+
+@_compiled(fastmath=_FAST_MATH)
 def manhattan_distances(
     by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, out: np.ndarray
 ) -> None:
@@ -96,7 +109,7 @@ def manhattan_distances(
             out[i0, j], out[i1, j], out[i2, j], out[i3, j] = s0, s1, s2, s3
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled()
 def by_column(probs: np.ndarray) -> np.ndarray:
     """The attention [H, S_i, S_j] laid out [S_j, S_i, H], so the kernel reads the H weights of a
     pair (i, j) from one place. Three times faster than NumPy's copy of a transposed view at 512
@@ -110,7 +123,7 @@ def by_column(probs: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled()
 def _any(weights: np.ndarray) -> bool:
     """Whether any head gives a nonzero weight."""
     for value in weights:

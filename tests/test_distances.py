@@ -1,6 +1,7 @@
 """The compiled distance kernel against the formula it computes, written out in NumPy."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,3 +61,19 @@ def test_a_nan_in_the_inputs_reaches_the_distance():
     got = np.zeros((2, 2), dtype=np.float32)
     manhattan_distances(by_column(probs), vectors, np.zeros((2, 4), np.float32), target, got)
     assert np.isnan(got[:, 1]).all() and np.isfinite(got[:, 0]).all()
+
+
+def test_without_a_writable_cache_folder_the_kernel_still_compiles(monkeypatch):
+    """numba raises at decoration when no cache folder can be written; then compile per process."""
+    import numba.core.caching as caching
+
+    from alti_onnx.distances import _compiled
+
+    if not hasattr(caching.CacheImpl, "_locator_classes"):
+        pytest.skip("this numba version places its cache differently")
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+
+    def add_one(x):
+        return x + 1
+
+    assert _compiled()(add_one)(2) == 3
