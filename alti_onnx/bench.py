@@ -118,8 +118,11 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
 
 
 def machine() -> dict[str, object]:
-    """What the numbers were measured on (OpenBLAS's kernel choice matters: see the benchmark record)."""
+    """What the numbers were measured on (OpenBLAS's kernel choice and the CPU numba compiles the
+    distance kernel for both matter: see the benchmark record)."""
+    import numba
     import onnxruntime
+    from llvmlite import binding
     from threadpoolctl import threadpool_info
 
     cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor()
@@ -135,6 +138,8 @@ def machine() -> dict[str, object]:
         "onnxruntime": onnxruntime.__version__,
         "blas": [f"{i['internal_api']} {i['version']} ({i.get('architecture')})" for i in threadpool_info() if i["user_api"] == "blas"],
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "numba": numba.__version__,
+        "numba_target_cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(),
         "platform": platform.platform(),
     }
 
