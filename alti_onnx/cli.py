@@ -315,6 +315,9 @@ def batch(
     batch_size: Annotated[int, typer.Option(min=1, help="texts per onnxruntime run")] = 32,
     target: Annotated[Optional[int], typer.Option(help="position whose attribution is stored (default 0)")] = None,
     full: Annotated[bool, typer.Option(help="also store every layer's contributions and rollout")] = False,
+    pairs_per_run: Annotated[
+        int, typer.Option(min=1, help="token pairs per onnxruntime run (texts x padded length^2): bounds memory")
+    ] = 32 * 128 * 128,  # corpus.PAIRS_PER_RUN (not imported here: the CLI starts without onnx)
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates."""
     from rich.progress import Progress
@@ -331,7 +334,7 @@ def batch(
             task = progress.add_task("explaining", total=total)
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
-                on_record=lambda done: progress.update(task, completed=done),
+                on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
             )
     out.print(escape(
         f"{summary.written} records written to {output_path} ({summary.skipped} already there, "

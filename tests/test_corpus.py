@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from alti_onnx.corpus import explain_corpus
+from alti_onnx.corpus import explain_corpus, run_groups
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
 WORDS = "the cat sat on mat and a dog ran".split()
@@ -38,9 +38,20 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_records_follow_input_order_and_match_single_explanations(explainer, corpus, tmp_path):
+def test_runs_hold_at_most_the_batch_size_and_the_token_pair_budget():
+    assert run_groups([3, 5, 5, 8, 9], batch_size=2, pairs_per_run=1000) == [range(0, 2), range(2, 4), range(4, 5)]
+    # 3 * 5^2 = 75 fits 100; 4 * 8^2 does not, nor 2 * 9^2; a lone text over the budget still runs
+    assert run_groups([3, 5, 5, 8, 9], batch_size=10, pairs_per_run=100) == [range(0, 3), range(3, 4), range(4, 5)]
+    assert run_groups([30], batch_size=10, pairs_per_run=100) == [range(0, 1)]
+    assert run_groups([], batch_size=4, pairs_per_run=100) == []
+    # the default budget: 32 texts of 128 tokens, or 2 of 512
+    assert [len(r) for r in run_groups([128] * 40 + [512] * 5, 32, 32 * 128 * 128)] == [32, 8, 2, 2, 1]
+
+
+@pytest.mark.parametrize("pairs_per_run", [32 * 128 * 128, 150])
+def test_records_follow_input_order_and_match_single_explanations(explainer, corpus, tmp_path, pairs_per_run):
     output = tmp_path / "out.jsonl"
-    summary = explain_corpus(explainer, corpus, output, batch_size=4, chunk_size=10)
+    summary = explain_corpus(explainer, corpus, output, batch_size=4, chunk_size=10, pairs_per_run=pairs_per_run)
     records = read(output)
     inputs = [json.loads(line) for line in corpus.read_text().splitlines()]
     assert (summary.total, summary.failed) == (37, 1)
@@ -86,3 +97,19 @@ def test_a_finished_output_is_left_alone(explainer, corpus, tmp_path):
     summary = explain_corpus(explainer, corpus, output, batch_size=8)
     assert (summary.skipped, summary.written) == (37, 0)
     assert output.read_bytes() == before
+
+
+def test_cli_batch_writes_every_record_and_refuses_a_missing_input(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from alti_onnx.cli import app
+
+    output = tmp_path / "cli.jsonl"
+    args = ["batch", str(FIXTURE), "--input", str(corpus), "--output", str(output), "--batch-size", "4"]
+    result = CliRunner().invoke(app, [*args, "--pairs-per-run", "150"])
+    assert result.exit_code == 0, result.output
+    assert "37 records written" in result.output and "1 with errors" in result.output
+    assert [r["index"] for r in read(output)] == list(range(37))
+
+    missing = CliRunner().invoke(app, ["batch", str(FIXTURE), "--input", str(tmp_path / "nope.jsonl"), "--output", str(output)])
+    assert missing.exit_code == 2 and "input not found" in missing.output and "Traceback" not in missing.output
