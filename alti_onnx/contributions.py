@@ -132,9 +132,9 @@ def layer_contributions(
     so centering and gamma are folded into W_O and x once, giving T~[i, j] = sigma_i T'[i, j],
     and 1/sigma_i is pulled out of the distances. Only the Manhattan distance needs the S*S*D
     tensor T~, and the kernel never stores it. The norm-based baseline ||T'|| comes from
-    per-token Gram matrices (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed output and the
-    self-check are float64; the per-token vectors and the S*S*D pass use ``dtype``. The
-    norm-based baseline is skipped (``norms`` None) unless ``with_norms``.
+    per-token Gram matrices (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed
+    output and the self-check are float64; the per-token vectors and the S*S*D pass use
+    ``dtype``. The norm-based baseline is skipped (``norms`` None) unless ``with_norms``.
     """
     probs = np.asarray(probs)
     exact = np.float64
