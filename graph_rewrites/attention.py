@@ -37,6 +37,7 @@ from .walk import (
     is_constant,
     is_standard,
     other_input,
+    produced_by,
     reduce_axes,
     same,
     split_constant,
@@ -216,14 +217,10 @@ def _grouped_values(values: ir.Value) -> ir.Value:
     ``repeat_kv`` is Unsqueeze(axis 2) -> Expand -> Reshape: head h reads key/value head
     h // (H / H_kv), the order the contributions assume. Anything else keeps the expanded values.
     """
-    reshape = values.producer()
-    if reshape is None or not is_standard(reshape, "Reshape"):
-        return values
-    expand = reshape.inputs[0].producer()
-    if expand is None or not is_standard(expand, "Expand"):
-        return values
-    unsqueeze = expand.inputs[0].producer()
-    if unsqueeze is None or not is_standard(unsqueeze, "Unsqueeze") or reduce_axes(unsqueeze) != [2]:
+    reshape = produced_by(values, "Reshape")
+    expand = None if reshape is None else produced_by(reshape.inputs[0], "Expand")
+    unsqueeze = None if expand is None else produced_by(expand.inputs[0], "Unsqueeze")
+    if unsqueeze is None or reduce_axes(unsqueeze) != [2]:
         return values
     return unsqueeze.inputs[0]
 

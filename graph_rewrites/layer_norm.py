@@ -7,7 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from .walk import consumers, constant, forward, int_attr, is_standard, reduce_axes, same, split_constant
+from .walk import (
+    consumers,
+    constant,
+    forward,
+    int_attr,
+    is_standard,
+    produced_by,
+    reduce_axes,
+    same,
+    split_constant,
+)
 
 
 @dataclass(frozen=True)
@@ -75,17 +85,15 @@ def _normalize_centered(x: ir.Value, centered: ir.Value, width: int) -> LayerNor
 
 def _epsilon_of_std(std: ir.Value, centered: ir.Value) -> float | None:
     """Epsilon when ``std`` is Sqrt(ReduceMean(centered**2) + epsilon)."""
-    sqrt = std.producer()
-    if sqrt is None or not is_standard(sqrt, "Sqrt"):
-        return None
-    add = sqrt.inputs[0].producer()
-    if add is None or not is_standard(add, "Add"):
+    sqrt = produced_by(std, "Sqrt")
+    add = None if sqrt is None else produced_by(sqrt.inputs[0], "Add")
+    if add is None:
         return None
     eps, variance = split_constant(add)
     if eps is None or variance is None:
         return None
-    var_node = variance.producer()
-    if var_node is None or not is_standard(var_node, "ReduceMean"):
+    var_node = produced_by(variance, "ReduceMean")
+    if var_node is None:
         return None
     square = var_node.inputs[0].producer()
     if square is None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from .walk import backward, constant, consumers, forward, is_standard
+from .walk import backward, constant, consumers, forward, is_standard, produced_by
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ def _rescaled(mmi: ir.Node, scale_x: ir.Value) -> tuple[ir.Value, np.ndarray] | 
     for cast in consumers(mmi.outputs[0], "Cast"):
         for mul in consumers(cast.outputs[0], "Mul"):
             scales = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
-            product = scales.producer()
-            if product is None or not is_standard(product, "Mul"):
+            product = produced_by(scales, "Mul")
+            if product is None:
                 continue
             a, b = product.inputs
             scale_w = constant(b) if a is scale_x else constant(a) if b is scale_x else None
@@ -67,12 +67,12 @@ def dequantized_input(node: ir.Node) -> ir.Value | None:
     if not is_standard(node, "Mul"):
         return None
     for operand in node.inputs:
-        cast = operand.producer()
-        if cast is None or not is_standard(cast, "Cast"):
+        cast = produced_by(operand, "Cast")
+        if cast is None:
             continue
-        mmi = cast.inputs[0].producer()
-        dql = mmi.inputs[0].producer() if mmi is not None and is_standard(mmi, "MatMulInteger") else None
-        if dql is not None and is_standard(dql, "DynamicQuantizeLinear"):
+        mmi = produced_by(cast.inputs[0], "MatMulInteger")
+        dql = None if mmi is None else produced_by(mmi.inputs[0], "DynamicQuantizeLinear")
+        if dql is not None:
             return backward(dql.inputs[0])
     return None
 

@@ -16,14 +16,20 @@ def is_standard(node: ir.Node, *op_types: str) -> bool:
     return node.domain in ("", "ai.onnx") and node.op_type in op_types
 
 
+def produced_by(value: ir.Value | None, *op_types: str) -> ir.Node | None:
+    """The node that computes ``value`` when it is one of ``op_types`` (default domain), else None."""
+    node = None if value is None else value.producer()
+    return node if node is not None and is_standard(node, *op_types) else None
+
+
 def constant(value: ir.Value | None) -> np.ndarray | None:
     """The value as a NumPy array when the graph fixes it (initializer or Constant), else None."""
     if value is None:
         return None
     if value.const_value is not None:
         return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and is_standard(producer, "Constant"):
+    producer = produced_by(value, "Constant")
+    if producer is not None:
         attr = producer.attributes.get("value")
         if attr is not None:
             return attr.as_tensor().numpy()
@@ -53,11 +59,9 @@ def forward(value: ir.Value) -> ir.Value:
 
 def backward(value: ir.Value) -> ir.Value:
     """Skip backward through pass-through producers."""
-    while True:
-        producer = value.producer()
-        if producer is None or not is_standard(producer, *PASSTHROUGH_OPS):
-            return value
+    while (producer := produced_by(value, *PASSTHROUGH_OPS)) is not None:
         value = producer.inputs[0]
+    return value
 
 
 def same(a: ir.Value | None, b: ir.Value | None) -> bool:
