@@ -10,6 +10,9 @@ import numpy as np
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Largest absolute difference allowed against the float64 reference.
 TOLERANCE = 1e-4
+#: The committed tiny fixtures, by architecture.
+ENCODERS = ["bert", "roberta", "distilbert", "electra", "xlm-roberta"]
+DECODERS = ["gpt2", "llama"]
 
 
 def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:

@@ -1,4 +1,5 @@
-"""ALTI on the committed tiny encoders equals the float64 PyTorch reference (no torch needed)."""
+"""ALTI on the committed tiny fixtures equals the float64 PyTorch reference (no torch needed): every
+encoder and decoder, single texts and padded batches; then the encoders' attribution and JSON."""
 
 from __future__ import annotations
 
@@ -8,25 +9,31 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from fixture_cases import FIXTURES, TOLERANCE, assert_matches, load_expected
-
-ARCHS = ["bert", "roberta", "distilbert", "electra", "xlm-roberta"]
+from fixture_cases import DECODERS, ENCODERS, FIXTURES, TOLERANCE, assert_matches, load_expected
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def case(request):
-    arch = request.param
+def open_case(arch: str):
     return arch, Explainer(FIXTURES / f"tiny-{arch}"), *load_expected(arch)
 
 
-def test_single_texts_match_reference(case):
-    _, explainer, texts, expected = case
+@pytest.fixture(scope="module", params=ENCODERS + DECODERS)
+def any_case(request):
+    return open_case(request.param)
+
+
+@pytest.fixture(scope="module", params=ENCODERS)
+def case(request):
+    return open_case(request.param)
+
+
+def test_single_texts_match_reference(any_case):
+    _, explainer, texts, expected = any_case
     for text, want in zip(texts, expected):
         assert_matches(explainer.explain(text), want)
 
 
-def test_padded_batch_matches_reference(case):
-    _, explainer, texts, expected = case
+def test_padded_batch_matches_reference(any_case):
+    _, explainer, texts, expected = any_case
     lengths = [len(e["input_ids"]) for e in expected]
     assert len(set(lengths)) > 1, "the batch must mix lengths so padding is exercised"
     for explanation, want in zip(explainer.explain(texts), expected):
