@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,19 @@ def cache_dir(cache_dir: str | Path | None = None) -> Path:
     path = Path(cache_dir).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def building(folder: Path) -> Iterator[Path]:
+    """An empty ``<folder>.partial`` to build in, which replaces ``folder`` only when the block
+    finishes: an interrupted build never leaves a half-written folder where a finished one is
+    looked for."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
 
 
 @contextlib.contextmanager

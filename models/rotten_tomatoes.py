@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.cache import build_lock
+from models.cache import build_lock, building
 from models.cache import cache_dir as _cache_dir
 
 __all__ = [
@@ -174,12 +173,14 @@ def _build_split_locked(paths: dict[str, Path], cache_dir: str | Path | None) ->
     raw = _extract_ground_truth(sdist)
     rows = read_ground_truth(raw)
     splits = make_split(rows, SEED)
-    root = paths["split"].parent
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in SPLITS:
-        _write_tsv(tmp / f"{name}.tsv", splits[name])
+    with building(paths["split"].parent) as tmp:
+        for name in SPLITS:
+            _write_tsv(tmp / f"{name}.tsv", splits[name])
+        _write_split_meta(tmp / "split.json", sdist, raw, rows, splits)
+
+
+def _write_split_meta(path: Path, sdist: Path, raw: bytes, rows: list, splits: dict) -> None:
+    """split.json: where the data came from, the labelling rule and the split's sizes."""
     meta = {
         "source": {
             "package": f"{PACKAGE}=={VERSION} (PyPI sdist)",
@@ -199,9 +200,7 @@ def _build_split_locked(paths: dict[str, Path], cache_dir: str | Path | None) ->
         "first": {name: splits[name][0].text for name in SPLITS},
         "columns": _HEADER.split("\t"),
     }
-    (tmp / "split.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_split(name: str, cache_dir: str | Path | None = None) -> list[Example]:

