@@ -1,47 +1,112 @@
-"""Describe every attention block of an ONNX model (the entry point of graph_rewrites)."""
+"""Describe every attention block of an ONNX model, and account for every Softmax (the entry point).
+
+Analysis runs on a copy of the model: onnx-ir, every constant subgraph folded by onnxscript
+whatever its size (so W_O, W_V and norm parameters behind Transpose, Cast, Mul(scale) or
+DequantizeLinear resolve to arrays), shapes inferred, and every norm spelling rewritten into one
+canonical op (``norm_forms``). The blocks are then matched Softmax by Softmax (``attention``). The
+original model is not modified; every tensor a block names exists in it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 
-from .attention import BlockMatch, find_block_matches
+from .attention import STEPS, BlockMatch, SoftmaxMiss, find_block_matches
 from .block import AttentionBlock
-from .errors import GraphRewriteError, ModelLoadError
+from .errors import GraphRewriteError, ModelLoadError, PatternNotFoundError, UnmatchedAttentionError
 from .model_io import external_data_files
+from .norm_forms import canonicalize_norms
+from .quantized import dequantize_constant_weights
+from .walk import describe
 
-#: Ops that only re-lay out or re-type a weight: always folded, whatever the weight's size.
-_WEIGHT_LAYOUT_OPS = frozenset({"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"})
+
+@dataclass(frozen=True)
+class UnmatchedSoftmax:
+    """A Softmax of the graph that is not an attention block: where the pattern stopped, and why.
+
+    ``attention_like``: its scores are a product of two activations or its output multiplies one,
+    so it is most likely a block the matcher could not read, and explaining without it would
+    silently drop a layer.
+    """
+
+    node: str
+    step: str
+    reason: str
+    attention_like: bool
+
+    def summary(self) -> dict[str, object]:
+        return {"node": self.node, "step": self.step, "reason": self.reason, "attention_like": self.attention_like}
 
 
-def _fold_weight_layout(node: ir.Node) -> bool | None:
-    if node.op_type in ("DequantizeLinear", "DynamicQuantizeLinear"):
-        return False  # keep quantized weights visible so they can be reported
-    return True if node.op_type in _WEIGHT_LAYOUT_OPS else None
+@dataclass(frozen=True)
+class AttentionAnalysis:
+    """Every Softmax of a model, accounted for: the matched blocks in layer order, and the rest."""
+
+    blocks: list[AttentionBlock]
+    unmatched: list[UnmatchedSoftmax]
+
+    @property
+    def missed(self) -> list[UnmatchedSoftmax]:
+        """The unmatched Softmax nodes that look like attention."""
+        return [u for u in self.unmatched if u.attention_like]
+
+    def require_complete(self) -> list[AttentionBlock]:
+        """The blocks, when every attention-like Softmax is one; else the error naming the first miss."""
+        if self.missed:
+            miss = self.missed[0]
+            raise UnmatchedAttentionError(miss.step, miss.node, miss.reason, len(self.blocks), len(self.missed))
+        if not self.blocks:
+            if not self.unmatched:
+                raise PatternNotFoundError(
+                    "softmax", "the graph",
+                    "it has no Softmax node (fused attention operators must be rewritten first: graph_rewrites.unfuse)",
+                )
+            furthest = max(self.unmatched, key=lambda u: STEPS.index(u.step))
+            raise PatternNotFoundError(furthest.step, f"{furthest.node} ({len(self.unmatched)} Softmax node(s) tried)", furthest.reason)
+        return self.blocks
+
+
+def analyze_attention(model: onnx.ModelProto) -> AttentionAnalysis:
+    """Every Softmax of ``model`` as a described block or an unmatched node with its reason."""
+    _require_weights(model)
+    shapes = static_shapes(model)
+    analysis = analysis_copy(model)
+    matches, misses = find_block_matches(analysis.graph, shapes)
+    known = _tensor_names(model)
+    blocks = [_describe(layer, match) for layer, match in enumerate(matches)]
+    for block in blocks:
+        missing = [name for name in block.tensor_names() if name not in known]
+        if missing:
+            raise GraphRewriteError(f"layer {block.layer}: tensors {missing} were found by analysis but are not in the model")
+    return AttentionAnalysis(blocks, [_unmatched(miss) for miss in misses])
 
 
 def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
     """Every attention block of ``model`` in graph order, with its tensors and parameters.
 
-    Analysis runs on a constant-folded copy (onnxscript's folder) so weights behind Transpose,
-    Cast or Identity resolve to arrays; the original model is not modified.
+    Raises PatternNotFoundError when no Softmax is an attention block, and UnmatchedAttentionError
+    when some Softmax looks like attention but does not complete the pattern (rather than return
+    fewer layers than the model has).
     """
-    _require_weights(model)
-    analysis = ir.from_proto(model)
-    fold: Callable[[ir.Node], bool | None] = _fold_weight_layout
-    onnxscript.optimizer.fold_constants(analysis, should_fold=fold)
-    matches = find_block_matches(analysis.graph)
-    shapes = static_shapes(model)
-    known = _tensor_names(model)
-    blocks = [_describe(layer, match, shapes) for layer, match in enumerate(matches)]
-    for block in blocks:
-        missing = [name for name in block.tensor_names() if name not in known]
-        if missing:
-            raise GraphRewriteError(f"layer {block.layer}: tensors {missing} were found by analysis but are not in the model")
-    return blocks
+    return analyze_attention(model).require_complete()
+
+
+def analysis_copy(model: onnx.ModelProto) -> ir.Model:
+    """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred, norms canonical."""
+    copy = ir.from_proto(model)
+    dequantize_constant_weights(copy)
+    onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=True, should_fold=_fold_any_size)
+    canonicalize_norms(copy)
+    return copy
+
+
+def _fold_any_size(node: ir.Node) -> bool:
+    """Fold every node whose inputs are constant, however large (weights are what the analysis reads)."""
+    return True
 
 
 def _require_weights(model: onnx.ModelProto) -> None:
@@ -58,13 +123,12 @@ def _require_weights(model: onnx.ModelProto) -> None:
         )
 
 
-def _describe(layer: int, match: BlockMatch, shapes: dict[str, list[int | None]]) -> AttentionBlock:
-    num_heads, head_size = _head_layout(match, shapes)
+def _describe(layer: int, match: BlockMatch) -> AttentionBlock:
     norm = match.norm
     return AttentionBlock(
         layer=layer,
-        num_heads=num_heads,
-        head_size=head_size,
+        num_heads=match.num_heads,
+        head_size=match.head_size,
         norm_placement=match.placement,
         probs=match.probs.name,
         values=match.values.name,
@@ -79,18 +143,8 @@ def _describe(layer: int, match: BlockMatch, shapes: dict[str, list[int | None]]
     )
 
 
-def _head_layout(match: BlockMatch, shapes: dict[str, list[int | None]]) -> tuple[int | None, int | None]:
-    """Heads and head size from static shapes of probs [B,H,S,S] and values [B,H,S,dh]."""
-    width = match.out_proj_weight.shape[0]
-    probs_shape = shapes.get(match.probs.name) or []
-    values_shape = shapes.get(match.values.name) or []
-    heads = probs_shape[1] if len(probs_shape) == 4 else None
-    head_size = values_shape[3] if len(values_shape) == 4 else None
-    if heads is None and head_size:
-        heads = width // head_size
-    if head_size is None and heads:
-        head_size = width // heads
-    return heads, head_size
+def _unmatched(miss: SoftmaxMiss) -> UnmatchedSoftmax:
+    return UnmatchedSoftmax(describe(miss.softmax), miss.step, miss.detail, miss.attention_like)
 
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

@@ -2,42 +2,52 @@
 
 The pattern, one step at a time (each step is a function below)::
 
-    Softmax -> probs x values (MatMul) -> head merge (Transpose 0,2,1,3 + Reshape)
-            -> output projection (MatMul/Gemm with constant W_O, optional + b_O)
+    Softmax -> probs x values (MatMul) -> head merge -> output projection (constant W_O, optional b_O)
             -> residual add (+ x) -> norm
 
-The norm step decides the placement from the value path: when the values are projected from a
-norm of the residual input x (v = n(x) W_V + b_V) the block is pre-LN and its output is the
-residual sum; when they are projected from x itself it is post-LN and the output is the LayerNorm
-of the sum. A NaN guard after the Softmax (``Where(IsNaN(p), 0, p)``, as SDPA exports have) and
-grouped key/value heads expanded by Unsqueeze/Expand/Reshape are walked through.
+Each step accepts every spelling by what it computes:
 
-When no Softmax completes the pattern, the error names the furthest step reached and where.
+- probs: the Softmax output carried through elementwise ops (masking, Flax's renormalization over
+  the kept keys, the NaN guard of SDPA exports) to the MatMul with the values; the tensor that
+  multiplies the values is what the block exposes as its probabilities;
+- head merge: any chain of Transpose / Reshape / Squeeze / Unsqueeze / Flatten that lays the
+  ``[B, H, S, dh]`` context out as ``[..., H*dh]`` (``layout.Axes`` follows the factors through it);
+- output projection: MatMul or Gemm with a constant W_O (folded beforehand from whatever constant
+  subgraph produced it: transposed, cast, dequantized), or a dynamic-int8 MatMulInteger;
+- norm: the canonical LayerNormalization / RMSNormalization that ``norm_forms`` rewrote every
+  spelling into. The placement comes from the value path: values projected from a norm of the
+  residual input x (v = n(x) W_V + b_V) make a pre-LN block whose output is the residual sum;
+  values projected from x itself a post-LN block whose output is the LayerNorm of the sum.
+
+Every Softmax ends as a block or as a ``SoftmaxMiss`` with the furthest step reached, and whether it
+looks like attention (its scores are a product of two activations, or its output multiplies one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from .block import NormPlacement
-from .errors import KVCacheExportError, PatternNotFoundError, QuantizedWeightsError
-from .layer_norm import LayerNormMatch, match_layer_norm, match_rms_norm
+from .errors import KVCacheExportError, QuantizedWeightsError
+from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
+from .layout import COPY, Axes
 from .quantized import dequantized_input, dynamic_int8_matmul
 from .walk import (
     backward,
-    consumers,
     constant,
+    consumers,
     describe,
-    forward,
     int_attr,
     ints_attr,
     is_constant,
     is_standard,
     other_input,
     produced_by,
+    rank,
     reduce_axes,
     same,
     split_constant,
@@ -48,13 +58,24 @@ STEPS = ("softmax", "probs x values", "head merge", "output projection", "residu
 QUANTIZED_OPS = frozenset(
     {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "DequantizeLinear"}
 )
-HEAD_MERGE_PERM = [0, 2, 1, 3]
+#: Elementwise ops the probabilities pass through on their way to the values (masks, renormalizing, NaN guards).
+PROBS_OPS = frozenset({"Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Where", "Max", "Min", "Clip"})
+#: Ops that lay a tensor out anew without changing its elements.
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Dropout"})
+#: Ops between the product Q K^T and the Softmax: scale, mask, bias, soft-capping, layout.
+SCORE_OPS = PROBS_OPS | LAYOUT_OPS | {"Tanh", "Neg", "Expand"}
+#: Products of two tensors that make attention scores or contexts.
+PRODUCT_OPS = ("MatMul", "Einsum", "Gemm")
+#: Ops after the output projection that only reshape it back to [B, S, D].
+_UNFLATTEN_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout")
+#: How far the walks look (nodes), so a graph without the pattern fails fast.
+_REACH = 16
 
 
 class StepFailed(Exception):
     """One pattern step did not match; carries the step name and the node where it stopped."""
 
-    def __init__(self, step: str, node: ir.Node, detail: str):
+    def __init__(self, step: str, node: ir.Node | None, detail: str):
         super().__init__(detail)
         self.step, self.node, self.detail = step, node, detail
 
@@ -72,31 +93,50 @@ class BlockMatch:
     out_proj_weight: np.ndarray
     out_proj_bias: np.ndarray | None
     norm: LayerNormMatch | None
+    num_heads: int
+    head_size: int
     placement: NormPlacement = "post"
 
 
-def match_block(softmax: ir.Node) -> BlockMatch:
+@dataclass(frozen=True)
+class SoftmaxMiss:
+    """A Softmax that is not (the start of) a matched block: the step that failed, and why."""
+
+    softmax: ir.Node
+    step: str
+    detail: str
+    attention_like: bool
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """The output projection: where it is read from, its output, W_O [D_in, D_out] (rows as the
+    graph orders them) and b_O when the op itself adds it (Gemm's C)."""
+
+    node: ir.Node | None
+    output: ir.Value
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
+Shapes = Mapping[str, list]
+
+
+def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
     """Run every step of the pattern from one Softmax node; raise StepFailed at the first miss."""
-    probs = _softmax(softmax)
-    values, context = _probs_times_values(softmax, probs)
-    merged = _head_merge(context)
-    projected, weight, bias = _output_projection(merged)
-    residual, summed = _residual_add(projected)
+    _softmax(softmax)
+    probs, values, context = _probs_times_values(softmax)
+    chain, merged, projection = _head_merge_chain(context)
+    heads, head_size = _head_sizes(probs, values, projection.weight, shapes, context)
+    weight = _merge_order(chain, probs, heads, head_size, projection, shapes)
+    residual, summed, bias = _residual_add(projection, weight.shape[1])
     source = _value_projection_input(values)
     pre = _pre_norm(source, residual, weight.shape[1])
+    common = dict(softmax=softmax, probs=probs, residual=residual, out_proj_weight=weight, out_proj_bias=bias,
+                  num_heads=heads, head_size=head_size)
     if pre is not None:
-        return BlockMatch(
-            softmax=softmax,
-            probs=probs,
-            values=_grouped_values(values),
-            residual=residual,
-            output=summed,
-            norm_input=None,
-            out_proj_weight=weight,
-            out_proj_bias=bias,
-            norm=pre,
-            placement="pre",
-        )
+        return BlockMatch(**common, values=_grouped_values(values), output=summed, norm_input=None, norm=pre,
+                          placement="pre")
     if source is not None and not same(source, residual):
         raise StepFailed(
             "norm",
@@ -105,54 +145,228 @@ def match_block(softmax: ir.Node) -> BlockMatch:
             "of it (pre-LN)",
         )
     norm = _post_norm(summed, weight.shape[1])
-    return BlockMatch(
-        softmax=softmax,
-        probs=probs,
-        values=values,
-        residual=residual,
-        output=norm.output,
-        norm_input=summed,
-        out_proj_weight=weight,
-        out_proj_bias=bias,
-        norm=norm,
-    )
+    return BlockMatch(**common, values=values, output=norm.output, norm_input=summed, norm=norm)
 
 
-def _softmax(node: ir.Node) -> ir.Value:
+# --------------------------------------------------------------------------- softmax, probs x values
+def _softmax(node: ir.Node) -> None:
     axis = int_attr(node, "axis", -1)
-    if axis not in (-1, 3):
+    if axis != -1 and axis != (rank(node.inputs[0]) or 0) - 1:
         raise StepFailed("softmax", node, f"Softmax over axis {axis}, expected the last axis of [B, H, S, S]")
-    return node.outputs[0]
 
 
-def _probs_times_values(softmax: ir.Node, probs: ir.Value) -> tuple[ir.Value, ir.Value]:
-    probs = _past_nan_guard(forward(probs))
-    for matmul in consumers(probs, "MatMul"):
-        if matmul.inputs[0] is probs and not is_constant(matmul.inputs[1]):
-            return matmul.inputs[1], matmul.outputs[0]
-    found = ", ".join(n.op_type for n in consumers(probs)) or "nothing"
-    raise StepFailed("probs x values", softmax, f"expected MatMul(probs, values) after the Softmax, found {found}")
+def _probs_times_values(softmax: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(probs as they multiply the values, values, the context): the one MatMul that the Softmax output
+    reaches through elementwise ops, with an activation (not a constant) as its other operand."""
+    products = {node: probs for node, probs in _elementwise_reach(softmax.outputs[0], PROBS_OPS)}
+    if len(products) == 1:
+        (matmul, probs), = products.items()
+        if rank(probs) in (None, 4):
+            return probs, matmul.inputs[1], matmul.outputs[0]
+        raise StepFailed("probs x values", softmax, f"the probabilities reach MatMul with rank {rank(probs)}, expected [B, H, S, S]")
+    found = ", ".join(n.op_type for n in consumers(softmax.outputs[0])) or "nothing"
+    detail = f"{len(products)} MatMul nodes" if products else f"{found} (and no MatMul(probs, values) through elementwise ops)"
+    raise StepFailed("probs x values", softmax, f"expected MatMul(probs, values) after the Softmax, found {detail}")
 
 
-def _past_nan_guard(probs: ir.Value) -> ir.Value:
-    """``Where(IsNaN(p), 0, p)``: SDPA exports zero fully masked rows; other rows pass unchanged."""
-    for where in consumers(probs, "Where"):
-        condition = where.inputs[0].producer()
-        if (
-            condition is not None
-            and is_standard(condition, "IsNaN")
-            and condition.inputs[0] is probs
-            and where.inputs[2] is probs
-            and is_constant(where.inputs[1])
-        ):
-            return forward(where.outputs[0])
-    return probs
+def _elementwise_reach(start: ir.Value, ops: Iterable[str]) -> list[tuple[ir.Node, ir.Value]]:
+    """(MatMul, its first operand) for every MatMul that ``start`` reaches through ``ops`` as the first
+    operand, against a non-constant second operand."""
+    found, seen, frontier = [], {start}, [start]
+    for _ in range(_REACH):
+        following = []
+        for value in frontier:
+            for node in consumers(value):
+                if is_standard(node, "MatMul"):
+                    if node.inputs[0] is value and not is_constant(node.inputs[1]):
+                        found.append((node, value))
+                elif is_standard(node, *ops) and node.outputs[0] not in seen:
+                    seen.add(node.outputs[0])
+                    following.append(node.outputs[0])
+        frontier = following
+    return found
 
 
-#: Ops that hand a tensor on unchanged in value (shapes aside).
-PASS_OPS = ("Identity", "Cast")
+# --------------------------------------------------------------------------- head merge, output projection
+def _head_merge_chain(context: ir.Value) -> tuple[list[ir.Node], ir.Value, _Projection]:
+    """The layout ops from the context to the output projection, the tensor it reads, and the projection."""
+    value, chain = context, []
+    for _ in range(_REACH):
+        projection = _projection_reading(value)
+        if projection is not None:
+            return chain, value, projection
+        users = consumers(value)
+        if len(users) != 1 or not is_standard(users[0], *LAYOUT_OPS) or users[0].inputs[0] is not value:
+            found = ", ".join(n.op_type for n in users) or "nothing"
+            step = "output projection" if chain and is_standard(chain[-1], "Reshape", "Flatten") else "head merge"
+            raise StepFailed(
+                step, value.producer(),
+                f"expected layout ops (Transpose, Reshape, ...) from probs x values to a MatMul/Gemm with a constant "
+                f"W_O, found {found}",
+            )
+        chain.append(users[0])
+        value = users[0].outputs[0]
+    raise StepFailed("head merge", context.producer(), "no output projection within reach of probs x values")
+
+
+def _projection_reading(value: ir.Value) -> _Projection | None:
+    """The output projection that multiplies ``value`` by a constant W_O, if one does."""
+    int8 = dynamic_int8_matmul(value)
+    if int8 is not None:  # W_O dequantized from its int8 values, scale and zero point
+        return _Projection(None, int8.output, int8.weight, None)
+    for node in consumers(value, "MatMul", "Gemm"):
+        if node.inputs[0] is value and _weight(node) is not None:
+            weight, bias = _oriented(node)
+            return _Projection(node, node.outputs[0], weight, bias)
+    quantized = [n for n in consumers(value) if n.op_type in QUANTIZED_OPS]
+    if quantized:
+        raise QuantizedWeightsError(
+            f"quantized weights: the attention output projection after {describe(value.producer())} runs through "
+            f"{quantized[0].op_type} (quantized activations); ALTI needs float weights, explain the unquantized export"
+        )
+    return None
+
+
+def _weight(node: ir.Node) -> np.ndarray | None:
+    weight = constant(node.inputs[1])
+    if weight is None:
+        producer = backward(node.inputs[1]).producer()
+        if producer is not None and producer.op_type in QUANTIZED_OPS:
+            raise QuantizedWeightsError(
+                f"quantized weights: W_O of the attention output projection ({describe(node)}) comes from "
+                f"{producer.op_type} of a run-time value; ALTI needs float weights, explain the unquantized export"
+            )
+        return None
+    if weight.dtype.kind in "iu":
+        raise QuantizedWeightsError(
+            f"quantized weights: W_O of the attention output projection ({describe(node)}) is stored as "
+            f"{weight.dtype}; ALTI needs float weights"
+        )
+    return weight
+
+
+def _oriented(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None]:
+    """W_O as [D_in, D_out] so that ``merged @ W_O`` is the projection, and Gemm's bias C."""
+    weight = np.asarray(_weight(node), dtype=np.float64)
+    bias = None
+    if is_standard(node, "Gemm"):
+        if int_attr(node, "transA", 0):
+            raise StepFailed("output projection", node, "Gemm with transA=1 is not a projection of the merged heads")
+        if int_attr(node, "transB", 0):
+            weight = weight.T
+        alpha = node.attributes.get("alpha")
+        weight = weight * (alpha.as_float() if alpha is not None else 1.0)
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            beta = node.attributes.get("beta")
+            bias = np.asarray(constant(node.inputs[2]), dtype=np.float64).reshape(-1)
+            bias = bias * (beta.as_float() if beta is not None else 1.0)
+    if weight.ndim != 2:
+        raise StepFailed("output projection", node, f"W_O has shape {weight.shape}, expected 2-D")
+    if bias is not None:
+        bias = np.broadcast_to(bias, (weight.shape[1],)).copy()
+    return weight, bias
+
+
+def _head_sizes(probs: ir.Value, values: ir.Value, weight: np.ndarray, shapes: Shapes, at: ir.Value) -> tuple[int, int]:
+    """Heads and head size from the static shapes of probs [B, H, S, S] and values [B, H_kv, S, dh],
+    the missing one from W_O's rows (H * dh)."""
+    probs_dims = dims(probs, shapes)
+    heads = probs_dims[1] if len(probs_dims) == 4 else None
+    head_size = traced_dim(_grouped_values(values), -1, shapes)
+    rows = weight.shape[0]
+    if heads is None and head_size:
+        heads = rows // head_size
+    if head_size is None and heads:
+        head_size = rows // heads
+    if not heads or not head_size or heads * head_size != rows:
+        raise StepFailed(
+            "head merge", at.producer(),
+            f"cannot tell heads x head size from the shapes (heads {heads}, head size {head_size}, W_O rows {rows})",
+        )
+    return heads, head_size
+
+
+def _merge_order(chain: list[ir.Node], probs: ir.Value, heads: int, head_size: int, projection: _Projection,
+                 shapes: Shapes) -> np.ndarray:
+    """W_O with its rows in head-major order, after checking that ``chain`` lays the [B, H, S, dh]
+    context out as [B, S, H*dh] (or [B*S, H*dh]; a dh-major merge reorders W_O's rows)."""
+    probs_dims = dims(probs, shapes)
+    sizes = {"B": probs_dims[0] if probs_dims else None, "H": heads, "S": probs_dims[2] if len(probs_dims) == 4 else None,
+             "dh": head_size}
+    axes: Axes | None = Axes.of(("B", "H", "S", "dh"), sizes)
+    for node in chain:
+        # A Reshape whose target is computed at run time (Shape/Gather/Concat) and whose output dims
+        # shape inference cannot tell is taken to end in H*dh: the trailing run of that size can only
+        # be the factors H and dh themselves (B and S have no static size), else it fails to fit.
+        axes = _through(node, axes, shapes, heads * head_size)
+        if axes is None:
+            raise StepFailed("head merge", node, f"cannot follow the heads through {node.op_type} (output shape {dims(node.outputs[0], shapes)})")
+    tokens = tuple(f for f in axes.flat if f in ("B", "S"))
+    kept = [f for f in ("B", "S") if sizes[f] != 1]
+    if axes.groups[-1] in (("H", "dh"), ("dh", "H")) and list(tokens) == kept and len(axes.flat) == len(kept) + 2:
+        weight = projection.weight
+        if axes.groups[-1] == ("dh", "H"):  # row d*H + h holds head h's feature d
+            weight = weight.reshape(head_size, heads, -1).transpose(1, 0, 2).reshape(heads * head_size, -1)
+        return weight
+    raise StepFailed("head merge", chain[-1] if chain else probs.producer(),
+                     f"the output projection reads the context laid out as {axes.describe()}, expected [B, S, H*dh]")
+
+
+def _through(node: ir.Node, axes: Axes, shapes: Shapes, last_dim: int | None = None) -> Axes | None:
+    """``axes`` after one layout op (``last_dim``: its output's last dim, when known otherwise)."""
+    if is_standard(node, "Identity", "Cast", "Dropout"):
+        return axes
+    if is_standard(node, "Transpose"):
+        return axes.transpose(ints_attr(node, "perm"))
+    if is_standard(node, "Unsqueeze"):
+        found = reduce_axes(node)
+        return None if found is None else axes.unsqueeze(found)
+    if is_standard(node, "Squeeze"):
+        return axes.squeeze(reduce_axes(node))
+    if is_standard(node, "Flatten"):
+        return axes.flatten(int_attr(node, "axis", 1))
+    if is_standard(node, "Reshape"):
+        target = constant(node.inputs[1])
+        if target is not None and not int_attr(node, "allowzero", 0):
+            return axes.reshape([COPY if d == 0 else (None if d == -1 else int(d)) for d in np.ravel(target)])
+        if target is not None:
+            return axes.reshape([None if d == -1 else int(d) for d in np.ravel(target)])
+        out = dims(node.outputs[0], shapes)
+        if out and out[-1] is None and last_dim is not None:
+            out[-1] = last_dim
+        return axes.reshape(out) if out else None
+    return None
+
+
+def _residual_add(projection: _Projection, width: int) -> tuple[ir.Value, ir.Value, np.ndarray | None]:
+    """(residual input, residual sum, b_O): past a reshape back to [B, S, D] and the bias Add."""
+    value, bias = projection.output, projection.bias
+    for _ in range(_REACH):
+        adds = consumers(value, "Add")
+        if bias is None:
+            found = next(((c, a) for a in adds for c, o in [split_constant(a)] if c is not None and o is value and c.size == width), None)
+            if found is not None:
+                bias, value = np.asarray(found[0], dtype=np.float64).reshape(-1), found[1].outputs[0]
+                continue
+        for add in adds:
+            residual = other_input(add, value)
+            if residual is not None and not is_constant(residual):
+                return backward(residual), add.outputs[0], bias
+        users = consumers(value)
+        if len(users) == 1 and is_standard(users[0], *_UNFLATTEN_OPS) and users[0].inputs[0] is value:
+            value = users[0].outputs[0]
+            continue
+        break
+    found = ", ".join(n.op_type for n in consumers(value)) or "nothing"
+    raise StepFailed("residual add", value.producer(),
+                     f"expected Add(projection, residual) after the output projection, found {found}")
+
+
+# --------------------------------------------------------------------------- values and norms
 #: Ops that move or re-type value vectors without changing them (heads split, transposed, repeated).
 _VALUE_LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Split", "Slice", "Cast", "Identity")
+#: Ops between a projection's [B*S, D] input and the [B, S, D] activation it came from.
+_FLATTEN_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast")
 
 
 def _value_projection_input(values: ir.Value) -> ir.Value | None:
@@ -164,15 +378,10 @@ def _value_projection_input(values: ir.Value) -> ir.Value | None:
         if node is None:
             return None
         if is_standard(node, "MatMul", "Gemm") and is_constant(node.inputs[1]):
-            source = node.inputs[0]
-            while source.producer() is not None and is_standard(source.producer(), "Reshape", *PASS_OPS):
-                source = source.producer().inputs[0]  # Gemm works on [B*S, D]
-            return backward(source)
+            return _unflattened(node.inputs[0])
         quantized_source = dequantized_input(node)
-        if quantized_source is not None:  # a dynamic-int8 V projection (flattened to [B*S, D] for a Gemm)
-            while quantized_source.producer() is not None and is_standard(quantized_source.producer(), "Reshape"):
-                quantized_source = backward(quantized_source.producer().inputs[0])
-            return quantized_source
+        if quantized_source is not None:  # a dynamic-int8 V projection
+            return _unflattened(quantized_source)
         if is_standard(node, *_VALUE_LAYOUT_OPS):
             value = node.inputs[0]
         elif is_standard(node, "Add", "Mul"):  # a bias (Qwen2, BERT) or a scale
@@ -190,25 +399,19 @@ def _value_projection_input(values: ir.Value) -> ir.Value | None:
     return None
 
 
+def _unflattened(source: ir.Value) -> ir.Value:
+    """The activation a projection reads, before it was flattened to [B*S, D] (Gemm) or unsqueezed."""
+    while (producer := produced_by(source, *_FLATTEN_OPS)) is not None:
+        source = producer.inputs[0]
+    return source
+
+
 def _pre_norm(source: ir.Value | None, residual: ir.Value, width: int) -> LayerNormMatch | None:
     """The norm n with ``source = n(residual)`` (a pre-LN block), or None."""
     if source is None or same(source, residual):
         return None
-    for alias in _aliases(residual):
-        norm = match_layer_norm(alias, width) or match_rms_norm(alias, width)
-        if norm is not None and same(norm.output, source):
-            return norm
-    return None
-
-
-def _aliases(value: ir.Value) -> list[ir.Value]:
-    """``value`` and every tensor that is it through Identity/Cast consumers (Llama casts before its norms)."""
-    found, todo = [], [value]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(n.outputs[0] for n in consumers(current, *PASS_OPS))
-    return found
+    norm = read_norm(backward(source).producer(), width)
+    return norm if norm is not None and same(norm.input, residual) else None
 
 
 def _grouped_values(values: ir.Value) -> ir.Value:
@@ -225,156 +428,117 @@ def _grouped_values(values: ir.Value) -> ir.Value:
     return unsqueeze.inputs[0]
 
 
-def _head_merge(context: ir.Value) -> ir.Value:
-    context = forward(context)
-    producer = context.producer()
-    transposes = consumers(context, "Transpose")
-    if len(transposes) != 1 or ints_attr(transposes[0], "perm") != HEAD_MERGE_PERM:
-        found = ", ".join(n.op_type for n in consumers(context)) or "nothing"
-        raise StepFailed("head merge", producer, f"expected Transpose(perm=[0,2,1,3]) of probs x values, found {found}")
-    swapped = forward(transposes[0].outputs[0])
-    reshapes = consumers(swapped, "Reshape")
-    if len(reshapes) != 1:
-        found = ", ".join(n.op_type for n in consumers(swapped)) or "nothing"
-        raise StepFailed("head merge", transposes[0], f"expected Reshape to [B, S, H*head_size], found {found}")
-    return forward(reshapes[0].outputs[0])
-
-
-def _output_projection(merged: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None]:
-    users = consumers(merged)
-    int8 = dynamic_int8_matmul(merged)
-    for reshape in [] if int8 is not None else consumers(merged, "Reshape"):  # flattened to [B*S, D] first
-        int8 = dynamic_int8_matmul(forward(reshape.outputs[0]))
-        if int8 is not None:
-            out, weight, bias = _projection_bias(int8.output, int8.weight)
-            back = consumers(out, "Reshape")
-            return (forward(back[0].outputs[0]) if len(back) == 1 else out), weight, bias
-    if int8 is not None:  # W_O dequantized from its int8 values, scale and zero point
-        return _projection_bias(int8.output, int8.weight)
-    quantized = [n for n in users if n.op_type in QUANTIZED_OPS]
-    if quantized:
-        raise QuantizedWeightsError(
-            f"quantized weights: the attention output projection after {describe(merged.producer())} runs through "
-            f"{quantized[0].op_type} (int8); ALTI needs float weights, explain the unquantized export"
-        )
-    projection, flat = _projection_node(merged)
-    if projection is None:
-        found = ", ".join(n.op_type for n in users) or "nothing"
-        raise StepFailed(
-            "output projection", merged.producer(), f"expected MatMul/Gemm with a constant W_O after the head merge, found {found}"
-        )
-    weight = _projection_weight(projection)
-    out = forward(projection.outputs[0])
-    bias = None
-    if is_standard(projection, "Gemm") and len(projection.inputs) > 2 and projection.inputs[2] is not None:
-        bias = np.asarray(constant(projection.inputs[2]), dtype=np.float64).reshape(-1)
-    if flat or not consumers(out, "Add"):  # Gemm works on [B*S, D]: the projection is reshaped back to [B, S, D]
-        back = consumers(out, "Reshape")
-        if len(back) == 1:
-            out = forward(back[0].outputs[0])
-    if bias is None:
-        return _projection_bias(out, weight)
-    return out, weight, bias
-
-
-def _projection_bias(out: ir.Value, weight: np.ndarray) -> tuple[ir.Value, np.ndarray, np.ndarray | None]:
-    """Follow the Add of a constant b_O after the projection, when there is one."""
-    for add in consumers(out, "Add"):
-        const, other = split_constant(add)
-        if const is not None and other is out and const.size == weight.shape[1]:
-            return forward(add.outputs[0]), weight, np.asarray(const, dtype=np.float64).reshape(-1)
-    return out, weight, None
-
-
-def _projection_node(merged: ir.Value) -> tuple[ir.Node | None, bool]:
-    """The MatMul/Gemm applying W_O, possibly behind a Reshape to 2-D; and whether it was flattened."""
-    for node in consumers(merged, "MatMul", "Gemm"):
-        if node.inputs[0] is merged and _weight_value(node) is not None:
-            return node, False
-    for reshape in consumers(merged, "Reshape"):
-        flat = forward(reshape.outputs[0])
-        for node in consumers(flat, "Gemm", "MatMul"):
-            if node.inputs[0] is flat and _weight_value(node) is not None:
-                return node, True
-    return None, False
-
-
-def _weight_value(node: ir.Node) -> ir.Value | None:
-    weight = node.inputs[1]
-    producer = backward(weight).producer()
-    if producer is not None and producer.op_type in QUANTIZED_OPS:
-        raise QuantizedWeightsError(
-            f"quantized weights: W_O of the attention output projection ({describe(node)}) comes from "
-            f"{producer.op_type}; ALTI needs float weights, explain the unquantized export"
-        )
-    if constant(weight) is None:
-        return None
-    if constant(weight).dtype.kind in "iu":
-        raise QuantizedWeightsError(
-            f"quantized weights: W_O of the attention output projection ({describe(node)}) is stored as "
-            f"{constant(weight).dtype}; ALTI needs float weights"
-        )
-    return weight
-
-
-def _projection_weight(node: ir.Node) -> np.ndarray:
-    """W_O oriented as [D_in, D_out] so that ``merged @ W_O`` is the projection."""
-    weight = np.asarray(constant(node.inputs[1]), dtype=np.float64)
-    if is_standard(node, "Gemm"):
-        if int_attr(node, "transA", 0):
-            raise StepFailed("output projection", node, "Gemm with transA=1 is not a projection of the merged heads")
-        if int_attr(node, "transB", 0):
-            weight = weight.T
-        alpha = node.attributes.get("alpha")
-        if alpha is not None:
-            weight = weight * alpha.as_float()
-    if weight.ndim != 2:
-        raise StepFailed("output projection", node, f"W_O has shape {weight.shape}, expected 2-D")
-    return weight
-
-
-def _residual_add(projected: ir.Value) -> tuple[ir.Value, ir.Value]:
-    for add in consumers(projected, "Add"):
-        residual = other_input(add, projected)
-        if residual is not None and not is_constant(residual):
-            return backward(residual), add.outputs[0]
-    found = ", ".join(n.op_type for n in consumers(projected)) or "nothing"
-    raise StepFailed(
-        "residual add", projected.producer(), f"expected Add(projection, residual) after the output projection, found {found}"
-    )
-
-
 def _post_norm(summed: ir.Value, width: int) -> LayerNormMatch:
-    norm = match_layer_norm(forward(summed), width)
-    if norm is None:
-        found = ", ".join(n.op_type for n in consumers(summed)) or "nothing"
-        raise StepFailed(
-            "norm",
-            summed.producer(),
-            f"expected a LayerNorm of the residual sum (post-LN block), or values projected from a norm of the "
-            f"residual input (pre-LN block); found {found} after the sum",
-        )
+    value = summed
+    while (norm := norm_reading(value, width, LAYER_NORM_OPS)) is None:
+        users = consumers(value)
+        if len(users) != 1 or not is_standard(users[0], "Identity", "Cast", "Dropout"):
+            found = ", ".join(n.op_type for n in consumers(summed)) or "nothing"
+            raise StepFailed(
+                "norm",
+                summed.producer(),
+                f"expected a LayerNorm of the residual sum (post-LN block), or values projected from a norm of the "
+                f"residual input (pre-LN block); found {found} after the sum",
+            )
+        value = users[0].outputs[0]
     return norm
 
 
-def find_block_matches(graph: ir.Graph) -> list[BlockMatch]:
-    """Match every Softmax in graph order; raise PatternNotFoundError when none completes."""
+# --------------------------------------------------------------------------- every Softmax
+def find_block_matches(graph: ir.Graph, shapes: Shapes) -> tuple[list[BlockMatch], list[SoftmaxMiss]]:
+    """Every Softmax in graph order, as a block or as a miss (with whether it looks like attention)."""
     matches: list[BlockMatch] = []
-    failures: list[StepFailed] = []
+    misses: list[SoftmaxMiss] = []
     softmaxes = [n for n in graph if is_standard(n, "Softmax")]
     if not softmaxes:
         _refuse_merged_cache(graph)
-        raise PatternNotFoundError("softmax", "the graph", "it has no Softmax node (fused attention operators must be rewritten first: graph_rewrites.unfuse)")
     for node in softmaxes:
         try:
-            matches.append(match_block(node))
+            matches.append(match_block(node, shapes))
         except StepFailed as failed:
-            failures.append(failed)
-    if not matches:
-        furthest = max(failures, key=lambda f: STEPS.index(f.step))
-        where = describe(furthest.node) if furthest.node is not None else "the graph"
-        raise PatternNotFoundError(furthest.step, f"{where} ({len(softmaxes)} Softmax node(s) tried)", furthest.detail)
-    return matches
+            reached = STEPS.index(failed.step) > STEPS.index("probs x values")
+            misses.append(SoftmaxMiss(node, failed.step, failed.detail, reached or looks_like_attention(node)))
+    return matches, misses
+
+
+def looks_like_attention(softmax: ir.Node) -> bool:
+    """Its scores are a product of two activations (Q K^T), or its output multiplies one (the values)."""
+    return _from_activation_product(softmax.inputs[0]) or bool(_elementwise_reach(softmax.outputs[0], SCORE_OPS))
+
+
+def _from_activation_product(scores: ir.Value) -> bool:
+    seen, frontier = {scores}, [scores]
+    for _ in range(_REACH):
+        following = []
+        for value in frontier:
+            node = value.producer()
+            if node is None:
+                continue
+            operands = [v for v in node.inputs[:2] if v is not None]
+            if is_standard(node, *PRODUCT_OPS) and len(operands) == 2 and not any(is_constant(v) for v in operands):
+                return True
+            if is_standard(node, *SCORE_OPS):
+                fresh = [v for v in node.inputs if v is not None and not is_constant(v) and v not in seen]
+                seen.update(fresh)
+                following.extend(fresh)
+        frontier = following
+    return False
+
+
+def traced_dim(value: ir.Value, axis: int, shapes: Shapes, depth: int = 0) -> int | None:
+    """One static dim of ``value`` (negative ``axis`` from the end): from shape inference, or traced back
+    through layout ops to a Reshape with a constant target (shape inference gives up after the first
+    operator it does not know, e.g. onnxruntime's fused ops elsewhere in the graph)."""
+    known = dims(value, shapes)
+    if known and -len(known) <= axis < len(known) and known[axis] is not None:
+        return known[axis]
+    node = value.producer()
+    if node is None or depth > _REACH:
+        return None
+    if is_standard(node, "Identity", "Cast", "Dropout"):
+        return traced_dim(node.inputs[0], axis, shapes, depth + 1)
+    if is_standard(node, "Add", "Sub", "Mul", "Div"):
+        _, other = split_constant(node)  # a bias or a scale keeps the layout
+        return None if other is None else traced_dim(other, axis, shapes, depth + 1)
+    if is_standard(node, "Transpose"):
+        perm = ints_attr(node, "perm")
+        return None if perm is None else traced_dim(node.inputs[0], perm[axis % len(perm)], shapes, depth + 1)
+    if is_standard(node, "Reshape"):
+        target = _partial_shape(node.inputs[1], shapes)
+        if target is None:
+            return None
+        size = target[axis % len(target)]
+        if size is not None and size > 0:
+            return size
+        return traced_dim(node.inputs[0], axis % len(target), shapes, depth + 1) if size == 0 else None
+    return None
+
+
+def _partial_shape(value: ir.Value, shapes: Shapes) -> list[int | None] | None:
+    """A 1-D shape tensor's entries where the graph fixes them (None where computed at run time):
+    a constant, or a Concat of constants and run-time pieces of known length (a split-heads target
+    ``Concat(batch, length, [H], [dh])``)."""
+    const = constant(value)
+    if const is not None:
+        return [int(d) for d in np.ravel(const)]
+    node = value.producer()
+    if node is not None and is_standard(node, "Concat"):
+        parts = [_partial_shape(v, shapes) for v in node.inputs]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]
+    if node is not None and is_standard(node, "Cast", "Identity"):
+        return _partial_shape(node.inputs[0], shapes)
+    known = dims(value, shapes)
+    return [None] * known[0] if len(known) == 1 and known[0] is not None else None
+
+
+def dims(value: ir.Value, shapes: Shapes) -> list:
+    """The value's static dims (None where unknown): ONNX shape inference by name, else the IR's shape."""
+    known = shapes.get(value.name) if value.name else None
+    if known:
+        return list(known)
+    if value.shape is None:
+        return []
+    return [d if isinstance(d, int) else None for d in value.shape]
 
 
 def _refuse_merged_cache(graph: ir.Graph) -> None:

@@ -30,3 +30,16 @@ class QuantizedWeightsError(GraphRewriteError):
 
 class KVCacheExportError(GraphRewriteError):
     """A merged decoder export whose attention sits in If branches (KV cache or not): not explainable."""
+
+
+class UnmatchedAttentionError(GraphRewriteError):
+    """A Softmax looks like attention but does not complete the block pattern: explaining the
+    blocks that did match would silently leave a layer out, so the model is refused."""
+
+    def __init__(self, step: str, where: str, detail: str, matched: int, missed: int):
+        self.step, self.where, self.detail = step, where, detail
+        others = f"{missed - 1} more like it, " if missed > 1 else ""
+        super().__init__(
+            f"{where} looks like attention but is not a block the explanation can read: step '{step}' failed: "
+            f"{detail} ({others}{matched} block(s) matched; explaining those alone would leave layers out)"
+        )

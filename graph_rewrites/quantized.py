@@ -1,4 +1,9 @@
-"""Dynamic int8 projections (onnxruntime.quantization.quantize_dynamic), read back as float weights.
+"""Quantized weights read back as floats: weight-only DequantizeLinear, and dynamic int8 projections
+(onnxruntime.quantization.quantize_dynamic).
+
+A DequantizeLinear of constant int8 weights is ``(W_q - zero_point) * scale`` (per tensor, or per
+slice along ``axis``): exact floats, folded here because onnx's reference evaluator, which the
+constant folder runs, has no DequantizeLinear below opset 19.
 
 quantize_dynamic writes ``y = Cast(MatMulInteger(q, W_q, zp_x, zp_w)) * (scale_x * scale_w)`` with
 ``q, scale_x, zp_x = DynamicQuantizeLinear(x)``. The weight it multiplies is
@@ -14,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from .walk import backward, constant, consumers, forward, is_standard, produced_by
+from .walk import backward, constant, consumers, forward, int_attr, is_standard, produced_by
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,26 @@ def is_dynamically_quantized(model: onnx.ModelProto) -> bool:
     """Whether activations are quantized at run time (onnxruntime's dynamic int8), so that a float
     decomposition with dequantized weights cannot reproduce the blocks' outputs exactly."""
     return any(node.op_type == "DynamicQuantizeLinear" for node in model.graph.node)
+
+
+def dequantize_constant_weights(model: ir.Model) -> int:
+    """Replace (in place) every DequantizeLinear of constants by the float constant it computes;
+    returns how many. Block-quantized weights (``block_size``) are left as they are."""
+    count = 0
+    for node in list(model.graph):
+        if not is_standard(node, "DequantizeLinear") or int_attr(node, "block_size", 0):
+            continue
+        arrays = [constant(v) if v is not None else None for v in node.inputs]
+        if arrays[0] is None or arrays[1] is None or (len(arrays) > 2 and node.inputs[2] is not None and arrays[2] is None):
+            continue
+        values, scale = arrays[0], np.asarray(arrays[1])
+        zero = np.asarray(arrays[2]) if len(arrays) > 2 and arrays[2] is not None else np.zeros((), values.dtype)
+        if scale.ndim == 1 and scale.size > 1:  # one scale per slice along axis
+            shape = [1] * values.ndim
+            shape[int_attr(node, "axis", 1) % values.ndim] = scale.size
+            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
+        floats = (values.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
+        folded = ir.node("Constant", [], attributes={"value": ir.tensor(floats.astype(scale.dtype))})
+        ir.convenience.replace_nodes_and_values(model.graph, node, [node], [folded], [node.outputs[0]], [folded.outputs[0]])
+        count += 1
+    return count

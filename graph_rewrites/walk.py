@@ -9,6 +9,8 @@ import onnx_ir as ir
 
 #: Ops that hand an activation through unchanged at inference time.
 PASSTHROUGH_OPS = frozenset({"Identity", "Dropout", "Cast"})
+#: Ops that read only a tensor's shape, never its values (a walk along values passes them by).
+SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
 def is_standard(node: ir.Node, *op_types: str) -> bool:
@@ -41,11 +43,17 @@ def is_constant(value: ir.Value | None) -> bool:
 
 
 def consumers(value: ir.Value, *op_types: str) -> list[ir.Node]:
-    """Nodes that read ``value``, restricted to ``op_types`` when given, in graph order."""
-    nodes = list(dict.fromkeys(use.node for use in value.uses()))
+    """Nodes that read ``value``'s elements (not only its shape), restricted to ``op_types`` when
+    given, in graph order."""
+    nodes = [n for n in dict.fromkeys(use.node for use in value.uses()) if not is_standard(n, *SHAPE_READERS)]
     if op_types:
         nodes = [n for n in nodes if is_standard(n, *op_types)]
     return nodes
+
+
+def rank(value: ir.Value | None) -> int | None:
+    """The value's rank when shape inference knows it."""
+    return None if value is None or value.shape is None else value.shape.rank()
 
 
 def forward(value: ir.Value) -> ir.Value:
