@@ -8,6 +8,7 @@ from .contributions import layer_contributions, rollout
 from .errors import (
     AltiOnnxError,
     InputError,
+    LayerCountError,
     MissingTokenizerError,
     ModelPathError,
     OutputPathError,
@@ -22,6 +23,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "InputError",
+    "LayerCountError",
     "MissingTokenizerError",
     "ModelPathError",
     "OutputPathError",

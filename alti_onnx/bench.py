@@ -23,6 +23,7 @@ import numpy as np
 
 from .explainer import Explainer
 from .runtime import InstrumentedSession
+from .model_inputs import parse_input_map
 from .text_inputs import Batch
 
 LENGTHS = (32, 128, 512)
@@ -86,21 +87,20 @@ def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float, sett
 
 
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
-            warmup: int = 2, repeats: int = 7, budget_s: float = 120.0) -> BenchResult:
+            warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None) -> BenchResult:
     """Time one configuration in this process."""
-    explainer = Explainer(model, providers=providers)
-    plain = InstrumentedSession(explainer.model, [], providers)  # same options, no extra outputs
+    explainer = Explainer(model, providers=providers, input_map=input_map)
+    plain = InstrumentedSession(explainer.model, [], providers, input_map)  # same options, no extra outputs
     batch = synthetic_batch(explainer, seq_len, batch_size)
-    feeds = batch.feeds()
     (forward, explain), done = _median_seconds(
-        [lambda: plain.run(feeds), lambda: explainer.explain_batch(batch)], warmup, repeats, budget_s
+        [lambda: plain.run(batch), lambda: explainer.explain_batch(batch)], warmup, repeats, budget_s
     )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(seq_len, batch_size, forward, explain, explain / forward, peak_mb, done)
 
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
-                  progress=None) -> list[BenchResult]:
+                  progress=None, input_map: dict[str, str] | None = None) -> list[BenchResult]:
     """Every configuration, each in its own worker process (so peak memory is per configuration)."""
     results = []
     for seq_len in lengths:
@@ -110,6 +110,8 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
             command = [sys.executable, "-m", "alti_onnx.bench", str(model), str(seq_len), str(batch_size)]
             for provider in providers or []:
                 command += ["--provider", provider]
+            for name, role in (input_map or {}).items():
+                command += ["--input-map", f"{name}={role}"]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"benchmark worker failed for S={seq_len} B={batch_size}: {done.stderr.strip()[-500:]}")
@@ -171,8 +173,9 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("seq_len", type=int)
     parser.add_argument("batch_size", type=int)
     parser.add_argument("--provider", action="append")
+    parser.add_argument("--input-map", action="append", default=[])
     args = parser.parse_args(argv)
-    result = measure(args.model, args.seq_len, args.batch_size, args.provider)
+    result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=parse_input_map(args.input_map))
     print(json.dumps(asdict(result)))
 
 

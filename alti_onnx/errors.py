@@ -29,6 +29,10 @@ class OutputPathError(AltiOnnxError):
     """An output file (instrumented model, JSON) cannot be written."""
 
 
+class LayerCountError(AltiOnnxError):
+    """config.json's number of layers differs from the attention blocks found in the graph."""
+
+
 class RuntimeFailure(AltiOnnxError):
     """onnxruntime refused the model or failed while running it."""
 

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from graph_rewrites import AttentionBlock, find_attention_blocks, is_dynamically_quantized, load_model, unfuse
+from graph_rewrites import AttentionAnalysis, AttentionBlock, analyze_attention, is_dynamically_quantized, load_model, unfuse
 
 from .contributions import LayerContributions, layer_contributions, rollout
-from .errors import ModelPathError, RuntimeFailure, SelfCheckError
+from .errors import InputError, LayerCountError, ModelPathError, RuntimeFailure, SelfCheckError
 from .explanation import Explanation
 from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, InstrumentedSession
@@ -60,7 +60,10 @@ class Explainer:
 
     ``model`` is an optimum-style export directory or an .onnx file; ``tokenizer`` a
     tokenizer.json (defaults to the one beside the model); ``providers`` onnxruntime execution
-    providers (CUDA when available, else CPU).
+    providers (CUDA when available, else CPU); ``self_check_tolerance`` the largest decomposition
+    error accepted, relative to the block output's magnitude (at least 1); ``input_map`` the role
+    of graph inputs whose names do not tell it (``{"in_1": "mask"}``; roles: ids, mask, segment,
+    positions).
     """
 
     def __init__(
@@ -69,15 +72,21 @@ class Explainer:
         tokenizer: str | Path | None = None,
         providers: list[str] | None = None,
         self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE,
+        input_map: dict[str, str] | None = None,
     ):
+        if not (isinstance(self_check_tolerance, (int, float)) and 0 < self_check_tolerance < float("inf")):
+            raise InputError(f"the self-check tolerance must be a positive number, got {self_check_tolerance!r}")
         files = locate_model(model, tokenizer)
         self.files = files
         self.config = json.loads(files.config.read_text()) if files.config.is_file() else {}
         # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs.
         self.model: onnx.ModelProto = unfuse(load_model(files.onnx))
-        self.blocks: list[AttentionBlock] = find_attention_blocks(self.model)
+        self.analysis: AttentionAnalysis = analyze_attention(self.model)
+        self.blocks: list[AttentionBlock] = self.analysis.require_complete()
+        _check_layer_count(self.config, self.analysis)
         self.encoder = TextEncoder(files.tokenizer, self.config)
-        self.session = InstrumentedSession(self.model, self.blocks, providers)
+        self.input_map = dict(input_map or {})
+        self.session = InstrumentedSession(self.model, self.blocks, providers, self.input_map)
         self.self_check_tolerance = self_check_tolerance
         self.int8 = is_dynamically_quantized(self.model)
         self.labels = class_labels(self.config)
@@ -104,9 +113,21 @@ class Explainer:
         return explanations[0] if isinstance(text, str) else explanations
 
     def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False) -> list[Explanation]:
-        """Explain a tokenized, right-padded batch in one onnxruntime run."""
+        """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
+        model takes no attention mask: it would attend to the padding)."""
+        lengths = batch.lengths
+        if self.session.inputs.has_mask or len(set(lengths)) <= 1:
+            return self._explain_run(batch, check, baselines)
+        explanations: list[Explanation | None] = [None] * len(lengths)
+        for length in sorted(set(lengths)):
+            rows = [row for row, n in enumerate(lengths) if n == length]
+            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines)):
+                explanations[row] = explanation
+        return explanations  # type: ignore[return-value]
+
+    def _explain_run(self, batch: Batch, check: bool, baselines: bool) -> list[Explanation]:
         try:
-            outputs, tensors = self.session.run(batch.feeds())
+            outputs, tensors = self.session.run(batch)
         except RuntimeFailure as exc:
             if self.encoder.max_length is None:  # nothing told us the limit, so the text may be too long
                 raise RuntimeFailure(
@@ -182,9 +203,27 @@ class Explainer:
 
 _INT8_HINT = (
     "the model is dynamically quantized (int8 weights, activations quantized at run time), so the float "
-    "decomposition with the dequantized W_O misses the activation rounding; pass self_check_tolerance=2e-2 "
-    "to accept that error, or explain the float export"
+    "decomposition with the dequantized W_O misses the activation rounding; pass --self-check-tolerance 2e-2 "
+    "(API: self_check_tolerance=2e-2) to accept that error, or explain the float export"
 )
+
+
+#: config.json keys that give the number of transformer layers, by family.
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+
+
+def _check_layer_count(config: dict, analysis: AttentionAnalysis) -> None:
+    """When config.json says how many layers the model has, the graph must have as many blocks."""
+    declared = next((config[k] for k in _LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
+    found = len(analysis.blocks)
+    if declared is None or declared == found:
+        return
+    message = f"config.json says the model has {declared} layers, but the graph has {found} attention blocks"
+    if analysis.unmatched:
+        first = analysis.unmatched[0]
+        message += (f"; {len(analysis.unmatched)} Softmax node(s) are not blocks, the first {first.node} "
+                    f"(step '{first.step}': {first.reason})")
+    raise LayerCountError(message)
 
 
 def _causal_from_config(config: dict) -> bool | None:

@@ -12,6 +12,8 @@ import onnxruntime as ort
 from graph_rewrites import AttentionBlock, instrument
 
 from .errors import RuntimeFailure
+from .model_inputs import ModelInputs
+from .text_inputs import Batch
 
 
 def default_providers() -> list[str]:
@@ -20,6 +22,19 @@ def default_providers() -> list[str]:
     if "CUDAExecutionProvider" in available and os.path.exists("/proc/driver/nvidia/version"):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def session_options() -> ort.SessionOptions:
+    """How every onnxruntime session of the package runs a model."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: failures reach the user as one RuntimeFailure line
+    # onnxruntime's workers otherwise spin after each run, taking the cores NumPy needs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Weight-only int8 (DequantizeLinear -> MatMul) is fused into MatMulNBits, by default computing with
+    # int8-rounded activations (accuracy level 4): the model would no longer be the float function its
+    # graph states, and the decomposition would miss by ~1e-3. Level 1 keeps the fusion, in float32.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return options
 
 
 @dataclass(frozen=True)
@@ -35,11 +50,17 @@ class BlockTensors:
 class InstrumentedSession:
     """An onnxruntime session whose outputs include every block's intermediates."""
 
-    def __init__(self, model: onnx.ModelProto, blocks: list[AttentionBlock], providers: list[str] | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        blocks: list[AttentionBlock],
+        providers: list[str] | None = None,
+        input_map: dict[str, str] | None = None,
+    ):
         self.blocks = blocks
         self.original_outputs = [o.name for o in model.graph.output]
-        self.input_names = {i.name for i in model.graph.input}
         self.cache_inputs = _cache_inputs(model)
+        self.inputs = ModelInputs(model, input_map, skip=self.cache_inputs)
         instrumented = instrument(model, blocks)
         self.output_names = [o.name for o in instrumented.graph.output]
         providers = providers or default_providers()
@@ -49,22 +70,15 @@ class InstrumentedSession:
             raise RuntimeFailure(
                 f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
             )
-        options = ort.SessionOptions()
-        options.log_severity_level = 4  # fatal only: failures reach the user as one RuntimeFailure line
-        # onnxruntime's workers otherwise spin after each run, taking the cores NumPy needs next.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                instrumented.SerializeToString(), options, providers=providers
-            )
+            self.session = ort.InferenceSession(instrumented.SerializeToString(), session_options(), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
+    def run(self, batch: Batch) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
         """The model's own outputs by name, and each block's tensors in layer order."""
-        feeds = {name: array for name, array in feeds.items() if name in self.input_names}
-        if "input_ids" in feeds:
-            feeds.update(self.empty_cache(len(feeds["input_ids"])))
+        feeds = self.inputs.feeds(batch)
+        feeds.update(self.empty_cache(len(batch.input_ids)))
         try:
             results = self.session.run(self.output_names, feeds)
         except Exception as exc:  # noqa: BLE001

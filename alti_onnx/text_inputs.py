@@ -49,14 +49,11 @@ class Batch:
                 types[row, :n] = type_ids[row]
         return cls(padded, mask, types, tokens if tokens is not None else [[] for _ in ids])
 
-    def feeds(self) -> dict[str, np.ndarray]:
-        """Every input an exported encoder or decoder may take (a session keeps the ones it has)."""
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "token_type_ids": self.token_type_ids,
-            "position_ids": self.position_ids,
-        }
+    def rows(self, rows: list[int]) -> Batch:
+        """The batch of ``rows`` only, cut to their longest real length."""
+        width = max(self.lengths[r] for r in rows)
+        return Batch(self.input_ids[rows, :width], self.attention_mask[rows, :width], self.token_type_ids[rows, :width],
+                     [self.tokens[r] for r in rows])
 
     @property
     def position_ids(self) -> np.ndarray:

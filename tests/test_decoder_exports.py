@@ -65,7 +65,7 @@ def test_kv_cache_export_keeps_its_outputs(with_past):
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     names = [o.name for o in plain.get_outputs()]
     want = dict(zip(names, plain.run(names, feeds)))
-    outputs, _ = explainer.session.run(feeds)
+    outputs, _ = explainer.session.run(batch)
     for name in names:
         np.testing.assert_array_equal(outputs[name], want[name])
 

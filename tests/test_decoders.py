@@ -42,7 +42,7 @@ def test_blocks_are_pre_ln_with_grouped_values(case):
         (layer, 4, 8, 32, "pre") for layer in range(2)
     ]
     batch = explainer.encoder.encode(texts[:2])
-    _, tensors = explainer.session.run(batch.feeds())
+    _, tensors = explainer.session.run(batch)
     assert tensors[0].values.shape == (2, KV_HEADS[arch], batch.input_ids.shape[1], 8)
 
 
@@ -82,8 +82,7 @@ def test_rewritten_model_keeps_original_outputs(case):
     _, explainer, texts, _ = case
     want, _ = plain_logits(explainer, texts)
     batch = explainer.encoder.encode(texts)
-    outputs, _ = explainer.session.run({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                                        "position_ids": batch.position_ids})
+    outputs, _ = explainer.session.run(batch)
     np.testing.assert_array_equal(outputs["logits"], want)
 
 

@@ -67,5 +67,5 @@ def test_rewritten_model_keeps_original_outputs(explainer: Explainer) -> None:
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (want,) = plain.run(["last_hidden_state"], feeds)
-    outputs, _ = explainer.session.run(feeds)
+    outputs, _ = explainer.session.run(batch)
     np.testing.assert_array_equal(outputs["last_hidden_state"], want)

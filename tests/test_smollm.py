@@ -56,9 +56,7 @@ def test_prompt_matches_reference(explainer: Explainer, references: list) -> Non
     # The residual stream reaches |y| ~ 2.5e4 (massive activations), so float32 rounding alone gives
     # absolute errors near 1e-3: the self-check is relative to each layer's largest |y|.
     batch = explainer.encoder.encode([PROMPT])
-    _, tensors = explainer.session.run(
-        {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
-    )
+    _, tensors = explainer.session.run(batch)
     relative = [error / np.abs(t.output).max() for error, t in zip(got.reconstruction_error, tensors)]
     assert max(relative) < 1e-5
 
@@ -85,5 +83,5 @@ def test_rewritten_model_keeps_original_outputs(explainer: Explainer) -> None:
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (want,) = plain.run(["logits"], feeds)
-    outputs, _ = explainer.session.run(feeds)
+    outputs, _ = explainer.session.run(batch)
     np.testing.assert_array_equal(outputs["logits"], want)

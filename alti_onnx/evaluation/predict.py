@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from ..errors import RuntimeFailure
+from ..model_inputs import ModelInputs
 from ..prediction import softmax
-from ..runtime import default_providers
+from ..runtime import default_providers, session_options
 from ..text_inputs import Batch
 
 __all__ = ["OnnxClassifier"]
@@ -27,7 +29,8 @@ class OnnxClassifier:
     """``predict(list of id sequences) -> [N, C] softmax probabilities`` for an exported classifier.
 
     ``model`` is the path of the .onnx file (external data resolves beside it); the graph must have
-    a ``logits`` output [B, C]. Results are memoized by sequence.
+    a ``logits`` output [B, C]; ``input_map`` names input roles as for the Explainer. Results are
+    memoized by sequence.
     """
 
     def __init__(
@@ -36,17 +39,16 @@ class OnnxClassifier:
         pad_id: int,
         providers: list[str] | None = None,
         batch_size: int = 64,
+        input_map: dict[str, str] | None = None,
     ):
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
         try:
-            self.session = ort.InferenceSession(str(model), options, providers=providers or default_providers())
+            self.session = ort.InferenceSession(str(model), session_options(), providers=providers or default_providers())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load {model}: {exc}") from None
         outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in outputs:
             raise RuntimeFailure(f"{model} has no 'logits' output (outputs: {', '.join(outputs)}); evaluation needs a classifier")
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.inputs = ModelInputs(onnx.load(str(model), load_external_data=False), input_map)
         self.pad_id = int(pad_id)
         self.batch_size = int(batch_size)
         self.cache: dict[tuple[int, ...], np.ndarray] = {}
@@ -74,9 +76,8 @@ class OnnxClassifier:
     def _run(self, batch: list[tuple[int, ...]]) -> np.ndarray:
         padded = Batch.padded(batch, self.pad_id)
         width = padded.input_ids.shape[1]
-        feeds = {k: v for k, v in padded.feeds().items() if k in self.input_names}
         try:
-            (logits,) = self.session.run(["logits"], feeds)
+            (logits,) = self.session.run(["logits"], self.inputs.feeds(padded))
         except Exception as exc:  # noqa: BLE001
             raise RuntimeFailure(f"onnxruntime failed on a batch of {len(batch)} x {width} tokens: {exc}") from None
         return softmax(np.asarray(logits, dtype=np.float64))

@@ -172,7 +172,8 @@ def evaluate(
     ids, special, kept, skipped = _tokenize(explainer, list(texts))
     if not ids:
         raise InputError("no sentence left to evaluate (all empty or too long)")
-    classifier = OnnxClassifier(explainer.files.onnx, explainer.encoder.pad_id, batch_size=batch_size)
+    classifier = OnnxClassifier(explainer.files.onnx, explainer.encoder.pad_id, batch_size=batch_size,
+                                input_map=explainer.input_map)
     result_methods: dict[str, MethodResult] = {}
     ui = _Progress(progress)
     with ui.running():

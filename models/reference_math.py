@@ -1,0 +1,84 @@
+"""The ALTI equations in float64 NumPy, from one layer's captured tensors (docs/alti.md, "One layer").
+
+The framework recipes (TensorFlow, Keras 3, Flax) run their own model in float64, capture each
+attention block's input x, probabilities A, values v, W_O, b_O, the norm's parameters and the block
+output the model computed, and call ``reference_alti``. Written straight from the equations, naively
+(T is built whole, [S, S, D]): it shares nothing with the package's optimized math. Needs NumPy only,
+so it runs in every recipe's own environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerCapture:
+    """One attention block of one sequence (no padding), everything float64.
+
+    ``values`` are [S, H_kv * dh] (head h reads key/value head h // (H / H_kv)); ``out_weight`` is
+    [H * dh, D] with ``context @ out_weight`` the projection; ``norm`` (gamma, beta, eps) is the
+    LayerNorm after the residual sum of a post-LN block, None for a pre-LN block; ``block_output``
+    is what the model computed for y (the LayerNorm output, or the residual sum).
+    """
+
+    x: np.ndarray
+    probs: np.ndarray
+    values: np.ndarray
+    out_weight: np.ndarray
+    out_bias: np.ndarray | None
+    norm: tuple[np.ndarray, np.ndarray, float] | None
+    block_output: np.ndarray
+
+
+@dataclass
+class ReferenceResult:
+    contributions: np.ndarray  # [L, S, S] float64, row-normalized C^l
+    rollout: np.ndarray  # [L, S, S] float64, R^l
+    block_outputs_error: np.ndarray  # [L] max |y_recomposed - y_model|
+
+
+def transformed_vectors(layer: LayerCapture) -> np.ndarray:
+    """T[i, j] = sum_h A^h[i, j] (v^h_j @ W_O^h) + [i == j] x_j, shape [S, S, D]."""
+    heads, seq_len, _ = layer.probs.shape
+    head_size = layer.out_weight.shape[0] // heads
+    kv_heads = layer.values.shape[1] // head_size
+    per_head = layer.values.reshape(seq_len, kv_heads, head_size).transpose(1, 0, 2)  # [H_kv, S, dh]
+    per_head = np.repeat(per_head, heads // kv_heads, axis=0)  # head h reads kv head h // (H / H_kv)
+    weight = layer.out_weight.reshape(heads, head_size, -1)  # the rows head h's slice multiplies
+    projected = np.einsum("hjk,hkd->hjd", per_head, weight)  # v^h_j W_O^h, [H, S, D]
+    transformed = np.einsum("hij,hjd->ijd", layer.probs, projected)
+    transformed[np.arange(seq_len), np.arange(seq_len)] += layer.x
+    return transformed
+
+
+def layer_contributions(layer: LayerCapture) -> tuple[np.ndarray, float]:
+    """C (rows normalized) and the self-check error max |y - y_model| of one block."""
+    transformed = transformed_vectors(layer)
+    bias = np.zeros(transformed.shape[-1]) if layer.out_bias is None else layer.out_bias
+    if layer.norm is None:  # pre-LN: y is the residual sum itself
+        final = transformed
+        output = transformed.sum(1) + bias
+    else:
+        gamma, beta, eps = layer.norm
+        summed = transformed.sum(1) + bias  # the LayerNorm's input
+        sigma = np.sqrt(summed.var(-1) + eps)  # [S]
+        final = gamma * (transformed - transformed.mean(-1, keepdims=True)) / sigma[:, None, None]
+        output = final.sum(1) + gamma * (bias - bias.mean()) / sigma[:, None] + beta
+    error = float(np.abs(output - layer.block_output).max())
+    distance = np.abs(output[:, None, :] - final).sum(-1)  # ||y_i - T'[i, j]||_1
+    clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0)
+    totals = clipped.sum(-1, keepdims=True)
+    return np.divide(clipped, totals, out=np.zeros_like(clipped), where=totals > 0), error
+
+
+def reference_alti(layers: list[LayerCapture]) -> ReferenceResult:
+    """Contributions, rollout (R^1 = C^1, R^l = C^l R^(l-1)) and self-check errors of all blocks."""
+    results = [layer_contributions(layer) for layer in layers]
+    contributions = np.stack([c for c, _ in results])
+    rollout = np.empty_like(contributions)
+    for k, matrix in enumerate(contributions):
+        rollout[k] = matrix if k == 0 else matrix @ rollout[k - 1]
+    return ReferenceResult(contributions, rollout, np.array([e for _, e in results]))
