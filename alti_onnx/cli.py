@@ -27,6 +27,23 @@ err = Console(stderr=True)
 
 DEFAULT_TEXT = "The movie was surprisingly good, with a clever plot and warm performances."
 
+#: The options several commands share (each names what the Explainer takes).
+InputMapOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--input-map", metavar="NAME=ROLE",
+        help="role of a graph input whose name does not tell it: ids, mask, segment or positions (repeatable)",
+    ),
+]
+ToleranceOption = Annotated[
+    float,
+    typer.Option(
+        "--self-check-tolerance",
+        help="largest decomposition error accepted, relative to the block output (e.g. 2e-2 for dynamic int8)",
+    ),
+]
+DEFAULT_TOLERANCE = 1e-3  # explainer.DEFAULT_SELF_CHECK_TOLERANCE (not imported here: the CLI starts without onnx)
+
 
 @contextmanager
 def user_errors() -> Iterator[None]:
@@ -59,25 +76,34 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="export directory or .onnx file")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """List the attention blocks found in the graph."""
-    from graph_rewrites import find_attention_blocks, load_model, unfuse
+    """List the attention blocks found in the graph, and every Softmax that is not one (with why)."""
+    from graph_rewrites import analyze_attention, load_model, unfuse
 
     from .explainer import locate_model
 
     with user_errors():
-        blocks = find_attention_blocks(unfuse(load_model(locate_model(model).onnx)))
+        analysis = analyze_attention(unfuse(load_model(locate_model(model).onnx)))
     if as_json:
-        print(json.dumps([b.summary() for b in blocks], indent=2))
+        print(json.dumps({"blocks": [b.summary() for b in analysis.blocks],
+                          "unmatched_softmax": [u.summary() for u in analysis.unmatched]}, indent=2))
         return
-    table = Table(title=Text(f"{len(blocks)} attention blocks in {model}"))
+    table = Table(title=Text(f"{len(analysis.blocks)} attention blocks in {model}"))
     for column in ("layer", "heads", "head size", "width", "norm", "probs", "values", "block output"):
         table.add_column(column)
-    for b in blocks:
-        table.add_row(
-            str(b.layer), str(b.num_heads), str(b.head_size), str(b.hidden_size), f"{b.norm_placement}-LN",
-            b.probs, b.values, b.output,
-        )
+    for b in analysis.blocks:
+        table.add_row(*(Text(str(cell)) for cell in (
+            b.layer, b.num_heads, b.head_size, b.hidden_size, f"{b.norm_placement}-LN", b.probs, b.values, b.output,
+        )))
     out.print(table)
+    if analysis.unmatched:
+        others = Table(title=Text(f"{len(analysis.unmatched)} Softmax nodes that are not attention blocks"))
+        for column in ("node", "looks like attention", "failed step", "why"):
+            others.add_column(column)
+        for u in analysis.unmatched:
+            others.add_row(Text(u.node), "yes" if u.attention_like else "no", u.step, Text(u.reason))
+        out.print(others)
+        if analysis.missed:
+            out.print(Text("explain refuses this model: an attention-like Softmax is not a block it can read", style="bold red"))
 
 
 @app.command()
@@ -115,16 +141,17 @@ def explain(
     png_path: Annotated[
         Optional[Path], typer.Option("--png", help="write a PNG figure: attribution bars + rollout (needs 'plot' extra)")
     ] = None,
+    input_map: InputMapOption = None,
+    self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
     For a decoder (causal LM) the target defaults to the last token, whose output predicts the next
     token; that prediction and its probability are printed too.
     """
-    from .explainer import Explainer
-
     with user_errors():
-        explanation = Explainer(model, tokenizer=tokenizer, providers=provider).explain(text)
+        explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
+        explanation = explainer.explain(text)
         target = explanation.default_target if target is None else target
         attribution = _attribution(explanation, target)
         if json_path is not None:
@@ -160,6 +187,14 @@ def _write_pictures(explanation, text: str, model: Path, target: int, html_path:
         with _writing(png_path):
             written.append(write_png(explanation, png_path, target=target))
     return written
+
+
+def _explainer(model: Path, input_map: Optional[list[str]], tolerance: float, **kwargs):
+    """The Explainer the commands share, from the CLI's spelling of its options."""
+    from .explainer import Explainer
+    from .model_inputs import parse_input_map
+
+    return Explainer(model, input_map=parse_input_map(input_map or []), self_check_tolerance=tolerance, **kwargs)
 
 
 @contextmanager
@@ -213,7 +248,8 @@ def demo(
         except ImportError as exc:
             raise ExportUnavailableError(f"the model recipes need the 'export' extra: {exc}") from None
         model_dir = build_sentiment_classifier()
-    explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None)
+    explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
+            png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE)
 
 
 @app.command()
@@ -229,15 +265,16 @@ def evaluate(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the random baseline")] = 0,
     batch_size: Annotated[int, typer.Option(help="onnxruntime batch size for the perturbed inputs")] = 64,
+    input_map: InputMapOption = None,
+    self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
     """Faithfulness of ALTI and the baselines: comprehensiveness and sufficiency (AOPC) on N sentences."""
     from .evaluation import evaluate as run_evaluation
     from .evaluation import markdown_table, read_texts, write_report
-    from .explainer import Explainer
 
     with user_errors():
         dataset = read_texts(data, n)
-        explainer = Explainer(model)
+        explainer = _explainer(model, input_map, self_check_tolerance)
         if hf_model is None:
             hf_model = _default_hf_model(model)
         result = run_evaluation(
@@ -271,15 +308,18 @@ def bench(
     lengths: Annotated[str, typer.Option(help="comma-separated sequence lengths")] = "32,128,512",
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,32",
     provider: Annotated[Optional[list[str]], typer.Option(help="onnxruntime provider (repeatable)")] = None,
+    input_map: InputMapOption = None,
 ) -> None:
     """Time the plain forward pass and the full explanation (medians), with peak memory."""
     from .bench import run_benchmark, to_json
+    from .model_inputs import parse_input_map
 
     with user_errors():
-        _load_or_fail(model)
+        roles = parse_input_map(input_map or [])
+        _explainer(model, input_map, DEFAULT_TOLERANCE)  # the usual one-line errors before any worker starts
         results = run_benchmark(
             model, _ints(lengths), _ints(batch_sizes), provider,
-            progress=lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False),
+            progress=lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False), input_map=roles,
         )
         if json_path is not None:
             with _writing(json_path):
@@ -291,13 +331,6 @@ def bench(
         table.add_row(str(r.seq_len), str(r.batch_size), f"{r.forward_s * 1e3:.1f}", f"{r.explain_s * 1e3:.1f}",
                       f"{r.ratio:.2f}x", f"{r.peak_rss_mb:.0f}")
     out.print(table)
-
-
-def _load_or_fail(model: Path) -> None:
-    """Fail fast, with the usual one-line errors, before spawning benchmark workers."""
-    from .explainer import Explainer
-
-    Explainer(model)
 
 
 def _ints(text: str) -> list[int]:
@@ -318,19 +351,21 @@ def batch(
     pairs_per_run: Annotated[
         int, typer.Option(min=1, help="token pairs per onnxruntime run (texts x padded length^2): bounds memory")
     ] = 32 * 128 * 128,  # corpus.PAIRS_PER_RUN (not imported here: the CLI starts without onnx)
+    input_map: InputMapOption = None,
+    self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates."""
     from rich.progress import Progress
 
     from .corpus import explain_corpus
-    from .explainer import Explainer
 
     with user_errors():
         if not input_path.is_file():
             raise InputError(f"input not found: {input_path}")
-        explainer = Explainer(model)
+        explainer = _explainer(model, input_map, self_check_tolerance)
         total = sum(1 for _ in open(input_path, encoding="utf-8"))
-        with Progress(console=err, transient=True) as progress, _writing(output_path):
+        # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(output_path):
             task = progress.add_task("explaining", total=total)
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,

@@ -93,7 +93,9 @@ def test_json_holds_the_full_explanation(target: int | None, explainer: Explaine
 
 
 def test_inspect_json() -> None:
-    blocks = json.loads(invoke("inspect", BERT, "--json"))
+    found = json.loads(invoke("inspect", BERT, "--json"))
+    blocks = found["blocks"]
+    assert found["unmatched_softmax"] == []
     assert len(blocks) == 2
     assert [b["layer"] for b in blocks] == [0, 1]
     for block in blocks:
@@ -144,3 +146,42 @@ def test_export_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: model directory not found: {tmp_path / 'no-such-model'}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_lists_every_softmax_that_is_not_a_block(tmp_path: Path) -> None:
+    """A model whose second layer is broken after its Softmax: inspect shows the block it found, the
+    Softmax it could not read (looks like attention: yes) and says that explain refuses the model."""
+    from block_graphs import encoder_graph
+
+    path = tmp_path / "broken.onnx"
+    onnx.save(encoder_graph(broken_layer=1)[0], str(path))
+    output = invoke("inspect", path)
+    assert "1 attention blocks in" in output and "1 Softmax nodes that are not attention blocks" in output
+    assert "probs x values" in output and "explain refuses this model" in output
+    found = json.loads(invoke("inspect", path, "--json"))
+    assert len(found["blocks"]) == 1
+    (miss,) = found["unmatched_softmax"]
+    assert miss["attention_like"] and miss["step"] == "probs x values" and miss["node"].startswith("Softmax node")
+
+    result = runner.invoke(app, ["explain", str(path), "--text", "the cat"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {miss['node']} looks like attention") and "step 'probs x values' failed" in line
+
+
+def test_input_map_reaches_the_explainer() -> None:
+    flax = FIXTURES / "tiny-flax-mha"
+    output = invoke("explain", flax, "--text", TEXTS[1], "--input-map", "in_0=ids", "--input-map", "in_1=mask")
+    want = Explainer(flax, input_map={"in_0": "ids", "in_1": "mask"}).explain(TEXTS[1]).attribution()
+    assert [a for _, _, a in table_rows(output)] == pytest.approx(want.tolist(), abs=5e-5)
+    result = runner.invoke(app, ["explain", str(flax), "--text", TEXTS[1], "--input-map", "in_0"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: --input-map expects NAME=ROLE (roles: ids, mask, segment, positions), got 'in_0'"
+    ]
+
+
+def test_cli_default_tolerance_is_the_explainers() -> None:
+    from alti_onnx.cli import DEFAULT_TOLERANCE
+    from alti_onnx.explainer import DEFAULT_SELF_CHECK_TOLERANCE
+
+    assert DEFAULT_TOLERANCE == DEFAULT_SELF_CHECK_TOLERANCE

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -227,6 +228,32 @@ def test_inspect_non_onnx(model: str, bad: Path) -> None:
     assert_one_line_error(run_cli("inspect", bad / model), model, "not a valid ONNX model")
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         load_model(bad / model)
+
+
+def test_dynamic_int8_is_explained_from_the_cli_with_a_wider_tolerance(bad: Path, tmp_path: Path) -> None:
+    """The default self-check refuses dynamic int8 (above); --self-check-tolerance accepts it on
+    explain and batch, with the same numbers as the API."""
+    done = run_cli("explain", bad / "quantized", "--text", "the cat", "--self-check-tolerance", "2e-2")
+    assert done.returncode == 0, done.stderr
+    assert "self-check: max reconstruction error" in done.stdout
+    corpus, output = tmp_path / "texts.txt", tmp_path / "out.jsonl"
+    corpus.write_text("the cat\na quick brown fox\n")
+    refused = run_cli("batch", bad / "quantized", "--input", corpus, "--output", output)
+    assert_one_line_error(refused, "self-check failed", "dynamically quantized")
+    output.unlink(missing_ok=True)
+    done = run_cli("batch", bad / "quantized", "--input", corpus, "--output", output, "--self-check-tolerance", "2e-2")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    want = Explainer(bad / "quantized", self_check_tolerance=2e-2).explain(["the cat", "a quick brown fox"])
+    for record, explanation in zip(records, want):
+        np.testing.assert_allclose(record["attribution"], explanation.attribution(), atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc"])
+def test_bad_self_check_tolerance(value: str) -> None:
+    result = run_cli("explain", BERT, "--text", "the cat", "--self-check-tolerance", value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "self-check" in result.stderr
 
 
 def test_inspect_missing_and_quantized(bad: Path) -> None:
