@@ -1,6 +1,5 @@
-"""Independent float64 PyTorch reference for ALTI (see /work/shared/ALTI.md).
-
-Written directly from the equations, on a Hugging Face model run in float64 with forward hooks:
+"""Independent float64 PyTorch reference for ALTI: a Hugging Face model run in float64 with forward
+hooks, its captures handed to the equations in ``models.reference_math``:
 
 * a forward pre-hook on each layer captures the layer input x,
 * a forward hook on the value projection captures v (= n(x) W_V + b_V),
@@ -23,14 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.reference_math import LayerCapture, ReferenceResult
+from models.reference_math import reference_alti as reference_from_captures
+
 __all__ = ["Adapter", "ADAPTERS", "ReferenceResult", "reference_alti", "find_adapter"]
-
-
-@dataclass
-class ReferenceResult:
-    contributions: np.ndarray  # [L, S, S] float64, row-normalized C^l
-    rollout: np.ndarray  # [L, S, S] float64, R^l
-    block_outputs_error: np.ndarray  # [L] max |y_recomposed - y_model|
 
 
 def _linear_w(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -48,7 +43,7 @@ class Adapter:
     layers(base) -> list of blocks; value(layer) -> module whose output holds v (value_slice(D)
     picks v's columns out of it, e.g. GPT-2's fused c_attn); out_proj(layer) -> W_O module;
     check_norm(layer) -> post-LN: the attention LayerNorm (its output is y); pre-LN: the norm that
-    follows the attention block (its input is y). num_heads / num_kv_heads read the config.
+    follows the attention block (its input is y). Heads and key/value heads come from the tensors' shapes.
     """
 
     model_types: tuple[str, ...]
@@ -56,9 +51,7 @@ class Adapter:
     value: Callable[[nn.Module], nn.Module]
     out_proj: Callable[[nn.Module], nn.Module]
     check_norm: Callable[[nn.Module], nn.Module]
-    num_heads: Callable[[object], int]
     pre_ln: bool = False
-    num_kv_heads: Callable[[object], int] | None = None
     value_slice: Callable[[int], slice] | None = None
     accepts_token_type_ids: bool = True
 
@@ -69,7 +62,6 @@ _BERT_LIKE = Adapter(
     value=lambda layer: layer.attention.self.value,
     out_proj=lambda layer: layer.attention.output.dense,
     check_norm=lambda layer: layer.attention.output.LayerNorm,
-    num_heads=lambda cfg: cfg.num_attention_heads,
 )
 
 _DISTILBERT = Adapter(
@@ -78,7 +70,6 @@ _DISTILBERT = Adapter(
     value=lambda layer: layer.attention.v_lin,
     out_proj=lambda layer: layer.attention.out_lin,
     check_norm=lambda layer: layer.sa_layer_norm,
-    num_heads=lambda cfg: cfg.n_heads,
     accepts_token_type_ids=False,
 )
 
@@ -89,7 +80,6 @@ _GPT2 = Adapter(
     value_slice=lambda d: slice(2 * d, 3 * d),
     out_proj=lambda layer: layer.attn.c_proj,
     check_norm=lambda layer: layer.ln_2,
-    num_heads=lambda cfg: cfg.n_head,
     pre_ln=True,
     accepts_token_type_ids=False,
 )
@@ -100,8 +90,6 @@ _LLAMA = Adapter(
     value=lambda layer: layer.self_attn.v_proj,
     out_proj=lambda layer: layer.self_attn.o_proj,
     check_norm=lambda layer: layer.post_attention_layernorm,
-    num_heads=lambda cfg: cfg.num_attention_heads,
-    num_kv_heads=lambda cfg: getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
     pre_ln=True,
     accepts_token_type_ids=False,
 )
@@ -116,23 +104,6 @@ def find_adapter(model: nn.Module) -> tuple[Adapter, nn.Module]:
         raise NotImplementedError(f"no ALTI reference adapter for model_type {mt!r}")
     base = getattr(model, "base_model", model)
     return ADAPTERS[mt], base
-
-
-def _layer_T(x, v, A, W_O, adapter: Adapter, cfg) -> torch.Tensor:
-    """T[i,j] = sum_h A^h[i,j] (v^h_j @ W_O^h) + [i==j] x_j, shape [S, S, D]."""
-    S, D = x.shape
-    H = adapter.num_heads(cfg)
-    dh = W_O.shape[0] // H
-    Hkv = adapter.num_kv_heads(cfg) if adapter.num_kv_heads else H
-    vh = v.reshape(S, Hkv, dh).permute(1, 0, 2)  # [Hkv, S, dh]
-    vh = vh.repeat_interleave(H // Hkv, dim=0)  # head h reads kv head h // (H/Hkv)
-    W_Oh = W_O.reshape(H, dh, W_O.shape[1])  # rows of W_O that head h's slice multiplies
-    vW = torch.einsum("hjk,hkd->hjd", vh, W_Oh)  # [H, S, D]
-    T = torch.empty(S, S, W_O.shape[1], dtype=x.dtype)
-    for i in range(S):  # one query row at a time: clarity over speed
-        T[i] = torch.einsum("hj,hjd->jd", A[:, i, :], vW)
-        T[i, i] += x[i]
-    return T
 
 
 @torch.no_grad()
@@ -194,44 +165,25 @@ def reference_alti(model, input_ids, attention_mask=None, token_type_ids=None) -
     if attentions is None or any(a is None for a in attentions):
         raise RuntimeError("the model returned no attention probabilities; load it with attn_implementation='eager'")
 
-    keep = mask[0].to(torch.float64)  # [S]
-    Cs, errs = [], []
+    captures = []
     for l, layer in enumerate(layers):
         c = caps[l]
-        x, A = c["x"], attentions[l][0].to(torch.float64)  # [S, D], [H, S, S]
-        D = x.shape[-1]
-        v = c["v"][:, adapter.value_slice(D)] if adapter.value_slice else c["v"]
+        x = c["x"]
+        v = c["v"][:, adapter.value_slice(x.shape[-1])] if adapter.value_slice else c["v"]
         W_O, b_O = _linear_w(adapter.out_proj(layer))
-        if b_O is None:
-            b_O = torch.zeros(W_O.shape[1], dtype=torch.float64)
-        T = _layer_T(x, v, A, W_O, adapter, cfg)
-        if adapter.pre_ln:
-            Tp = T
-            y = T.sum(1) + b_O
-            y_model = c["norm_in"]
-        else:
-            ln = adapter.check_norm(layer)
-            gamma, beta, eps = ln.weight, ln.bias, ln.eps
-            u = T.sum(1) + b_O  # the LayerNorm's input
-            sigma = torch.sqrt(u.var(-1, unbiased=False) + eps)  # [S]
-            Tp = gamma * (T - T.mean(-1, keepdim=True)) / sigma[:, None, None]
-            y = Tp.sum(1) + gamma * (b_O - b_O.mean()) / sigma[:, None] + beta
-            y_model = c["norm_out"]
-        valid = keep.bool()
-        errs.append((y - y_model)[valid].abs().max().item())
-        y_l1 = y.abs().sum(-1)  # [S]
-        dist = (y[:, None, :] - Tp).abs().sum(-1)  # [S, S]
-        cm = torch.clamp(y_l1[:, None] - dist, min=0.0)
-        cm = cm * keep[:, None] * keep[None, :]
-        rs = cm.sum(-1, keepdim=True)
-        Cs.append(torch.where(rs > 0, cm / torch.where(rs > 0, rs, 1.0), 0.0))
-    C = torch.stack(Cs)
-    R = torch.empty_like(C)
-    R[0] = C[0]
-    for l in range(1, C.shape[0]):
-        R[l] = C[l] @ R[l - 1]
-    return ReferenceResult(
-        contributions=C.numpy().astype(np.float64),
-        rollout=R.numpy().astype(np.float64),
-        block_outputs_error=np.asarray(errs, dtype=np.float64),
-    )
+        norm = adapter.check_norm(layer)
+        captures.append(LayerCapture(
+            x=_numpy(x),
+            probs=_numpy(attentions[l][0]),
+            values=_numpy(v),
+            out_weight=_numpy(W_O),
+            out_bias=None if b_O is None else _numpy(b_O),
+            # pre-LN: y is the input of the norm after the block; post-LN: the attention LayerNorm's output
+            norm=None if adapter.pre_ln else (_numpy(norm.weight), _numpy(norm.bias), float(norm.eps)),
+            block_output=_numpy(c["norm_in"] if adapter.pre_ln else c["norm_out"]),
+        ))
+    return reference_from_captures(captures, keep=_numpy(mask[0]))
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float64).numpy()

@@ -1,8 +1,9 @@
 """The ALTI equations in float64 NumPy, from one layer's captured tensors (docs/alti.md, "One layer").
 
-The framework recipes (TensorFlow, Keras 3, Flax) run their own model in float64, capture each
-attention block's input x, probabilities A, values v, W_O, b_O, the norm's parameters and the block
-output the model computed, and call ``reference_alti``. Written straight from the equations, naively
+Each framework's reference (PyTorch hooks in ``models.reference``; TensorFlow, Keras 3 and Flax in
+their recipes) runs its own model in float64, captures each attention block's input x,
+probabilities A, values v, W_O, b_O, the norm's parameters and the block output the model
+computed, and calls ``reference_alti``. Written straight from the equations, naively
 (T is built whole, [S, S, D]): it shares nothing with the package's optimized math. Needs NumPy only,
 so it runs in every recipe's own environment.
 """
@@ -54,8 +55,10 @@ def transformed_vectors(layer: LayerCapture) -> np.ndarray:
     return transformed
 
 
-def layer_contributions(layer: LayerCapture) -> tuple[np.ndarray, float]:
-    """C (rows normalized) and the self-check error max |y - y_model| of one block."""
+def layer_contributions(layer: LayerCapture, keep: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """C (rows normalized) and the self-check error max |y - y_model| of one block; positions where
+    ``keep`` is 0 (padding) neither contribute nor receive, and are left out of the error."""
+    keep = np.ones(len(layer.x), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     transformed = transformed_vectors(layer)
     bias = np.zeros(transformed.shape[-1]) if layer.out_bias is None else layer.out_bias
     if layer.norm is None:  # pre-LN: y is the residual sum itself
@@ -67,16 +70,16 @@ def layer_contributions(layer: LayerCapture) -> tuple[np.ndarray, float]:
         sigma = np.sqrt(summed.var(-1) + eps)  # [S]
         final = gamma * (transformed - transformed.mean(-1, keepdims=True)) / sigma[:, None, None]
         output = final.sum(1) + gamma * (bias - bias.mean()) / sigma[:, None] + beta
-    error = float(np.abs(output - layer.block_output).max())
+    error = float(np.abs(output - layer.block_output)[keep].max())
     distance = np.abs(output[:, None, :] - final).sum(-1)  # ||y_i - T'[i, j]||_1
-    clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0)
+    clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0) * keep[:, None] * keep[None, :]
     totals = clipped.sum(-1, keepdims=True)
     return np.divide(clipped, totals, out=np.zeros_like(clipped), where=totals > 0), error
 
 
-def reference_alti(layers: list[LayerCapture]) -> ReferenceResult:
+def reference_alti(layers: list[LayerCapture], keep: np.ndarray | None = None) -> ReferenceResult:
     """Contributions, rollout (R^1 = C^1, R^l = C^l R^(l-1)) and self-check errors of all blocks."""
-    results = [layer_contributions(layer) for layer in layers]
+    results = [layer_contributions(layer, keep) for layer in layers]
     contributions = np.stack([c for c, _ in results])
     rollout = np.empty_like(contributions)
     for k, matrix in enumerate(contributions):

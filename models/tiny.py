@@ -256,27 +256,31 @@ def load_tiny_model(hf_dir: str | Path):
     return AutoModel.from_pretrained(str(hf_dir), attn_implementation="eager")
 
 
-def expected_for_dir(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS) -> dict[str, np.ndarray]:
-    """Reference ALTI for ``texts`` on the model in ``hf_dir``, as the arrays stored in expected.npz."""
+def references(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS) -> tuple[list[list[int]], list]:
+    """The token ids of ``texts`` and the float64 reference of each, on the model in ``hf_dir``."""
     from tokenizers import Tokenizer
 
+    from models.fixture_io import check_reference
     from models.reference import reference_alti
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     decoder = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures", []))
     model = load_tiny_decoder(hf_dir) if decoder else load_tiny_model(hf_dir)
-    arrays: dict[str, np.ndarray] = {}
-    for k, text in enumerate(texts):
+    ids, results = [], []
+    for text in texts:
         enc = tok.encode(text)
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        res = reference_alti(model, ids, token_type_ids=np.asarray(enc.type_ids, dtype=np.int64))
-        if res.block_outputs_error.max() > 1e-10:
-            raise AssertionError(f"reference recomposition off by {res.block_outputs_error} for {hf_dir}")
-        arrays[f"input_ids_{k}"] = ids
-        arrays[f"contributions_{k}"] = res.contributions
-        arrays[f"rollout_{k}"] = res.rollout
-    return arrays
+        results.append(reference_alti(model, enc.ids, token_type_ids=np.asarray(enc.type_ids, dtype=np.int64)))
+        check_reference(results[-1], str(hf_dir))
+        ids.append(enc.ids)
+    return ids, results
+
+
+def expected_for_dir(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS) -> dict[str, np.ndarray]:
+    """Reference ALTI for ``texts`` on the model in ``hf_dir``, as the arrays stored in expected.npz."""
+    from models.fixture_io import expected_arrays
+
+    return expected_arrays(*references(hf_dir, tokenizer_json, texts))
 
 
 def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXTS) -> Path:
@@ -297,9 +301,9 @@ def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXT
 
 def record_expected(fixture: Path, hf_dir: Path, texts) -> None:
     """Write the reference's outputs (expected.npz) and the texts (texts.json) beside an exported fixture."""
-    arrays = expected_for_dir(hf_dir, fixture / "tokenizer.json", texts)
-    np.savez_compressed(fixture / "expected.npz", **arrays)
-    (fixture / "texts.json").write_text(json.dumps(list(texts), indent=1) + "\n")
+    from models.fixture_io import write_expected
+
+    write_expected(fixture, texts, *references(hf_dir, fixture / "tokenizer.json", texts))
 
 
 def main(argv=None) -> None:
