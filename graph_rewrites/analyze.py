@@ -73,8 +73,9 @@ class AttentionAnalysis:
 def analyze_attention(model: onnx.ModelProto) -> AttentionAnalysis:
     """Every Softmax of ``model`` as a described block or an unmatched node with its reason."""
     _require_weights(model)
-    shapes = static_shapes(model)
-    analysis = analysis_copy(model)
+    inferred = _with_inferred_shapes(model)
+    shapes = _shapes_of(inferred) if inferred is not model else {}
+    analysis = analysis_copy(inferred, shape_inference=inferred is model)
     matches, misses = find_block_matches(analysis.graph, shapes)
     known = _tensor_names(model)
     blocks = [_describe(layer, match) for layer, match in enumerate(matches)]
@@ -95,11 +96,12 @@ def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
     return analyze_attention(model).require_complete()
 
 
-def analysis_copy(model: onnx.ModelProto) -> ir.Model:
-    """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred, norms canonical."""
+def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True) -> ir.Model:
+    """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred (unless the
+    model already carries them), norms canonical."""
     copy = ir.from_proto(model)
     dequantize_constant_weights(copy)
-    onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=True, should_fold=_fold_any_size)
+    onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=shape_inference, should_fold=_fold_any_size)
     canonicalize_norms(copy)
     return copy
 
@@ -149,10 +151,20 @@ def _unmatched(miss: SoftmaxMiss) -> UnmatchedSoftmax:
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes ONNX shape inference can tell (symbolic dims become None); empty when it cannot run."""
+    inferred = _with_inferred_shapes(model)
+    return _shapes_of(inferred) if inferred is not model else {}
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy carrying what ONNX shape inference (with data propagation, so reshape targets built
+    from Shape/Concat count) can tell; ``model`` itself when inference cannot run."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shape inference is a best-effort nicety here
-        return {}
+        return model
+
+
+def _shapes_of(inferred: onnx.ModelProto) -> dict[str, list[int | None]]:
     shapes: dict[str, list[int | None]] = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
         tensor = info.type.tensor_type

@@ -343,11 +343,9 @@ def _residual_add(projection: _Projection, width: int) -> tuple[ir.Value, ir.Val
     value, bias = projection.output, projection.bias
     for _ in range(_REACH):
         adds = consumers(value, "Add")
-        if bias is None:
-            found = next(((c, a) for a in adds for c, o in [split_constant(a)] if c is not None and o is value and c.size == width), None)
-            if found is not None:
-                bias, value = np.asarray(found[0], dtype=np.float64).reshape(-1), found[1].outputs[0]
-                continue
+        if bias is None and (added := _bias_add(adds, value, width)) is not None:
+            bias, value = added
+            continue
         for add in adds:
             residual = other_input(add, value)
             if residual is not None and not is_constant(residual):
@@ -360,6 +358,15 @@ def _residual_add(projection: _Projection, width: int) -> tuple[ir.Value, ir.Val
     found = ", ".join(n.op_type for n in consumers(value)) or "nothing"
     raise StepFailed("residual add", value.producer(),
                      f"expected Add(projection, residual) after the output projection, found {found}")
+
+
+def _bias_add(adds: list[ir.Node], value: ir.Value, width: int) -> tuple[np.ndarray, ir.Value] | None:
+    """(b_O, the sum) when one of ``adds`` adds a constant of the projection's width to ``value``."""
+    for add in adds:
+        const, other = split_constant(add)
+        if const is not None and other is value and const.size == width:
+            return np.asarray(const, dtype=np.float64).reshape(-1), add.outputs[0]
+    return None
 
 
 # --------------------------------------------------------------------------- values and norms

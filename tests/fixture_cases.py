@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Largest absolute difference allowed against the float64 reference.
@@ -32,3 +35,21 @@ def assert_matches(explanation, expected: dict[str, np.ndarray]) -> None:
     np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
     assert np.all(explanation.reconstruction_error < TOLERANCE)
+
+
+def without_mask_input(source: Path, folder: Path) -> Path:
+    """A copy of the fixture ``source`` whose graph computes its attention mask as all ones instead of
+    taking it as an input (as exports of ``model(input_ids)`` do)."""
+    shutil.copytree(source, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    (mask,) = [i for i in model.graph.input if i.name == "attention_mask"]
+    model.graph.input.remove(mask)
+    ones = [
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("ConstantOfShape", ["ids_shape"], ["attention_mask"], value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
+    ]
+    nodes = ones + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder

@@ -179,6 +179,19 @@ def test_onnx_classifier_batches_match_single_runs(explainer, session):
     assert clf.runs == len(SENTENCES) + 1
 
 
+def test_onnx_classifier_of_a_model_without_mask_runs_one_length_at_a_time(explainer, session, tmp_path):
+    """Padding would be attended to: each batch holds sequences of one length, unpadded."""
+    from fixture_cases import without_mask_input
+
+    folder = without_mask_input(FIXTURE, tmp_path / "no-mask")
+    clf = OnnxClassifier(folder / "model.onnx", explainer.encoder.pad_id, batch_size=4, providers=["CPUExecutionProvider"])
+    assert not clf.inputs.has_mask
+    seqs = [e.input_ids for e in explainer.explain(SENTENCES)]
+    assert len({len(s) for s in seqs}) > 2
+    for s, p in zip(seqs, clf(seqs)):
+        np.testing.assert_allclose(p, direct_probs(session, s), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def result(explainer):
     return evaluate(explainer, SENTENCES, labels=[1, 0, 1, 1, 0, 1, 1, 1], batch_size=5, explain_batch=3)

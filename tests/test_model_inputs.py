@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ from onnx import TensorProto, helper
 from alti_onnx import Explainer, InputError, LayerCountError
 from alti_onnx.model_inputs import ALIASES, ModelInputs, parse_input_map
 from alti_onnx.text_inputs import Batch
-from fixture_cases import FIXTURES, assert_matches, load_expected
+from fixture_cases import FIXTURES, assert_matches, load_expected, without_mask_input
 
 BERT = FIXTURES / "tiny-bert"
 
@@ -77,25 +76,8 @@ def test_input_map_syntax(pair):
         parse_input_map([pair])
 
 
-def without_mask_input(folder: Path) -> Path:
-    """tiny-bert whose graph computes its attention mask as all ones instead of taking it as an input."""
-    shutil.copytree(BERT, folder)
-    model = onnx.load(str(folder / "model.onnx"))
-    (mask,) = [i for i in model.graph.input if i.name == "attention_mask"]
-    model.graph.input.remove(mask)
-    ones = [
-        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
-        helper.make_node("ConstantOfShape", ["ids_shape"], ["attention_mask"], value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
-    ]
-    nodes = ones + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.save(model, str(folder / "model.onnx"))
-    return folder
-
-
 def test_a_model_without_mask_is_explained_unpadded_one_length_at_a_time(tmp_path):
-    explainer = Explainer(without_mask_input(tmp_path / "no-mask"))
+    explainer = Explainer(without_mask_input(BERT, tmp_path / "no-mask"))
     assert not explainer.session.inputs.has_mask
     texts, expected = load_expected("bert")
     texts = [*texts, texts[0]]  # two texts of one length share a run

@@ -58,8 +58,7 @@ class OnnxClassifier:
     def __call__(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         keys = [tuple(int(t) for t in s) for s in sequences]
         missing = sorted({k for k in keys if k not in self.cache}, key=len)
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start : start + self.batch_size]
+        for batch in self._batches(missing):
             for key, probs in zip(batch, self._run(batch)):
                 self.cache[key] = probs
             self.runs += len(batch)
@@ -68,6 +67,18 @@ class OnnxClassifier:
         if not keys:
             return np.zeros((0, 0))
         return np.stack([self.cache[k] for k in keys])
+
+    def _batches(self, ordered: list[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+        """Consecutive runs of at most ``batch_size`` sequences; of one length each when the model
+        takes no attention mask (it would attend to the padding)."""
+        batches: list[list[tuple[int, ...]]] = []
+        for key in ordered:
+            last = batches[-1] if batches else None
+            if last is None or len(last) == self.batch_size or (not self.inputs.has_mask and len(last[0]) != len(key)):
+                batches.append([key])
+            else:
+                last.append(key)
+        return batches
 
     def pending(self, sequences: Sequence[Sequence[int]]) -> int:
         """How many distinct sequences among ``sequences`` are not computed yet (for progress totals)."""
