@@ -1,4 +1,4 @@
-"""ALTI contributions of one attention block, in NumPy (the math of ALTI.md, "One layer").
+"""ALTI contributions of one attention block, in NumPy (the math of docs/alti.md, "One layer").
 
 Everything works on one example with its padding already removed: probs [H, S, S],
 values [H_kv, S, dh], residual x [S, D], the model's block output y [S, D]. The S*S*D tensor

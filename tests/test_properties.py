@@ -46,7 +46,7 @@ def random_inputs(rng, block, kv_heads, seq, causal):
 
 
 def naive_alti(block, probs, values, residual):
-    """ALTI.md written out with explicit loops over i, j and h: the slow, obvious version."""
+    """docs/alti.md written out with explicit loops over i, j and h: the slow, obvious version."""
     heads, seq, _ = probs.shape
     group = heads // values.shape[0]
     d = block.head_size

@@ -1,6 +1,6 @@
 """Faithfulness of token attributions: comprehensiveness, sufficiency and AOPC (DeYoung et al. 2020).
 
-``evaluate(explainer, texts)`` scores ALTI and the baselines of ALTI.md (attention, attention
+``evaluate(explainer, texts)`` scores ALTI and the baselines of docs/alti.md (attention, attention
 rollout, norm-based, leave-one-out, random; gradient methods when PyTorch and the checkpoint are
 available) on an exported sentence classifier, running every perturbed input through
 onnxruntime. ``write_report`` writes results.md, results.json and faithfulness.png.

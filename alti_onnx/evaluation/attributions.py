@@ -1,4 +1,4 @@
-"""The attribution methods compared with ALTI that need no autograd (ALTI.md, "Baselines").
+"""The attribution methods compared with ALTI that need no autograd (docs/alti.md, "Baselines").
 
 Each returns one vector per sentence over all its positions (special tokens included; the
 metrics ignore their values), read at row 0: the [CLS] position the classifier head reads.

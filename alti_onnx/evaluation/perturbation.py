@@ -1,6 +1,6 @@
 """Which tokens the faithfulness metrics delete: ranking, bin sizes and the perturbed id sequences.
 
-Follows ALTI.md: special tokens ([CLS], [SEP], ...) are never ranked and never deleted; the other
+Follows docs/alti.md: special tokens ([CLS], [SEP], ...) are never ranked and never deleted; the other
 tokens are ranked by attribution (highest first; ties keep the earlier position first, so the
 ranking is deterministic) and the top k = ceil(bin * number of non-special tokens) are either
 deleted (comprehensiveness) or the only ones kept (sufficiency). Tokens are deleted from the id
