@@ -17,7 +17,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-
 from models.cache import building
 from models.tiny import TEXTS, build_tiny_hf_model, load_tiny_model, record_expected
 
