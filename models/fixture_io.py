@@ -8,6 +8,7 @@ from a float64 reference). Needs NumPy and tokenizers only, so every recipe envi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,13 @@ def check_reference(result, name: str, tolerance: float = 1e-10) -> None:
     worst = float(np.max(result.block_outputs_error))
     if not worst < tolerance:
         raise AssertionError(f"{name}: the reference rebuilds the model's block outputs only within {worst:.3g}")
+
+
+def record_references(folder: Path, texts, tokenizer, reference: Callable) -> None:
+    """Run ``reference`` (a tokenizers Encoding -> its float64 ReferenceResult) on every text, check
+    that each rebuilds the model's own block outputs, and write expected.npz and texts.json."""
+    encodings = [tokenizer.encode(text) for text in texts]
+    results = [reference(encoding) for encoding in encodings]
+    for result in results:
+        check_reference(result, folder.name)
+    write_expected(folder, texts, [e.ids for e in encodings], results)

@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.fixture_io import check_reference, perturbed, write_expected, write_tokenizer  # noqa: E402
+from models.fixture_io import perturbed, record_references, write_tokenizer  # noqa: E402
 from models.reference_math import LayerCapture, reference_alti  # noqa: E402
 from models.tiny import TEXTS, build_tokenizer  # noqa: E402
 
@@ -101,13 +101,7 @@ def main(out: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.export(str(folder / "model.onnx"), format="onnx", verbose=False)
     write_tokenizer(folder, tokenizer, SIZES["max_sequence_length"])
-    encodings = [tokenizer.encode(text) for text in TEXTS]
-    results = []
-    for encoding in encodings:
-        result = reference(model, vocabulary_size, np.array(encoding.ids), np.array(encoding.type_ids))
-        check_reference(result, NAME)
-        results.append(result)
-    write_expected(folder, TEXTS, [e.ids for e in encodings], results)
+    record_references(folder, TEXTS, tokenizer, lambda e: reference(model, vocabulary_size, np.array(e.ids), np.array(e.type_ids)))
     return folder
 
 

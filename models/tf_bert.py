@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 from transformers import BertConfig, TFBertForSequenceClassification  # noqa: E402
 
-from models.fixture_io import check_reference, perturbed, write_expected, write_tokenizer  # noqa: E402
+from models.fixture_io import perturbed, record_references, write_tokenizer  # noqa: E402
 from models.reference_math import LayerCapture, reference_alti  # noqa: E402
 from models.tiny import TEXTS, build_tokenizer  # noqa: E402
 
@@ -134,13 +134,7 @@ def main(out: Path) -> Path:
     export(model, folder)
     write_tokenizer(folder, tokenizer, config.max_position_embeddings)
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
-    encodings = [tokenizer.encode(text) for text in TEXTS]
-    results = []
-    for encoding in encodings:
-        result = reference(model, config, np.array(encoding.ids), np.array(encoding.type_ids))
-        check_reference(result, NAME)
-        results.append(result)
-    write_expected(folder, TEXTS, [e.ids for e in encodings], results)
+    record_references(folder, TEXTS, tokenizer, lambda e: reference(model, config, np.array(e.ids), np.array(e.type_ids)))
     return folder
 
 

@@ -29,12 +29,12 @@ def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
     return texts, expected
 
 
-def assert_matches(explanation, expected: dict[str, np.ndarray]) -> None:
-    """Same tokens, contributions and rollout within TOLERANCE, and a passing self-check."""
+def assert_matches(explanation, expected: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> None:
+    """Same tokens, contributions and rollout within ``tolerance``, and a self-check under it."""
     assert explanation.input_ids == expected["input_ids"].tolist()
-    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
-    assert np.all(explanation.reconstruction_error < TOLERANCE)
+    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=tolerance, rtol=0)
+    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=tolerance, rtol=0)
+    assert np.all(explanation.reconstruction_error < tolerance)
 
 
 def without_mask_input(source: Path, folder: Path) -> Path:

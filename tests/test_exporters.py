@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from alti_onnx import Explainer, InputError
-from fixture_cases import FIXTURES, load_expected
+from fixture_cases import FIXTURES, assert_matches, load_expected
 from graph_rewrites import fused_ops
 
 #: Contributions and rollout must equal the reference within this; the self-check likewise.
@@ -38,15 +38,6 @@ def case(request):
     return name, Explainer(FIXTURES / f"tiny-{name}", input_map=EXPORTERS[name][1]), texts, expected
 
 
-def assert_matches(explanation, expected) -> float:
-    assert explanation.input_ids == expected["input_ids"].tolist()
-    np.testing.assert_allclose(explanation.contributions, expected["contributions"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(explanation.rollout, expected["rollout"], atol=TOLERANCE, rtol=0)
-    assert explanation.reconstruction_error.max() < TOLERANCE
-    return float(max(np.abs(explanation.contributions - expected["contributions"]).max(),
-                     np.abs(explanation.rollout - expected["rollout"]).max()))
-
-
 def test_every_block_is_found_and_no_softmax_is_left_over(case):
     _, explainer, _, expected = case
     assert len(explainer.blocks) == len(expected[0]["contributions"]) == 2
@@ -57,14 +48,14 @@ def test_every_block_is_found_and_no_softmax_is_left_over(case):
 def test_single_texts_match_the_frameworks_reference(case):
     _, explainer, texts, expected = case
     for text, want in zip(texts, expected):
-        assert_matches(explainer.explain(text), want)
+        assert_matches(explainer.explain(text), want, TOLERANCE)
 
 
 def test_padded_batch_matches_the_frameworks_reference(case):
     _, explainer, texts, expected = case
     assert len({len(e["input_ids"]) for e in expected}) > 1, "the batch must mix lengths so padding is exercised"
     for explanation, want in zip(explainer.explain(texts), expected):
-        assert_matches(explanation, want)
+        assert_matches(explanation, want, TOLERANCE)
 
 
 def test_inputs_are_fed_in_the_dtype_the_graph_declares(case):
