@@ -110,10 +110,9 @@ class SoftmaxMiss:
 
 @dataclass(frozen=True)
 class _Projection:
-    """The output projection: where it is read from, its output, W_O [D_in, D_out] (rows as the
-    graph orders them) and b_O when the op itself adds it (Gemm's C)."""
+    """The output projection: its output, W_O [D_in, D_out] (rows as the graph orders them) and b_O
+    when the op itself adds it (Gemm's C)."""
 
-    node: ir.Node | None
     output: ir.Value
     weight: np.ndarray
     bias: np.ndarray | None
@@ -126,7 +125,7 @@ def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
     """Run every step of the pattern from one Softmax node; raise StepFailed at the first miss."""
     _softmax(softmax)
     probs, values, context = _probs_times_values(softmax)
-    chain, merged, projection = _head_merge_chain(context)
+    chain, projection = _head_merge_chain(context)
     heads, head_size = _head_sizes(probs, values, projection.weight, shapes, context)
     weight = _merge_order(chain, probs, heads, head_size, projection, shapes)
     residual, summed, bias = _residual_add(projection, weight.shape[1])
@@ -188,13 +187,13 @@ def _elementwise_reach(start: ir.Value, ops: Iterable[str]) -> list[tuple[ir.Nod
 
 
 # --------------------------------------------------------------------------- head merge, output projection
-def _head_merge_chain(context: ir.Value) -> tuple[list[ir.Node], ir.Value, _Projection]:
-    """The layout ops from the context to the output projection, the tensor it reads, and the projection."""
+def _head_merge_chain(context: ir.Value) -> tuple[list[ir.Node], _Projection]:
+    """The layout ops from the context to the output projection, and the projection."""
     value, chain = context, []
     for _ in range(_REACH):
         projection = _projection_reading(value)
         if projection is not None:
-            return chain, value, projection
+            return chain, projection
         users = consumers(value)
         if len(users) != 1 or not is_standard(users[0], *LAYOUT_OPS) or users[0].inputs[0] is not value:
             found = ", ".join(n.op_type for n in users) or "nothing"
@@ -213,11 +212,11 @@ def _projection_reading(value: ir.Value) -> _Projection | None:
     """The output projection that multiplies ``value`` by a constant W_O, if one does."""
     int8 = dynamic_int8_matmul(value)
     if int8 is not None:  # W_O dequantized from its int8 values, scale and zero point
-        return _Projection(None, int8.output, int8.weight, None)
+        return _Projection(int8.output, int8.weight, None)
     for node in consumers(value, "MatMul", "Gemm"):
         if node.inputs[0] is value and _weight(node) is not None:
             weight, bias = _oriented(node)
-            return _Projection(node, node.outputs[0], weight, bias)
+            return _Projection(node.outputs[0], weight, bias)
     quantized = [n for n in consumers(value) if n.op_type in QUANTIZED_OPS]
     if quantized:
         raise QuantizedWeightsError(
