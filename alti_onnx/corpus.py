@@ -1,27 +1,29 @@
 """`alti-onnx batch`: explain a whole corpus, streaming JSON lines, resumable after interruption.
 
-Input lines are JSON strings, JSON objects with a ``text`` (and optional ``id``), or plain text.
 Texts are taken in chunks; inside a chunk they are sorted by token length so each onnxruntime
-batch pads little, and the chunk's records are written in input order. Memory is bounded by
-one onnxruntime run (at most ``batch_size`` texts and ``pairs_per_run`` token pairs) plus the
-chunk's finished records. Output lines carry the input ``index``; because records are written in order, the
-completed ones always form a prefix, so a rerun skips exactly those (a torn last line from the
-interruption is cut off first): nothing is lost or duplicated.
+batch pads little, and the chunk's records are written in input order. Memory is bounded by one
+onnxruntime run (at most ``batch_size`` texts and ``pairs_per_run`` token pairs) plus the chunk's
+finished records. Every input line gets exactly one record, in its place: the explanation, or an
+``error`` saying why that text could not be explained (``corpus_input`` reads the lines; a text
+that fails inside a batch is run again alone, so one bad text costs only its own record). Records
+are strict JSON. ``corpus_output`` makes sure the output belongs to this job and resumes it: the
+finished records always form a prefix, so a rerun skips exactly those.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from .errors import AltiOnnxError, InputError
+from .corpus_input import CorpusRecord, read_records
+from .corpus_output import Job, corpus_output
+from .errors import InputError, RuntimeFailure, SelfCheckError
 from .explainer import Explainer
 from .explanation import Explanation
-
 
 #: Token pairs one onnxruntime run may hold: its texts times the square of their padded length. The
 #: exposed attention probabilities (L * H * S^2 numbers per text) are what grows fastest with
@@ -33,68 +35,26 @@ PAIRS_PER_RUN = 32 * 128 * 128
 CHUNK_SIZE = 512
 FULL_CHUNK_SIZE = 32
 
-
-@dataclass(frozen=True)
-class CorpusRecord:
-    """One input text and where it came from."""
-
-    index: int
-    text: str
-    id: object = None
+#: What one text can fail with (the model itself loaded fine): its own record says so.
+TEXT_ERRORS = (InputError, RuntimeFailure, SelfCheckError)
 
 
 @dataclass(frozen=True)
 class CorpusSummary:
+    """Records in the output (``total``), left from earlier runs, written now, written as errors now,
+    and the first of those errors."""
+
     total: int
     skipped: int
     written: int
     failed: int
-
-
-def read_records(path: Path) -> Iterator[CorpusRecord]:
-    """Records from a .jsonl (strings or objects with 'text') or a plain text file, in order."""
-    with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            line = line.rstrip("\n")
-            if path.suffix in (".jsonl", ".json"):
-                try:
-                    value = json.loads(line) if line.strip() else ""
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{index + 1} is not JSON: {exc.msg}") from None
-                if isinstance(value, dict):
-                    yield CorpusRecord(index, str(value.get("text", "")), value.get("id"))
-                else:
-                    yield CorpusRecord(index, str(value))
-            else:
-                yield CorpusRecord(index, line)
-
-
-def completed_prefix(path: Path) -> int:
-    """How many records a previous run finished; a torn last line is cut off the file."""
-    if not path.exists():
-        return 0
-    done, keep = 0, 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if record.get("index") != done:
-                raise AltiOnnxError(f"{path} is not a previous output of this corpus (record {done} has index {record.get('index')})")
-            done, keep = done + 1, keep + len(raw)
-    if keep != path.stat().st_size:
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-    return done
+    first_error: str | None = None
 
 
 def explain_corpus(
     explainer: Explainer,
     input_path: Path,
-    output_path: Path,
+    output_path: Path | str,
     batch_size: int = 32,
     chunk_size: int | None = None,
     target: int | None = None,
@@ -102,28 +62,48 @@ def explain_corpus(
     on_record: Callable[[int], None] | None = None,
     pairs_per_run: int = PAIRS_PER_RUN,
 ) -> CorpusSummary:
-    """Explain every input record into ``output_path``, resuming where a previous run stopped.
+    """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
+    of the same job stopped.
 
     ``on_record`` is called with the number of records done so far (earlier runs included).
     """
+    input_path = Path(input_path)
+    require_corpus(input_path)
     if chunk_size is None:
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
-    skip = completed_prefix(output_path)
-    records = read_records(input_path)
-    for _ in islice(records, skip):
-        pass
-    written = failed = 0
-    with open(output_path, "a", encoding="utf-8") as out:
+    options = {"full": full, "target": target, "input_map": dict(sorted(explainer.input_map.items())),
+               "self_check_tolerance": explainer.self_check_tolerance}
+    job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
+    with corpus_output(output_path, input_path, job) as out:
+        records = read_records(input_path)
+        skip = out.done
+        for _ in islice(records, skip):
+            pass
+        written = failed = 0
+        first_error = None
         while chunk := list(islice(records, chunk_size)):
-            for payload in _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full):
-                out.write(json.dumps(payload) + "\n")
+            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full)
+            out.write_chunk([_json_line(payload) for payload in payloads])
+            for payload in payloads:
                 written += 1
-                failed += "error" in payload
+                if "error" in payload:
+                    failed += 1
+                    first_error = first_error or str(payload["error"])
                 if on_record is not None:
                     on_record(skip + written)
-            out.flush()
-            os.fsync(out.fileno())
-    return CorpusSummary(skip + written, skip, written, failed)
+    return CorpusSummary(skip + written, skip, written, failed, first_error)
+
+
+def require_corpus(path: Path) -> None:
+    """The corpus must be a regular file: a resumed run reads it again from the start."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"input not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"input {path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"input {path} is not a regular file (a resumable run reads its corpus twice)")
 
 
 def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[range]:
@@ -147,32 +127,50 @@ def _explain_chunk(
     full: bool,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
-    lines: dict[int, dict[str, object]] = {}
+    payloads: dict[int, dict[str, object]] = {}
     valid: list[tuple[int, CorpusRecord]] = []
     for record in chunk:
+        if record.error is not None:
+            payloads[record.index] = _error(record, record.error)
+            continue
         try:
-            length = len(explainer.encoder.encode([record.text]).input_ids[0])
-            valid.append((length, record))
+            valid.append((explainer.encoder.token_count(record.text), record))
         except InputError as exc:
-            lines[record.index] = {"index": record.index, "id": record.id, "error": str(exc)}
+            payloads[record.index] = _error(record, f"line {record.line}: {exc}")
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        explanations = explainer.explain([r.text for r in group])
-        for record, explanation in zip(group, explanations):
-            lines[record.index] = _record(record, explanation, target, full)
-    return [lines[r.index] for r in chunk]
+        for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group])):
+            payloads[record.index] = (
+                _record(record, outcome, target, full) if isinstance(outcome, Explanation)
+                else _error(record, f"line {record.line}: {outcome}")
+            )
+    return [payloads[r.index] for r in chunk]
+
+
+def _explain_texts(explainer: Explainer, texts: list[str]) -> list[Explanation | str]:
+    """Each text's explanation, or why it failed: a batch that fails is run again one text at a time."""
+    try:
+        return explainer.explain(texts)
+    except TEXT_ERRORS as exc:
+        if len(texts) == 1:
+            return [str(exc)]
+    return [outcome for text in texts for outcome in _explain_texts(explainer, [text])]
 
 
 def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool) -> dict[str, object]:
     target = explanation.default_target if target is None else target
+    try:
+        attribution = explanation.attribution(target)
+    except IndexError as exc:
+        return _error(record, f"line {record.line}: {exc}")
     payload: dict[str, object] = {
         "index": record.index,
         "id": record.id,
         "tokens": explanation.tokens,
         "input_ids": explanation.input_ids,
         "target": target,
-        "attribution": explanation.attribution(target).tolist(),
+        "attribution": attribution.tolist(),
         "reconstruction_error": explanation.reconstruction_error.tolist(),
     }
     if explanation.prediction is not None:
@@ -181,3 +179,17 @@ def _record(record: CorpusRecord, explanation: Explanation, target: int | None, 
         payload["contributions"] = explanation.contributions.tolist()
         payload["rollout"] = explanation.rollout.tolist()
     return payload
+
+
+def _error(record: CorpusRecord, message: str) -> dict[str, object]:
+    return {"index": record.index, "id": record.id, "line": record.line, "error": message}
+
+
+def _json_line(payload: dict[str, object]) -> str:
+    """Strict JSON (no NaN or Infinity); a record that cannot be becomes an error record."""
+    try:
+        return json.dumps(payload, allow_nan=False)
+    except ValueError:  # the ids come from strict JSON, so only the numbers can be at fault
+        line = int(payload["index"]) + 1
+        return json.dumps({"index": payload["index"], "id": payload["id"], "line": line,
+                           "error": f"line {line}: the explanation holds NaN or Infinity"})

@@ -81,7 +81,7 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(explainer, corpu
     with open(resumed, "a") as handle:  # a record torn in the middle of being written
         handle.write('{"index": 13, "id": "t13", "tok')
     summary = explain_corpus(explainer, corpus, resumed, batch_size=4, chunk_size=10)
-    assert summary.skipped == 13 and summary.written == 24
+    assert summary.skipped == 20 and summary.written == 17  # records reach the file a chunk (10) at a time
     got, want = read(resumed), read(whole)
     assert [r["index"] for r in got] == list(range(37))
     for a, b in zip(got, want):
