@@ -9,6 +9,7 @@ distance as soon as it is formed.
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +30,41 @@ R = TypeVar("R")
 _BLAS = ThreadpoolController()
 
 
-def one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
-    """Run ``function`` with OpenBLAS (or MKL) limited to one thread."""
+class _OneBlasThread:
+    """OpenBLAS (or MKL) limited to one thread while any caller is inside, restored when the last one
+    leaves. threadpoolctl's limits are process-wide: entered and left by several threads at once,
+    each would restore what another had set, and the process could stay at one thread for good."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limiter = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._limiter = _BLAS.limit(limits=1, user_api="blas")
+            self._inside += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+
+
+def one_blas_thread(function: Callable[P, R] | None = None):
+    """As a decorator, run ``function`` with one BLAS thread; called with nothing, the context manager."""
+    if function is None:
+        return _ONE_BLAS_THREAD
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _BLAS.limit(limits=1, user_api="blas"):
+        with _ONE_BLAS_THREAD:
             return function(*args, **kwargs)
 
     return wrapper
@@ -117,6 +147,7 @@ _BLOCK_WEIGHTS: dict[tuple[int, str, str], tuple[weakref.ref, np.ndarray]] = {}
 
 
 @one_blas_thread
+@np.errstate(all="ignore")  # NaN and Inf are the caller's to report (the error is then non-finite), not warnings
 def layer_contributions(
     block: AttentionBlock,
     probs: np.ndarray,

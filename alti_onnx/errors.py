@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graph_rewrites import GraphRewriteError
+from graph_rewrites.errors import GraphRewriteError
 
 
 class AltiOnnxError(Exception):
@@ -21,8 +21,16 @@ class InputError(AltiOnnxError):
     """The text cannot be explained: empty, or longer than the model's positions."""
 
 
+class TokenizerMismatchError(MissingTokenizerError):
+    """The tokenizer's ids do not fit the model's token embedding: it belongs to another model."""
+
+
 class SelfCheckError(AltiOnnxError):
     """The decomposition does not reproduce the model's own block output."""
+
+
+class NonFiniteError(SelfCheckError):
+    """The model produced NaN or Inf for this text: nothing about it can be explained."""
 
 
 class OutputPathError(AltiOnnxError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,10 +11,27 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from graph_rewrites import AttentionAnalysis, AttentionBlock, analyze_attention, is_dynamically_quantized, load_model, unfuse
+from graph_rewrites import (
+    AttentionAnalysis,
+    AttentionBlock,
+    analyze_attention,
+    is_dynamically_quantized,
+    load_model,
+    token_embedding_rows,
+    unfuse,
+)
 
-from .contributions import LayerContributions, layer_contributions, rollout
-from .errors import InputError, LayerCountError, ModelPathError, RuntimeFailure, SelfCheckError
+from .contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
+from .errors import (
+    InputError,
+    LayerCountError,
+    ModelPathError,
+    NonFiniteError,
+    RuntimeFailure,
+    SelfCheckError,
+    TokenizerMismatchError,
+)
+from .model_files import read_json_object
 from .explanation import Explanation
 from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, InstrumentedSession
@@ -78,7 +94,7 @@ class Explainer:
             raise InputError(f"the self-check tolerance must be a positive number, got {self_check_tolerance!r}")
         files = locate_model(model, tokenizer)
         self.files = files
-        self.config = json.loads(files.config.read_text()) if files.config.is_file() else {}
+        self.config = read_json_object(files.config, "config") if files.config.exists() else {}
         # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs.
         self.model: onnx.ModelProto = unfuse(load_model(files.onnx))
         self.analysis: AttentionAnalysis = analyze_attention(self.model)
@@ -87,6 +103,7 @@ class Explainer:
         self.encoder = TextEncoder(files.tokenizer, self.config)
         self.input_map = dict(input_map or {})
         self.session = InstrumentedSession(self.model, self.blocks, providers, self.input_map)
+        _check_tokenizer_fits(self.model, self.session.inputs, self.encoder, self.config, files)
         self.self_check_tolerance = self_check_tolerance
         self.int8 = is_dynamically_quantized(self.model)
         self.labels = class_labels(self.config)
@@ -139,10 +156,12 @@ class Explainer:
         kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
         causal = self.causal if self.causal is not None else _causal_attention(tensors[0].probs, kept)
         jobs = [(row, layer) for row in rows for layer in range(len(self.blocks))]
-        layers = list(self._pool.map(lambda job: self._layer(tensors, kept, baselines, *job), jobs))
+        with one_blas_thread():  # the layers run in parallel threads, each with one BLAS thread
+            layers = list(self._pool.map(lambda job: self._layer(tensors, kept, baselines, *job), jobs))
         explanations = []
         for row in rows:
             mine = layers[row * len(self.blocks) : (row + 1) * len(self.blocks)]
+            _require_finite(mine, tensors, row, kept[row])
             explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine, causal)
             if check:
                 self._self_check(explanation, tensors, row, kept[row])
@@ -191,14 +210,40 @@ class Explainer:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, keep) -> None:
+        """The decomposition rebuilds every block output within the tolerance, and every token
+        receives some contribution (a row of zeros would be normalized into nothing, silently)."""
         for layer, (error, t) in enumerate(zip(explanation.reconstruction_error, tensors)):
             scale = max(1.0, float(np.abs(t.output[row][keep]).max()))
-            if error > self.self_check_tolerance * scale:
+            if not error <= self.self_check_tolerance * scale:
                 raise SelfCheckError(
                     f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
                     f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); "
                     + (_INT8_HINT if self.int8 else "the graph is not what the block description says")
                 )
+        for layer, matrix in enumerate(explanation.contributions):
+            empty = np.flatnonzero(matrix.sum(-1) == 0)
+            if len(empty):
+                token = explanation.tokens[empty[0]]
+                raise SelfCheckError(
+                    f"self-check failed: in layer {layer}, token {empty[0]} ({token!r}) receives no positive "
+                    f"contribution from any token (every one of its transformed vectors is as far from the block "
+                    f"output as the output is from zero): a degenerate block, nothing to attribute"
+                )
+
+
+def _require_finite(layers: list[LayerContributions], tensors: list[BlockTensors], row: int, keep) -> None:
+    """NaN or Inf anywhere in a block's tensors makes its decomposition error non-finite: refuse the
+    explanation (NaN would otherwise be normalized into zero rows), naming the tensor."""
+    for layer, (computed, t) in enumerate(zip(layers, tensors)):
+        if np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions)):
+            continue
+        parts = {"attention probabilities": t.probs[row][:, keep][:, :, keep], "values": t.values[row][:, keep],
+                 "block input": t.residual[row][keep], "block output": t.output[row][keep]}
+        bad = [name for name, array in parts.items() if not np.all(np.isfinite(array))] or ["decomposition"]
+        raise NonFiniteError(
+            f"the model produced NaN or Inf in layer {layer} ({', '.join(bad)}): no explanation of this text is "
+            "meaningful (a float16 overflow, or NaN weights?)"
+        )
 
 
 _INT8_HINT = (
@@ -210,6 +255,31 @@ _INT8_HINT = (
 
 #: config.json keys that give the number of transformer layers, by family.
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+
+
+#: config.json keys that name special token ids, which must exist in the tokenizer.
+_SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "unk_token_id",
+                    "mask_token_id", "decoder_start_token_id")
+
+
+def _check_tokenizer_fits(model: onnx.ModelProto, inputs, encoder: TextEncoder, config: dict, files: ModelFiles) -> None:
+    """The tokenizer's ids must all index the model's token-embedding table, and the special token ids
+    config.json names must be tokens of it: else it is another model's tokenizer."""
+    vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
+    ids_input = next(i.name for i in inputs.inputs if i.role == "ids")
+    rows = token_embedding_rows(model, ids_input)
+    if rows is not None and vocabulary > rows:
+        raise TokenizerMismatchError(
+            f"{files.tokenizer} has {vocabulary} tokens but the token embedding of {files.onnx} has {rows} rows: "
+            "the tokenizer belongs to another model"
+        )
+    for key in _SPECIAL_ID_KEYS:
+        token_id = config.get(key)
+        if isinstance(token_id, int) and not isinstance(token_id, bool) and not 0 <= token_id < vocabulary:
+            raise TokenizerMismatchError(
+                f"config.json's {key} is {token_id}, not a token of {files.tokenizer} ({vocabulary} tokens): "
+                "the tokenizer belongs to another model"
+            )
 
 
 def _check_layer_count(config: dict, analysis: AttentionAnalysis) -> None:

@@ -63,4 +63,4 @@ class Explanation:
         return payload
 
     def to_json(self, target: int | None = None) -> str:
-        return json.dumps(self.to_dict(target))
+        return json.dumps(self.to_dict(target), allow_nan=False)  # strict JSON: explain never returns NaN

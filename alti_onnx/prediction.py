@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import NonFiniteError
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -32,12 +34,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(-1, keepdims=True)
 
 
+def _finite_logits(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    if not np.all(np.isfinite(logits)):
+        raise NonFiniteError("the model's logits hold NaN or Inf: there is no prediction to explain")
+    return logits
+
+
 def classify(outputs: dict[str, np.ndarray], labels: list[str] | None) -> Prediction | None:
     """The prediction of a model with a [C] ``logits`` output for one example; None otherwise."""
     logits = outputs.get("logits")
     if logits is None or np.ndim(logits) != 1:
         return None
-    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    probabilities = softmax(_finite_logits(logits))
     index = int(probabilities.argmax())
     label = labels[index] if labels and index < len(labels) else str(index)
     return Prediction(index, label, float(probabilities[index]), probabilities)
@@ -48,6 +57,6 @@ def next_token(outputs: dict[str, np.ndarray], position: int, decode: Callable[[
     logits = outputs.get("logits")
     if logits is None or np.ndim(logits) != 2:
         return None
-    probabilities = softmax(np.asarray(logits[position], dtype=np.float64))
+    probabilities = softmax(_finite_logits(logits[position]))
     index = int(probabilities.argmax())
     return Prediction(index, decode(index), float(probabilities[index]), probabilities)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .errors import InputError, MissingTokenizerError
+from .errors import InputError, MissingTokenizerError, ModelPathError
+from .model_files import MAX_TOKENIZER_BYTES, read_json_object, require_regular
+
+#: Texts over max_length * CHARS_PER_TOKEN characters are refused before they are tokenized.
+CHARS_PER_TOKEN = 100
+#: The token limit assumed for that bound when nothing tells the model's (1,000,000 characters).
+UNBOUNDED_TOKENS = 10_000
 
 #: Position-embedding rows that RoBERTa-style models reserve before the first real position.
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
@@ -67,33 +72,74 @@ class TextEncoder:
     """A `tokenizers` tokenizer plus the model limits read from config.json."""
 
     def __init__(self, tokenizer_path: Path, config: dict | None = None):
-        if not tokenizer_path.is_file():
+        if not tokenizer_path.exists():
             raise MissingTokenizerError(f"tokenizer not found: {tokenizer_path} (pass --tokenizer PATH/tokenizer.json)")
+        try:
+            require_regular(tokenizer_path, "tokenizer", MAX_TOKENIZER_BYTES)
+        except ModelPathError as exc:
+            raise MissingTokenizerError(str(exc)) from None
         try:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
-            raise MissingTokenizerError(f"{tokenizer_path} is not a tokenizers JSON file: {exc}") from None
+            raise MissingTokenizerError(f"{tokenizer_path} is not a tokenizers JSON file: {_first_line(exc)}") from None
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         config = config or {}
         self.pad_id = _pad_id(self.tokenizer, config)
         self.max_length = _max_length(tokenizer_path.parent, config)
 
+    @property
+    def max_chars(self) -> int:
+        """Texts longer than this are refused before tokenizing (a 20 MB line would take gigabytes):
+        no token of a real tokenizer spans more than ``CHARS_PER_TOKEN`` characters on average."""
+        return (self.max_length or UNBOUNDED_TOKENS) * CHARS_PER_TOKEN
+
     def encode(self, texts: list[str]) -> Batch:
-        """Tokenize with special tokens and pad on the right; reject empty and over-long texts."""
+        """Tokenize with special tokens and pad on the right; reject empty, over-long and non-text inputs."""
+        encodings = self._encodings(texts)
+        return Batch.padded(
+            [e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings], [list(e.tokens) for e in encodings]
+        )
+
+    def token_count(self, text: str) -> int:
+        """How many tokens ``text`` is, with the same checks as ``encode``."""
+        return len(self._encodings([text])[0].ids)
+
+    def _encodings(self, texts: list[str]) -> list[Encoding]:
         for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("empty text: give at least one word to explain")
-        encodings: list[Encoding] = self.tokenizer.encode_batch(texts)
+            _check_text(text, self.max_chars, self.max_length)
+        try:
+            encodings: list[Encoding] = self.tokenizer.encode_batch(texts)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+            raise InputError(f"the tokenizer could not read the text: {_first_line(exc)}") from None
         for text, encoding in zip(texts, encodings):
             if self.max_length is not None and len(encoding.ids) > self.max_length:
                 raise InputError(
                     f"text too long: {len(encoding.ids)} tokens, the model takes at most {self.max_length} "
                     f"(text starts {text[:40]!r})"
                 )
-        return Batch.padded(
-            [e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings], [list(e.tokens) for e in encodings]
-        )
+        return encodings
+
+
+def _check_text(text: object, max_chars: int, max_length: int | None) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"a text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError("empty text: give at least one word to explain")
+    if len(text) > max_chars:
+        limit = f"the model takes at most {max_length} tokens" if max_length else "no limit is known"
+        raise InputError(f"text too long: {len(text):,} characters ({limit}; texts over {max_chars:,} characters are "
+                         "not tokenized)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text is not valid Unicode: a lone surrogate \\u{ord(text[exc.start]):04x} at character "
+                         f"{exc.start + 1} (invalid UTF-8 on the command line?)") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _pad_id(tokenizer: Tokenizer, config: dict) -> int:
@@ -109,8 +155,8 @@ def _pad_id(tokenizer: Tokenizer, config: dict) -> int:
 def _max_length(folder: Path, config: dict) -> int | None:
     """Longest input the model's positions allow (tokenizer_config.json, else config.json)."""
     tokenizer_config = folder / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        limit = json.loads(tokenizer_config.read_text()).get("model_max_length")
+    if tokenizer_config.exists():
+        limit = read_json_object(tokenizer_config, "tokenizer config").get("model_max_length")
         if isinstance(limit, int) and 0 < limit < 1_000_000:
             return limit
     positions = config.get("max_position_embeddings") or config.get("n_positions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
@@ -23,6 +24,8 @@ def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
+    if not path.is_file():  # a device (/dev/zero) or a pipe would be read without end
+        raise ModelLoadError(f"{path} is not a regular file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
@@ -31,9 +34,44 @@ def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} could not be loaded as ONNX: {exc}") from None
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path} is not a valid ONNX model: its graph has no nodes")
+    _check_tensor_sizes(model, path)
     if load_weights:
         _load_external_weights(model, path)
     return model
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Every weight stored in the file holds as many numbers as its shape says (a damaged file can
+    keep a valid protobuf structure with a short tensor, which fails later, deep inside analysis)."""
+    for tensor in _tensors(model.graph):
+        if uses_external_data(tensor) or tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        if tensor.HasField("raw_data"):
+            itemsize = _itemsize(tensor.data_type)
+            held, needed = len(tensor.raw_data), None if itemsize is None else count * itemsize
+        else:
+            field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+            held, needed = len(getattr(tensor, field)), count
+            if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                needed = 2 * count
+        if needed is not None and held != needed and not (held == 0 and count == 0):
+            unit = "bytes" if tensor.HasField("raw_data") else "numbers"
+            raise ModelLoadError(
+                f"{path} is damaged: its tensor {tensor.name!r} holds {held} {unit} where its shape "
+                f"{list(tensor.dims)} needs {needed}"
+            )
+
+
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of an ONNX element type (None: sub-byte or unknown)."""
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) or getattr(onnx.TensorProto, "FLOAT4E2M1", -1) == data_type:
+        return None
+    return np.dtype(dtype).itemsize
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
