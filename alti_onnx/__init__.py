@@ -4,32 +4,28 @@ Runs the exported model on onnxruntime with its attention-block intermediates ex
 computes the contributions in NumPy; PyTorch is never imported.
 """
 
-from .contributions import layer_contributions, rollout
-from .errors import (
-    AltiOnnxError,
-    InputError,
-    LayerCountError,
-    MissingTokenizerError,
-    ModelPathError,
-    OutputPathError,
-    RuntimeFailure,
-    SelfCheckError,
-)
-from .explainer import Explainer
-from .explanation import Explanation
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AltiOnnxError",
-    "Explainer",
-    "Explanation",
-    "InputError",
-    "LayerCountError",
-    "MissingTokenizerError",
-    "ModelPathError",
-    "OutputPathError",
-    "RuntimeFailure",
-    "SelfCheckError",
-    "layer_contributions",
-    "rollout",
-]
+#: Public name -> the submodule that defines it, imported on first use: the console script starts
+#: (and answers --help, or a bad option) without loading onnxruntime, numba or the analysis.
+_EXPORTS = {
+    "layer_contributions": ".contributions",
+    "rollout": ".contributions",
+    "Explainer": ".explainer",
+    "Explanation": ".explanation",
+    **{name: ".errors" for name in (
+        "AltiOnnxError", "InputError", "LayerCountError", "MissingTokenizerError", "ModelPathError", "NonFiniteError",
+        "OutputPathError", "RuntimeFailure", "SelfCheckError", "TokenizerMismatchError",
+    )},
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import RuntimeFailure
 from .explainer import Explainer
-from .runtime import InstrumentedSession
 from .model_inputs import parse_input_map
+from .runtime import InstrumentedSession
 from .text_inputs import Batch
 
 LENGTHS = (32, 128, 512)
@@ -114,7 +115,8 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
                 command += ["--input-map", f"{name}={role}"]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"benchmark worker failed for S={seq_len} B={batch_size}: {done.stderr.strip()[-500:]}")
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeFailure(f"the benchmark worker failed for S={seq_len} B={batch_size}: {last}")
             results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
     return results
 

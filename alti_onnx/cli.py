@@ -6,7 +6,6 @@ Errors caused by the user's files or input print one line on stderr and exit wit
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import USER_ERRORS, InputError, OutputPathError
-from .export import ExportUnavailableError
+from .export import ExportError, ExportUnavailableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ALTI explanations for transformer models in ONNX.")
 out = Console()
@@ -50,7 +49,7 @@ def user_errors() -> Iterator[None]:
     """Turn the project's user-facing errors into one line on stderr and exit code 2."""
     try:
         yield
-    except (*USER_ERRORS, ExportUnavailableError) as exc:
+    except (*USER_ERRORS, ExportError, ExportUnavailableError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
@@ -67,7 +66,8 @@ def export(
     with user_errors():
         if not hf_model_dir.exists():
             raise ExportUnavailableError(f"model directory not found: {hf_model_dir}")
-        export_model(hf_model_dir, out_dir, task=task)
+        with _writing(out_dir):
+            export_model(hf_model_dir, out_dir, task=task)
     out.print(escape(f"exported {hf_model_dir} -> {out_dir}"), soft_wrap=True)
 
 
@@ -197,6 +197,12 @@ def _explainer(model: Path, input_map: Optional[list[str]], tolerance: float, **
     return Explainer(model, input_map=parse_input_map(input_map or []), self_check_tolerance=tolerance, **kwargs)
 
 
+def _require_folder(path: Path) -> None:
+    """The folder ``path`` would be written to exists (or can be made) and is a folder."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Turn a failure to write ``path`` (missing or read-only folder, a file in the way) into one line."""
@@ -242,12 +248,21 @@ def demo(
     The default model is all-MiniLM-L6-v2 fine-tuned as a Rotten Tomatoes sentiment classifier
     (models/sentiment.py); building it the first time fine-tunes it on the CPU (minutes).
     """
+    from importlib.util import find_spec
+
     with user_errors():
         try:
-            from models.sentiment import build_sentiment_classifier
-        except ImportError as exc:
-            raise ExportUnavailableError(f"the model recipes need the 'export' extra: {exc}") from None
-        model_dir = build_sentiment_classifier()
+            from models.sentiment import build_sentiment_classifier, onnx_sentiment_dir
+
+            built = (onnx_sentiment_dir() / "training.json").exists()
+            missing = [m for m in ("torch", "transformers", "optimum") if not built and find_spec(m) is None]
+            if missing:  # say so before any download or training starts
+                raise ImportError(f"no module named {missing[0]!r}")
+            model_dir = build_sentiment_classifier()
+        except ImportError as exc:  # building it needs torch, transformers and optimum
+            raise ExportUnavailableError(
+                f"building the default model needs the 'export' extra ({exc}): pip install 'alti-onnx[export]'"
+            ) from None
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
             png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE)
 
@@ -269,10 +284,15 @@ def evaluate(
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
     """Faithfulness of ALTI and the baselines: comprehensiveness and sufficiency (AOPC) on N sentences."""
+    from importlib.util import find_spec
+
     from .evaluation import evaluate as run_evaluation
     from .evaluation import markdown_table, read_texts, write_report
 
     with user_errors():
+        if find_spec("matplotlib") is None:  # say so before the minutes of work, not after
+            raise ExportUnavailableError("evaluate draws faithfulness.png with matplotlib: pip install 'alti-onnx[plot]'")
+        _require_folder(out_dir / "results.md")  # likewise an output folder that cannot be made
         dataset = read_texts(data, n)
         explainer = _explainer(model, input_map, self_check_tolerance)
         if hf_model is None:
@@ -316,14 +336,19 @@ def bench(
 
     with user_errors():
         roles = parse_input_map(input_map or [])
-        _explainer(model, input_map, DEFAULT_TOLERANCE)  # the usual one-line errors before any worker starts
+        seq_lens, sizes = _positive_ints(lengths, "--lengths"), _positive_ints(batch_sizes, "--batch-sizes")
+        limit = _explainer(model, input_map, DEFAULT_TOLERANCE).encoder.max_length  # one-line errors before any worker
+        if limit is not None and max(seq_lens) > limit:
+            raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
+        if json_path is not None:
+            _require_folder(json_path)  # before minutes of measuring, not after
         results = run_benchmark(
-            model, _ints(lengths), _ints(batch_sizes), provider,
-            progress=lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False), input_map=roles,
+            model, seq_lens, sizes, provider, input_map=roles,
+            progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
         )
         if json_path is not None:
             with _writing(json_path):
-                json_path.write_text(json.dumps(to_json(results, model, provider), indent=2) + "\n")
+                json_path.write_text(json.dumps(to_json(results, model, provider), indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
     for column in ("seq len", "batch", "forward ms", "explain ms", "explain / forward", "peak RSS MB"):
         table.add_column(column, justify="right")
@@ -333,52 +358,85 @@ def bench(
     out.print(table)
 
 
-def _ints(text: str) -> list[int]:
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``--lengths 32,128``: one or more positive integers."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise InputError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise InputError(f"{option} expects comma-separated positive integers, got {text!r}")
+    return values
 
 
 @app.command()
 def batch(
     model: Annotated[Path, typer.Argument(help="export directory (model.onnx + tokenizer.json) or .onnx file")],
     input_path: Annotated[Path, typer.Option("--input", help=".jsonl (strings or {'text', 'id'}) or a text file")],
-    output_path: Annotated[Path, typer.Option("--output", help="results as JSON lines (resumed if present)")],
+    output_path: Annotated[
+        str, typer.Option("--output", help="results as JSON lines, resumed if a run of the same job left some; - for stdout")
+    ],
     batch_size: Annotated[int, typer.Option(min=1, help="texts per onnxruntime run")] = 32,
     target: Annotated[Optional[int], typer.Option(help="position whose attribution is stored (default 0)")] = None,
     full: Annotated[bool, typer.Option(help="also store every layer's contributions and rollout")] = False,
     pairs_per_run: Annotated[
         int, typer.Option(min=1, help="token pairs per onnxruntime run (texts x padded length^2): bounds memory")
     ] = 32 * 128 * 128,  # corpus.PAIRS_PER_RUN (not imported here: the CLI starts without onnx)
+    chunk_size: Annotated[
+        Optional[int], typer.Option(min=1, help="texts written (and synced) at a time (default 512, 32 with --full)")
+    ] = None,
     input_map: InputMapOption = None,
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
-    """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates."""
+    """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
+
+    Each input line gets one record in its place: the explanation, or an 'error' saying why not.
+    """
     from rich.progress import Progress
 
-    from .corpus import explain_corpus
+    from .corpus import explain_corpus, require_corpus
+    from .corpus_input import count_lines
 
+    streaming = output_path == "-" or (Path(output_path).exists() and not Path(output_path).is_file())
+    report = err if streaming else out  # records may own stdout (-, /dev/stdout, a pipe)
     with user_errors():
-        if not input_path.is_file():
-            raise InputError(f"input not found: {input_path}")
+        require_corpus(input_path)
         explainer = _explainer(model, input_map, self_check_tolerance)
-        total = sum(1 for _ in open(input_path, encoding="utf-8"))
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
-        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(output_path):
-            task = progress.add_task("explaining", total=total)
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(Path(output_path)):
+            task = progress.add_task("explaining", total=count_lines(input_path))
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
                 on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
+                chunk_size=chunk_size,
             )
-    out.print(escape(
-        f"{summary.written} records written to {output_path} ({summary.skipped} already there, "
-        f"{summary.failed} with errors)"), soft_wrap=True)
+        if summary.written and summary.failed == summary.written:
+            raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")
+    report.print(escape(
+        f"{summary.written} records written to {'stdout' if output_path == '-' else output_path} ({summary.skipped} already "
+        f"there, {summary.failed} with errors)"), soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def run(argv: list[str] | None = None) -> int:
+    """The console script's exit code. What typer shows as a boxed usage panel (an unknown command, a
+    missing or invalid option) is one line on stderr too, like every other error."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="alti-onnx", standalone_mode=False)
+    except Exception as exc:
+        describe, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if describe is None or code is None:  # not a usage error: a bug, shown as such
+            raise
+        message = " ".join(describe().split())
+        if not message and getattr(exc, "ctx", None) is not None:  # no arguments at all: the help
+            out.print(exc.ctx.get_help())
+            return code
+        err.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
+        return code
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    from .console import main
+
+    main()

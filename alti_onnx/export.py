@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ExportUnavailableError", "export_model"]
+__all__ = ["ExportError", "ExportUnavailableError", "export_model"]
+
+
+class ExportError(Exception):
+    """optimum could not export the checkpoint (its message, one line)."""
 
 
 class ExportUnavailableError(Exception):
@@ -37,13 +41,17 @@ def export_model(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    main_export(
-        str(model_dir),
-        output=out_dir,
-        task=task or "auto",
-        device="cpu",
-        library_name=library,
-    )
+    try:
+        main_export(
+            str(model_dir),
+            output=out_dir,
+            task=task or "auto",
+            device="cpu",
+            library_name=library,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # optimum's and transformers' refusals
+        lines = str(exc).strip().splitlines()
+        raise ExportError(f"optimum could not export {model_dir}: {lines[0] if lines else type(exc).__name__}") from None
     if not (out_dir / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 

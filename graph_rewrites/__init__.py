@@ -5,40 +5,40 @@
 attention and norm operators (onnxruntime optimizer, opset-23 Attention) back into standard ops. Nothing here knows ALTI.
 """
 
-from .analyze import AttentionAnalysis, UnmatchedSoftmax, analyze_attention, find_attention_blocks, static_shapes
-from .block import AttentionBlock
-from .errors import (
-    GraphRewriteError,
-    KVCacheExportError,
-    ModelLoadError,
-    PatternNotFoundError,
-    QuantizedWeightsError,
-    UnmatchedAttentionError,
-)
-from .instrument import expose_tensors, instrument
-from .model_io import load_model, save_model
-from .quantized import is_dynamically_quantized
-from .unfuse import UnsupportedFusedOpError, fused_ops, unfuse
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AttentionAnalysis",
-    "AttentionBlock",
-    "GraphRewriteError",
-    "KVCacheExportError",
-    "ModelLoadError",
-    "PatternNotFoundError",
-    "QuantizedWeightsError",
-    "UnmatchedAttentionError",
-    "UnmatchedSoftmax",
-    "UnsupportedFusedOpError",
-    "analyze_attention",
-    "expose_tensors",
-    "find_attention_blocks",
-    "instrument",
-    "is_dynamically_quantized",
-    "load_model",
-    "save_model",
-    "static_shapes",
-    "fused_ops",
-    "unfuse",
-]
+#: Public name -> the submodule that defines it. Imported on first use, so that reading an error
+#: class (the CLI does at start-up) does not load onnx, onnxscript and the analysis.
+_EXPORTS = {
+    "AttentionAnalysis": ".analyze",
+    "UnmatchedSoftmax": ".analyze",
+    "analyze_attention": ".analyze",
+    "find_attention_blocks": ".analyze",
+    "static_shapes": ".analyze",
+    "AttentionBlock": ".block",
+    "token_embedding_rows": ".embeddings",
+    "GraphRewriteError": ".errors",
+    "KVCacheExportError": ".errors",
+    "ModelLoadError": ".errors",
+    "PatternNotFoundError": ".errors",
+    "QuantizedWeightsError": ".errors",
+    "UnmatchedAttentionError": ".errors",
+    "expose_tensors": ".instrument",
+    "instrument": ".instrument",
+    "load_model": ".model_io",
+    "save_model": ".model_io",
+    "is_dynamically_quantized": ".quantized",
+    "UnsupportedFusedOpError": ".unfuse",
+    "fused_ops": ".unfuse",
+    "unfuse": ".unfuse",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -26,8 +26,10 @@ def read_texts(path: str | Path, n: int | None = None) -> Dataset:
     the rest of the line when it is the last one); anything else is plain text, one sentence a line.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"data file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"data file {path} is not a regular file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import RuntimeFailure
+from ..errors import InputError, RuntimeFailure
 from ..model_inputs import ModelInputs
 from ..prediction import softmax
 from ..runtime import default_providers, session_options
@@ -45,9 +45,13 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(model), session_options(), providers=providers or default_providers())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load {model}: {exc}") from None
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o for o in self.session.get_outputs()}
         if "logits" not in outputs:
-            raise RuntimeFailure(f"{model} has no 'logits' output (outputs: {', '.join(outputs)}); evaluation needs a classifier")
+            raise InputError(f"{model} has no 'logits' output (outputs: {', '.join(outputs)}); evaluation needs a classifier")
+        rank = len(outputs["logits"].shape or [])
+        if rank != 2:
+            raise InputError(f"evaluation needs a sequence classifier, whose logits are [batch, classes]; the logits of "
+                             f"{model} have {rank} axes (a language model?)")
         self.inputs = ModelInputs(onnx.load(str(model), load_external_data=False), input_map)
         self.pad_id = int(pad_id)
         self.batch_size = int(batch_size)

@@ -61,7 +61,7 @@ def write_report(result: EvaluationResult, out_dir: str | Path, title: str = "Fa
     paths = {"markdown": out_dir / "results.md", "json": out_dir / "results.json", "plot": out_dir / "faithfulness.png"}
     text = f"# {title}\n\n" + "\n".join(summary_lines(result)) + "\n\n" + markdown_table(result)
     paths["markdown"].write_text(text, encoding="utf-8")
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     plot(result, paths["plot"], title)
     return paths
 

@@ -126,9 +126,11 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
         with Progress(
             TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TimeRemainingColumn(), console=console, transient=False,
+            disable=not console.is_terminal,  # bars on a terminal only: in a log they are noise, and errors one line
         ) as bar:
             self.bar = bar
             yield self
