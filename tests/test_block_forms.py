@@ -15,12 +15,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from block_graphs import EPS, HEAD_SIZE, HEADS, WIDTH, encoder_graph, inputs
 from onnx import TensorProto, helper, numpy_helper
 
 from alti_onnx.contributions import layer_contributions
 from alti_onnx.runtime import session_options
-from block_graphs import EPS, HEADS, HEAD_SIZE, WIDTH, encoder_graph, inputs
-from graph_rewrites import UnmatchedAttentionError, analyze_attention, find_attention_blocks, instrument
+from graph_rewrites import (
+    UnmatchedAttentionError,
+    analyze_attention,
+    find_attention_blocks,
+    instrument,
+)
 from models.reference_math import LayerCapture, reference_alti
 
 FORMS = {

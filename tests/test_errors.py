@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import signal
 import subprocess
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_one_line_error, cli_env, console_script, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from alti_onnx import Explainer, InputError, MissingTokenizerError, ModelPathError
@@ -24,35 +25,6 @@ from graph_rewrites import ModelLoadError, PatternNotFoundError, load_model
 FIXTURES = Path(__file__).parent / "fixtures"
 BERT = FIXTURES / "tiny-bert"
 LONG_TEXT = " ".join(["word"] * 100)  # the tiny models take 64 positions
-
-
-def _console_script() -> str:
-    beside = Path(sys.executable).with_name("alti-onnx")
-    found = str(beside) if beside.exists() else shutil.which("alti-onnx")
-    if found is None:
-        pytest.skip("the alti-onnx console script is not installed")
-    return found
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [_console_script(), *map(str, args)], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    """Exit code 2, exactly one non-empty stderr line starting with 'error:' holding ``words``."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), result.stderr
-    line = lines[0]
-    assert line.startswith("error:"), line
-    for word in words:
-        assert word in line, (word, line)
-    return line
 
 
 # --------------------------------------------------------------------------- bad files, built once
@@ -302,3 +274,167 @@ def test_unknown_provider() -> None:
     )
     with pytest.raises(RuntimeFailure, match="unknown onnxruntime provider 'BogusExecutionProvider'"):
         Explainer(BERT, providers=["BogusExecutionProvider"])
+
+
+# --------------------------------------------------------------------------- cases that used to end in a traceback
+
+
+def _blocking(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """An environment in which ``modules`` cannot be imported (as on a runtime-only install)."""
+    folder = tmp_path / "blocked"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f"import sys\nfor name in {list(modules)!r}:\n    sys.modules[name] = None\n")
+    return cli_env(PYTHONPATH=str(folder), ALTI_ONNX_CACHE=str(tmp_path / "empty-cache"))
+
+
+def _copy(tmp_path: Path, name: str, source: Path = BERT) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(source, folder)
+    return folder
+
+
+def test_a_truncated_weight_inside_the_graph(tmp_path: Path) -> None:
+    folder = _copy(tmp_path, "truncated-weight")
+    model = onnx.load(str(folder / "model.onnx"))
+    tensor = model.graph.initializer[3]
+    tensor.raw_data = tensor.raw_data[: len(tensor.raw_data) // 2]
+    onnx.save(model, str(folder / "model.onnx"))
+    for command in ("explain", "inspect"):
+        extra = ["--text", "the cat"] if command == "explain" else []
+        assert_one_line_error(run_cli(command, folder, *extra), "is damaged", f"tensor {tensor.name!r}", "holds 64 bytes")
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("config.json", b"{not json", ("config", "is not valid JSON")),
+    ("config.json", b"[1, 2]", ("config", "not an object")),
+    ("config.json", b"\xff\xfe", ("config", "is not UTF-8")),
+    ("tokenizer_config.json", b"{\"model_max_length\": ", ("tokenizer config", "is not valid JSON")),
+    ("tokenizer.json", b"\x00\x01 not json", ("tokenizer.json is not a tokenizers JSON file",)),
+])
+def test_corrupt_side_files(tmp_path: Path, name: str, content: bytes, words: tuple[str, ...]) -> None:
+    folder = _copy(tmp_path, "corrupt")
+    (folder / name).write_bytes(content)
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), *words)
+
+
+@pytest.mark.parametrize("where", ["model", "tokenizer", "config", "corpus", "data"])
+def test_devices_are_refused_not_read_forever(tmp_path: Path, where: str) -> None:
+    folder = _copy(tmp_path, "devices")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\n")
+    if where == "model":
+        result = run_cli("explain", "/dev/zero", "--text", "the cat", timeout=60)
+        assert_one_line_error(result, "/dev/zero is not a regular file")
+    elif where == "tokenizer":
+        assert_one_line_error(run_cli("explain", BERT, "--text", "hi", "--tokenizer", "/dev/zero", timeout=60), "not a regular file")
+    elif where == "config":
+        (folder / "config.json").unlink()
+        (folder / "config.json").symlink_to("/dev/zero")
+        assert_one_line_error(run_cli("explain", folder, "--text", "hi", timeout=60), "config", "not a regular file")
+    elif where == "corpus":
+        result = run_cli("batch", BERT, "--input", "/dev/zero", "--output", tmp_path / "out.jsonl", timeout=60)
+        assert_one_line_error(result, "/dev/zero is not a regular file")
+    else:
+        result = run_cli("evaluate", FIXTURES / "tiny-bert-classifier", "--data", "/dev/zero", "--out", tmp_path / "e", timeout=60)
+        assert_one_line_error(result, "/dev/zero is not a regular file")
+
+
+def test_invalid_utf8_on_the_command_line() -> None:
+    assert_one_line_error(run_cli("explain", BERT, "--text", b"the \xff cat"), "not valid Unicode", "lone surrogate")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lengths", "0"], ("--lengths expects comma-separated positive integers", "'0'")),
+    (["--lengths", "-5"], ("--lengths expects",)),
+    (["--lengths", "abc"], ("--lengths expects",)),
+    (["--lengths", ""], ("--lengths expects",)),
+    (["--batch-sizes", "0"], ("--batch-sizes expects",)),
+    (["--lengths", "100"], ("--lengths asks for 100 tokens, the model takes at most 64",)),
+])
+def test_bench_options(args: list[str], words: tuple[str, ...]) -> None:
+    assert_one_line_error(run_cli("bench", BERT, *args), *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["explain", BERT], ("Missing option '--text'",)),
+    (["explain", BERT, "--text", "hi", "--target", "abc"], ("Invalid value for '--target'",)),
+    (["batch", BERT, "--input", BERT / "texts.json", "--output", "x.jsonl", "--batch-size", "0"], ("'--batch-size'",)),
+    (["no-such-command"], ("No such command 'no-such-command'",)),
+    (["explain", BERT, "--text", "hi", "--no-such-option"], ("No such option",)),
+])
+def test_usage_errors_are_one_line(args: list[object], words: tuple[str, ...]) -> None:
+    assert_one_line_error(run_cli(*args), *words)
+
+
+def test_markup_in_tensor_names_is_printed_as_it_is(tmp_path: Path) -> None:
+    """A tensor named '[bold red]...[/]' is shown as those characters, not read as console markup."""
+    folder = _copy(tmp_path, "markup")
+    model = onnx.load(str(folder / "model.onnx"))
+    renamed = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.output):
+            renamed[name] = f"[bold red]{name}[/]"
+            node.output[k] = renamed[name]
+        for k, name in enumerate(node.input):
+            node.input[k] = renamed.get(name, name)
+    for output in model.graph.output:
+        output.name = renamed.get(output.name, output.name)
+    onnx.save(model, str(folder / "model.onnx"))
+    result = run_cli("inspect", folder)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert "red]" in result.stdout  # shown (cut to the column) as the characters it is
+    blocks = json.loads(run_cli("inspect", folder, "--json").stdout)["blocks"]
+    assert all(b["probs"].startswith("[bold red]") for b in blocks)
+    assert run_cli("explain", folder, "--text", "the cat sat").returncode == 0
+
+
+def test_demo_on_a_runtime_only_install_says_what_to_install(tmp_path: Path) -> None:
+    result = run_cli("demo", env=_blocking(tmp_path, "torch", "transformers", "optimum"))
+    assert_one_line_error(result, "needs the 'export' extra", "pip install 'alti-onnx[export]'")
+    assert not any((tmp_path / "empty-cache").rglob("*.tsv")), "nothing may be downloaded or built first"
+
+
+def test_evaluate_needs_matplotlib_before_any_work(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat\n")
+    env = _blocking(tmp_path, "matplotlib")
+    result = run_cli("evaluate", FIXTURES / "tiny-bert-classifier", "--data", data, "--out", tmp_path / "e", env=env)
+    assert_one_line_error(result, "matplotlib", "pip install 'alti-onnx[plot]'")
+    assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_on_a_decoder(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat\n")
+    result = run_cli("evaluate", FIXTURES / "tiny-gpt2", "--data", data, "--out", tmp_path / "e")
+    assert_one_line_error(result, "evaluation needs a sequence classifier", "have 3 axes")
+
+
+def _interrupt_when(predicate, command: list[object]) -> subprocess.CompletedProcess[str]:
+    process = subprocess.Popen([console_script(), *map(str, command)], env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not predicate() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("after", [0.25, 0.5, 1.0])  # imports, analysis, session (the interpreter's own start aside)
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(after: float) -> None:
+    started = time.monotonic()
+    result = _interrupt_when(lambda: time.monotonic() - started > after, ["explain", BERT, "--text", "the cat"])
+    assert (result.returncode, result.stderr) == (130, "error: interrupted\n")
+
+
+def test_ctrl_c_during_a_batch_then_resume(tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the quick brown fox sat on the mat near the river\n" * 3000)
+    output = tmp_path / "out.jsonl"
+    result = _interrupt_when(lambda: output.exists() and output.stat().st_size > 0,
+                             ["batch", BERT, "--input", texts, "--output", output, "--chunk-size", "16"])
+    assert (result.returncode, result.stderr) == (130, "error: interrupted\n")
+    done = run_cli("batch", BERT, "--input", texts, "--output", output)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["index"] for line in output.read_text().splitlines()] == list(range(3000))

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from fixture_cases import FIXTURES, assert_matches, load_expected
 
 from alti_onnx import Explainer, InputError
-from fixture_cases import FIXTURES, assert_matches, load_expected
 from graph_rewrites import fused_ops
 
 #: Contributions and rollout must equal the reference within this; the self-check likewise.

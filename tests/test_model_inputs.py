@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from fixture_cases import FIXTURES, assert_matches, load_expected, without_mask_input
 from onnx import TensorProto, helper
 
 from alti_onnx import Explainer, InputError, LayerCountError
 from alti_onnx.model_inputs import ALIASES, ModelInputs, parse_input_map
 from alti_onnx.text_inputs import Batch
-from fixture_cases import FIXTURES, assert_matches, load_expected, without_mask_input
 
 BERT = FIXTURES / "tiny-bert"
 
