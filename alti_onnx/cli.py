@@ -243,26 +243,13 @@ def print_attribution(tokens: list[str], attribution, target: int, errors) -> No
 def demo(
     text: Annotated[str, typer.Option("--text", "-t", help="the text to explain")] = DEFAULT_TEXT,
 ) -> None:
-    """Explain a text with the default model, built and cached on first use.
+    """Explain a text with the default model (scripts/demo.sh builds it on first use).
 
-    The default model is all-MiniLM-L6-v2 fine-tuned as a Rotten Tomatoes sentiment classifier
-    (models/sentiment.py); building it the first time fine-tunes it on the CPU (minutes).
+    The default model is all-MiniLM-L6-v2 fine-tuned as a Rotten Tomatoes sentiment classifier by
+    the repository's recipe (models/sentiment.py), cached under ~/.cache/alti-onnx.
     """
-    from importlib.util import find_spec
-
     with user_errors():
-        try:
-            from models.sentiment import build_sentiment_classifier, onnx_sentiment_dir
-
-            built = (onnx_sentiment_dir() / "training.json").exists()
-            missing = [m for m in ("torch", "transformers", "optimum") if not built and find_spec(m) is None]
-            if missing:  # say so before any download or training starts
-                raise ImportError(f"no module named {missing[0]!r}")
-            model_dir = build_sentiment_classifier()
-        except ImportError as exc:  # building it needs torch, transformers and optimum
-            raise ExportUnavailableError(
-                f"building the default model needs the 'export' extra ({exc}): pip install 'alti-onnx[export]'"
-            ) from None
+        model_dir = _default_model()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
             png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE)
 
@@ -308,17 +295,28 @@ def evaluate(
     out.print(escape(f"{len(result.texts)} sentences in {result.meta['seconds']} s; wrote {', '.join(map(str, paths.values()))}"), soft_wrap=True)
 
 
+def _default_model() -> Path:
+    """The default model's export, from the cache: the repository's recipe builds it (scripts/demo.sh
+    does, from a checkout); the package never imports the recipes."""
+    from .defaults import default_model_dir
+
+    if not (default_model_dir() / "model.onnx").exists():
+        raise ExportUnavailableError(
+            f"the default model is not built ({default_model_dir()}): from a checkout of the alti-onnx repository, "
+            "bash scripts/demo.sh builds it; or explain your own export: alti-onnx explain MODEL_DIR --text \"...\""
+        )
+    return default_model_dir()
+
+
 def _default_hf_model(model: Path) -> Optional[Path]:
-    """The checkpoint of the project's sentiment classifier when MODEL is its export (needs models/)."""
+    """The checkpoint of the default classifier when MODEL is its export (for the gradient baselines)."""
+    from .defaults import default_hf_model_dir, default_model_dir
+
     try:
-        from models.sentiment import hf_sentiment_dir, onnx_sentiment_dir
-    except ImportError:
-        return None
-    try:
-        is_sentiment = Path(model).resolve() in (onnx_sentiment_dir().resolve(), (onnx_sentiment_dir() / "model.onnx").resolve())
+        is_default = Path(model).resolve() in (default_model_dir().resolve(), (default_model_dir() / "model.onnx").resolve())
     except OSError:
         return None
-    return hf_sentiment_dir() if is_sentiment and hf_sentiment_dir().is_dir() else None
+    return default_hf_model_dir() if is_default and default_hf_model_dir().is_dir() else None
 
 
 @app.command()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from alti_onnx.defaults import cache_root
+
 
 def cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` if given, else ``$ALTI_ONNX_CACHE``, else ``~/.cache/alti-onnx`` (created)."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("ALTI_ONNX_CACHE") or Path.home() / ".cache" / "alti-onnx"
-    path = Path(cache_dir).expanduser()
+    """``cache_dir`` if given, else the package's cache root (``$ALTI_ONNX_CACHE``, else
+    ``~/.cache/alti-onnx``), created."""
+    path = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

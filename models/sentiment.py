@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alti_onnx.defaults import DEFAULT_MODEL
 from models.cache import build_lock, building
 from models.cache import cache_dir as _cache_dir
 from models.minilm import hf_minilm_dir
@@ -49,7 +50,7 @@ __all__ = [
     "main",
 ]
 
-NAME = "minilm-rt-sentiment"
+NAME = DEFAULT_MODEL  # where the package looks for its default model
 ID2LABEL = {0: "negative", 1: "positive"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
 DEFAULTS = {

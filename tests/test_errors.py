@@ -388,10 +388,11 @@ def test_markup_in_tensor_names_is_printed_as_it_is(tmp_path: Path) -> None:
     assert run_cli("explain", folder, "--text", "the cat sat").returncode == 0
 
 
-def test_demo_on_a_runtime_only_install_says_what_to_install(tmp_path: Path) -> None:
+def test_demo_without_its_model_says_how_to_get_one(tmp_path: Path) -> None:
+    """A pip-installed alti-onnx has no recipes: demo says where the default model comes from."""
     result = run_cli("demo", env=_blocking(tmp_path, "torch", "transformers", "optimum"))
-    assert_one_line_error(result, "needs the 'export' extra", "pip install 'alti-onnx[export]'")
-    assert not any((tmp_path / "empty-cache").rglob("*.tsv")), "nothing may be downloaded or built first"
+    assert_one_line_error(result, "the default model is not built", "bash scripts/demo.sh", "alti-onnx explain MODEL_DIR")
+    assert not any((tmp_path / "empty-cache").rglob("*.*")), "nothing may be downloaded or built"
 
 
 def test_evaluate_needs_matplotlib_before_any_work(tmp_path: Path) -> None:

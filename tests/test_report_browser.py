@@ -16,7 +16,7 @@ import pytest
 
 from alti_onnx import Explainer
 from alti_onnx.report import display_token, write_html
-from alti_onnx.report.browser import BrowserUnavailable, find_browser, full_page_screenshot, hover_cell, open_report
+from browser import BrowserUnavailable, find_browser, full_page_screenshot, hover_cell, open_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEXT = "The movie was surprisingly good, with a clever plot."
@@ -37,7 +37,7 @@ def driver():
         if os.environ.get("ALTI_ONNX_REQUIRE_BROWSER") == "1":
             pytest.fail(f"ALTI_ONNX_REQUIRE_BROWSER=1 but no browser: {UNAVAILABLE}")
         pytest.skip(f"no headless browser: {UNAVAILABLE}")
-    from alti_onnx.report.browser import headless_chromium
+    from browser import headless_chromium
 
     with headless_chromium(1100, 900) as d:
         yield d

@@ -2,7 +2,7 @@
 
 Used by the browser test and to regenerate the README's screenshot::
 
-    python -m alti_onnx.report.browser [MODEL_DIR] --out docs/report.png
+    python tests/browser.py [MODEL_DIR] --out docs/report.png      # from the repository's root
 
 Nothing is downloaded: the browser and its driver come from the system packages (``.ci/run`` installs
 them with apt); :func:`find_browser` says why a browser cannot be used when one is missing.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a mainten
     """Write a report and its screenshot (the README's docs/report.png)."""
     import argparse
 
-    from ..explainer import Explainer
-    from .html import write_html
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the recipes (models/) of the checkout
+    from alti_onnx import Explainer
+    from alti_onnx.report import write_html
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("model", nargs="?", help="export directory (default: the sentiment model, built if needed)")
