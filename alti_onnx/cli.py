@@ -88,11 +88,11 @@ def inspect(
                           "unmatched_softmax": [u.summary() for u in analysis.unmatched]}, indent=2))
         return
     table = Table(title=Text(f"{len(analysis.blocks)} attention blocks in {model}"))
-    for column in ("layer", "heads", "head size", "width", "norm", "probs", "values", "block output"):
+    for column in ("layer", "heads", "head size", "width", "kind", "probs", "values", "block output"):
         table.add_column(column)
     for b in analysis.blocks:
         table.add_row(*(Text(str(cell)) for cell in (
-            b.layer, b.num_heads, b.head_size, b.hidden_size, f"{b.norm_placement}-LN", b.probs, b.values, b.output,
+            b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind, b.probs, b.values, b.output,
         )))
     out.print(table)
     if analysis.unmatched:

@@ -18,6 +18,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from alti_onnx.block_kinds import kind_of
 from alti_onnx.distances import by_column as attention_by_column
 from alti_onnx.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
@@ -83,6 +84,7 @@ class LayerContributions:
     norms: np.ndarray | None
     attention: np.ndarray
     reconstruction_error: float
+    output_scale: float = 1.0  #: max |y| of the model's block output, what the self-check tolerance scales with
 
 
 def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
@@ -95,16 +97,15 @@ def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.n
     return out
 
 
-def residual_sum(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """u_i = sum_j T[i, j] + b_O = merge_h(A^h V^h) W_O + x_i + b_O (the cheap order), in float64.
-
-    The products run in the inputs' dtype (what the model itself computed in); the sum is float64.
-    """
+def attention_output(block: AttentionBlock, probs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """a_i = merge_h(A^h V^h) W_O + b_O (the cheap order), in float64: the block's attention output
+    before anything is added to it. The products run in the inputs' dtype (what the model itself
+    computed in); the sum is float64."""
     num_heads, seq_len, _ = probs.shape
     context = np.matmul(probs, _values_per_head(values, num_heads))  # [H, S, dh]
     merged = context.transpose(1, 0, 2).reshape(seq_len, -1)
     bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
-    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + residual + bias
+    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + bias
 
 
 def _values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
@@ -119,15 +120,8 @@ def output_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
 
 
 def mixing_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
-    """W_O as it acts on T~: for post-LN, (W_O - its row means) * gamma, so v W~ = gamma (vW - mean(vW))."""
-
-    def compute() -> np.ndarray:
-        weight = block.out_proj_weight
-        if block.norm_placement == "post":
-            weight = (weight - weight.mean(-1, keepdims=True)) * block.norm_weight
-        return weight.astype(dtype)
-
-    return _per_block(block, "mixing", dtype, compute)
+    """W_O as it acts on T~ for the block's kind (post-LN: gamma (W_O - its row means)), in ``dtype``."""
+    return _per_block(block, "mixing", dtype, lambda: kind_of(block).mixing_weight(block).astype(dtype))
 
 
 def _per_block(block: AttentionBlock, kind: str, dtype: type, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -159,50 +153,50 @@ def layer_contributions(
 ) -> LayerContributions:
     """ALTI contributions of one block for one unpadded example.
 
-    The post-LN map T -> T' = gamma (T - mean T) / sigma_i is linear in T once sigma_i is fixed,
-    so centering and gamma are folded into W_O and x once, giving T~[i, j] = sigma_i T'[i, j],
-    and 1/sigma_i is pulled out of the distances. Only the Manhattan distance needs the S*S*D
-    tensor T~, and the kernel never stores it. The norm-based baseline ||T'|| comes from
-    per-token Gram matrices (S*S*H*H), never from T~. The residual sum u, sigma, the recomposed
-    output and the self-check are float64; the per-token vectors and the S*S*D pass use
-    ``dtype``. The norm-based baseline is skipped (``norms`` None) unless ``with_norms``.
+    The block's norm maps T -> T' linearly once a per-row scale s_i is fixed (post-LN: sigma_i;
+    see ``block_kinds``), so the norm's centering and gamma are folded into W_O and x once, giving
+    T~[i, j] = s_i T'[i, j], and 1/s_i is pulled out of the distances. Only the Manhattan
+    distance needs the S*S*D tensor T~, and the kernel never stores it. The norm-based baseline
+    ||T'|| comes from per-token Gram matrices (S*S*H*H), never from T~. The attention output, the
+    scale, the recomposed output and the self-check are float64; the per-token vectors and the
+    S*S*D pass use ``dtype``. The norm-based baseline is skipped (``norms`` None) unless
+    ``with_norms``. ``block_output`` is the block's exposed output tensor (for a parallel block,
+    its attention output).
     """
     probs = np.asarray(probs)
     exact = np.float64
+    kind = kind_of(block)
     num_heads, seq_len, _ = probs.shape
     values = np.asarray(values, dtype=dtype)
-    summed = residual_sum(block, probs.astype(dtype, copy=False), values, np.asarray(residual, dtype=exact))
-    recomposed = _recompose(block, summed)
-    error = float(np.max(np.abs(recomposed - block_output))) if seq_len else 0.0
+    residual = np.asarray(residual, dtype=exact)
+    attention = attention_output(block, probs.astype(dtype, copy=False), values)
+    recomposed = kind.output(block, attention, residual)
+    model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
+    error = float(np.max(np.abs(recomposed - model_output))) if seq_len else 0.0
 
     vectors = head_outputs(mixing_weight(block, dtype), values, num_heads)  # v^h_j W~^h, [S_j, H, D]
-    residual = np.asarray(residual, dtype=exact)
-    if block.norm_placement == "post":
-        sigma = np.sqrt(summed.var(-1) + block.norm_epsilon)
-        residual = (residual - residual.mean(-1, keepdims=True)) * block.norm_weight
-    else:
-        sigma = np.ones(seq_len)
-    residual = residual.astype(dtype)
-    target = recomposed * sigma[:, None]  # sigma_i y_i, so that ||target_i - T~[i, j]|| = sigma_i ||y_i - T'[i, j]||
+    scale = kind.row_scale(block, attention, residual)
+    residual = kind.residual_vectors(block, residual, scale).astype(dtype)
+    target = recomposed * scale[:, None]  # s_i y_i, so that ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
 
     # One transpose of the probabilities serves every pass: column j outermost, heads innermost.
     by_column = attention_by_column(np.asarray(probs, dtype=dtype))  # [S_j, S_i, H]
     distance = np.empty((seq_len, seq_len), dtype=dtype)
     manhattan_distances(by_column, vectors, np.ascontiguousarray(residual), target.astype(dtype), distance)
-    norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / sigma[:, None]) if with_norms else None
+    norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / scale[:, None]) if with_norms else None
     y_norms = np.abs(recomposed).sum(-1)[:, None]
-    raw = y_norms - distance / sigma[:, None]
+    raw = y_norms - distance / scale[:, None]
     # Differences below the rounding of the distance pass are noise, not contribution: clip them
     # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
     raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
     # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
-    # there rather than the rounding residue of ||y_i|| - ||sigma_i y_i|| / sigma_i.
-    attention = probs.sum(0, dtype=np.float64)
-    silent = attention == 0.0
+    # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
+    attention_sum = probs.sum(0, dtype=np.float64)
+    silent = attention_sum == 0.0
     np.fill_diagonal(silent, False)
     raw[silent] = 0.0
-    attention /= num_heads
-    return LayerContributions(normalize_rows(raw), norms, attention, error)
+    output_scale = float(np.abs(model_output).max()) if seq_len else 0.0
+    return LayerContributions(normalize_rows(raw), norms, attention_sum / num_heads, error, output_scale)
 
 
 def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:
@@ -216,15 +210,6 @@ def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndar
     cross = np.einsum("jhd,jd->jh", vectors, residual)  # [S_j, H]
     squared[diagonal] += 2.0 * np.einsum("jh,jh->j", self_weights, cross) + np.einsum("jd,jd->j", residual, residual)
     return np.maximum(squared, 0.0)
-
-
-def _recompose(block: AttentionBlock, summed: np.ndarray) -> np.ndarray:
-    """The block output rebuilt from the decomposition: LN(u) for post-LN, u for pre-LN."""
-    if block.norm_placement != "post":
-        return summed
-    centered = summed - summed.mean(-1, keepdims=True)
-    sigma = np.sqrt(summed.var(-1, keepdims=True) + block.norm_epsilon)
-    return block.norm_weight * centered / sigma + block.norm_bias
 
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:

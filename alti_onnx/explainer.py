@@ -164,7 +164,7 @@ class Explainer:
             _require_finite(mine, tensors, row, kept[row])
             explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine, causal)
             if check:
-                self._self_check(explanation, tensors, row, kept[row])
+                self._self_check(explanation, [layer.output_scale for layer in mine])
             explanations.append(explanation)
         return explanations
 
@@ -209,11 +209,12 @@ class Explainer:
     def _decode(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def _self_check(self, explanation: Explanation, tensors: list[BlockTensors], row: int, keep) -> None:
-        """The decomposition rebuilds every block output within the tolerance, and every token
-        receives some contribution (a row of zeros would be normalized into nothing, silently)."""
-        for layer, (error, t) in enumerate(zip(explanation.reconstruction_error, tensors)):
-            scale = max(1.0, float(np.abs(t.output[row][keep]).max()))
+    def _self_check(self, explanation: Explanation, output_scales: list[float]) -> None:
+        """The decomposition rebuilds every block output within the tolerance (relative to the
+        output's magnitude, at least 1), and every token receives some contribution (a row of zeros
+        would be normalized into nothing, silently)."""
+        for layer, (error, magnitude) in enumerate(zip(explanation.reconstruction_error, output_scales)):
+            scale = max(1.0, magnitude)
             if not error <= self.self_check_tolerance * scale:
                 raise SelfCheckError(
                     f"self-check failed: layer {layer}'s decomposition differs from the model's block output "

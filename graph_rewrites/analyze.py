@@ -131,7 +131,7 @@ def _describe(layer: int, match: BlockMatch) -> AttentionBlock:
         layer=layer,
         num_heads=match.num_heads,
         head_size=match.head_size,
-        norm_placement=match.placement,
+        kind=match.kind,
         probs=match.probs.name,
         values=match.values.name,
         residual=match.residual.name,
@@ -142,6 +142,7 @@ def _describe(layer: int, match: BlockMatch) -> AttentionBlock:
         norm_weight=norm.weight if norm is not None else None,
         norm_bias=norm.bias if norm is not None else None,
         norm_epsilon=norm.epsilon if norm is not None else None,
+        norm_rms=norm.rms if norm is not None else False,
     )
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from .block import NormPlacement
+from .block import BlockKind
 from .errors import KVCacheExportError, QuantizedWeightsError
 from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
 from .layout import COPY, Axes
@@ -95,7 +95,7 @@ class BlockMatch:
     norm: LayerNormMatch | None
     num_heads: int
     head_size: int
-    placement: NormPlacement = "post"
+    kind: BlockKind = "post"
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,7 @@ def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
     common = dict(softmax=softmax, probs=probs, residual=residual, out_proj_weight=weight, out_proj_bias=bias,
                   num_heads=heads, head_size=head_size)
     if pre is not None:
-        return BlockMatch(**common, values=_grouped_values(values), output=summed, norm_input=None, norm=pre,
-                          placement="pre")
+        return BlockMatch(**common, values=_grouped_values(values), output=summed, norm_input=None, norm=pre, kind="pre")
     if source is not None and not same(source, residual):
         raise StepFailed(
             "norm",

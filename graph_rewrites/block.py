@@ -7,7 +7,10 @@ from typing import Literal
 
 import numpy as np
 
-NormPlacement = Literal["post", "pre"]
+#: Where the block's norm sits (docs/alti.md): after the residual sum (post), before attention only
+#: (pre), before attention and on the attention output before the residual add (sandwich), or
+#: before attention and an MLP that run side by side, both added to the residual (parallel).
+BlockKind = Literal["post", "pre", "sandwich", "parallel"]
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,13 @@ class AttentionBlock:
     - ``residual``: the block input that the residual connection adds back, [B, S, D];
     - ``norm_input``: the residual sum fed to the post-attention norm (post-LN only), [B, S, D];
       described, not exposed (see ``tensor_names``);
-    - ``output``: the block output, the norm's output (post-LN) or the residual sum (pre-LN).
+    - ``output``: the block output: the norm's output (post), the residual sum (pre, sandwich), or
+      the attention output before anything is added to it (parallel: no tensor holds x + a).
 
-    ``norm_weight``/``norm_bias``/``norm_epsilon`` describe the block's norm: post-LN, the
-    LayerNorm after the residual sum (the decomposition uses them); pre-LN, the norm before
-    attention whose output feeds the values (LayerNorm, or RMSNorm with a zero bias), described
-    only: the values already carry it.
+    ``norm_weight``/``norm_bias``/``norm_epsilon``/``norm_rms`` describe the norm the decomposition
+    uses: post, the LayerNorm after the residual sum; sandwich, the norm on the attention output.
+    For pre and parallel blocks they describe the norm before attention whose output feeds the
+    values (LayerNorm, or RMSNorm with a zero bias): described only, the values already carry it.
 
     ``out_proj_weight`` is oriented so that ``merged_heads @ out_proj_weight`` is the projection,
     with rows ``h*head_size:(h+1)*head_size`` belonging to head h.
@@ -36,7 +40,7 @@ class AttentionBlock:
     layer: int
     num_heads: int | None
     head_size: int | None
-    norm_placement: NormPlacement
+    kind: BlockKind
     probs: str
     values: str
     residual: str
@@ -47,6 +51,12 @@ class AttentionBlock:
     norm_weight: np.ndarray | None = field(default=None, repr=False)
     norm_bias: np.ndarray | None = field(default=None, repr=False)
     norm_epsilon: float | None = None
+    norm_rms: bool = False
+
+    @property
+    def norm_placement(self) -> str:
+        """'post' for a post-LN block, 'pre' for every kind whose norm comes before attention."""
+        return "post" if self.kind == "post" else "pre"
 
     @property
     def hidden_size(self) -> int:
@@ -69,6 +79,7 @@ class AttentionBlock:
             "num_heads": self.num_heads,
             "head_size": self.head_size,
             "hidden_size": self.hidden_size,
+            "kind": self.kind,
             "norm_placement": self.norm_placement,
             "probs": self.probs,
             "values": self.values,

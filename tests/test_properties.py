@@ -23,7 +23,7 @@ def random_block(rng, heads, kv_heads, head_size, placement, with_bias=True):
         layer=0,
         num_heads=heads,
         head_size=head_size,
-        norm_placement=placement,
+        kind=placement,
         probs="p", values="v", residual="x", output="y",
         norm_input="u" if placement == "post" else None,
         out_proj_weight=rng.normal(size=(width, width)),

@@ -1,0 +1,129 @@
+"""How each kind of attention block turns its decomposition into its output (docs/alti.md).
+
+For every kind, T[i, j] = sum_h A^h[i, j] (v^h_j W_O^h) + [i == j] x_j and the attention output is
+a_i = sum_j sum_h A^h[i, j] v^h_j W_O^h + b_O. A kind says what the block outputs (y), how to rebuild
+it from a and x, and how its norm (if any) acts on T: every norm here is linear in T once a per-row
+scale s_i is fixed, so T~[i, j] = s_i T'[i, j] is built from a scaled W_O (``mixing_weight``) and
+scaled residual vectors x~ (``residual_vectors``), and the distances are divided by s_i.
+
+- ``post`` (BERT, RoBERTa, DeBERTa, ALBERT, MPNet): y = LN(x + a); s_i = sigma(x_i + a_i),
+  W~ = gamma (W_O - row means), x~ = gamma (x - mean x).
+- ``pre`` (GPT-2, Llama, Qwen, Mistral, T5, ModernBERT): y = x + a, the residual sum; s_i = 1.
+- ``sandwich`` (Gemma 2 and 3): y = x + n(a), a norm on the attention output alone (RMSNorm; a
+  LayerNorm is centred as well); s_i = the norm's divisor of a_i, W~ = gamma W_O (centred for a
+  LayerNorm), x~_j = s_j x_j.
+- ``parallel`` (GPT-NeoX, Phi-2, GPT-J, Falcon): y = x + a as for pre-LN, but no tensor of the model
+  holds it (the MLP's output is added in the same sum), so the model's y is rebuilt from the exposed
+  residual and attention output: the self-check then tests the decomposition against the graph's
+  attention output.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from graph_rewrites import AttentionBlock
+
+
+class BlockKind(Protocol):
+    def output(self, block: AttentionBlock, attention: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """y rebuilt from the attention output a (bias included) and the residual x, float64 [S, D]."""
+
+    def row_scale(self, block: AttentionBlock, attention: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """s_i, [S]: T~[i, j] = s_i T'[i, j]."""
+
+    def mixing_weight(self, block: AttentionBlock) -> np.ndarray:
+        """W_O as it acts on T~, [H*dh, D] float64."""
+
+    def residual_vectors(self, block: AttentionBlock, residual: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """x~, [S, D] float64: the residual term of T~[j, j]."""
+
+    def model_output(self, block: AttentionBlock, exposed: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """The model's own y, from the block's exposed output tensor."""
+
+
+def _sigma(u: np.ndarray, epsilon: float, centred: bool) -> np.ndarray:
+    """The norm's divisor per row: sqrt(var + eps) for a LayerNorm, sqrt(mean square + eps) for RMSNorm."""
+    second = u.var(-1) if centred else np.square(u).mean(-1)
+    return np.sqrt(second + epsilon)
+
+
+def _normalized(u: np.ndarray, block: AttentionBlock) -> np.ndarray:
+    """The block's norm applied to u: gamma (u - mean u) / sigma + beta, or gamma u / rms for RMSNorm."""
+    centred = not block.norm_rms
+    shifted = u - u.mean(-1, keepdims=True) if centred else u
+    return block.norm_weight * shifted / _sigma(u, block.norm_epsilon, centred)[:, None] + block.norm_bias
+
+
+def _scaled_weight(block: AttentionBlock) -> np.ndarray:
+    """gamma W_O, centred over the output features first when the norm subtracts the mean."""
+    weight = block.out_proj_weight
+    if not block.norm_rms:
+        weight = weight - weight.mean(-1, keepdims=True)
+    return weight * block.norm_weight
+
+
+class PostLN:
+    def output(self, block, attention, residual):
+        return _normalized(residual + attention, block)
+
+    def row_scale(self, block, attention, residual):
+        return _sigma(residual + attention, block.norm_epsilon, not block.norm_rms)
+
+    def mixing_weight(self, block):
+        return _scaled_weight(block)
+
+    def residual_vectors(self, block, residual, scale):
+        centred = residual if block.norm_rms else residual - residual.mean(-1, keepdims=True)
+        return centred * block.norm_weight
+
+    def model_output(self, block, exposed, residual):
+        return exposed
+
+
+class PreLN:
+    def output(self, block, attention, residual):
+        return residual + attention
+
+    def row_scale(self, block, attention, residual):
+        return np.ones(len(residual))
+
+    def mixing_weight(self, block):
+        return block.out_proj_weight
+
+    def residual_vectors(self, block, residual, scale):
+        return residual
+
+    def model_output(self, block, exposed, residual):
+        return exposed
+
+
+class Sandwich:
+    def output(self, block, attention, residual):
+        return residual + _normalized(attention, block)
+
+    def row_scale(self, block, attention, residual):
+        return _sigma(attention, block.norm_epsilon, not block.norm_rms)
+
+    def mixing_weight(self, block):
+        return _scaled_weight(block)
+
+    def residual_vectors(self, block, residual, scale):
+        return residual * scale[:, None]
+
+    def model_output(self, block, exposed, residual):
+        return exposed
+
+
+class Parallel(PreLN):
+    def model_output(self, block, exposed, residual):
+        return residual + exposed
+
+
+KINDS: dict[str, BlockKind] = {"post": PostLN(), "pre": PreLN(), "sandwich": Sandwich(), "parallel": Parallel()}
+
+
+def kind_of(block: AttentionBlock) -> BlockKind:
+    return KINDS[block.kind]
