@@ -1,17 +1,14 @@
-"""Tiny, seeded, random-init post-LN encoders and the committed test fixtures built from them.
+"""Tiny, seeded, random-init models of every family in ``models.families``, and the committed test
+fixtures built from them.
 
     python -m models.tiny [--out tests/fixtures] [--arch bert ...]
 
-For every architecture in ``ARCHS`` this builds a 2-layer, 32-wide model (random weights, random
-biases and LayerNorm parameters, so bias and norm handling is really exercised) with its own
-offline tokenizer, exports it with optimum into ``<out>/tiny-<arch>/`` and writes the float64
-reference ALTI for ``TEXTS`` into ``expected.npz`` (``input_ids_k``, ``contributions_k``,
-``rollout_k``) plus ``texts.json``.
-
-The decoders in ``DECODER_ARCHS`` (pre-LN, causal: GPT-2, and Llama with 4 query heads sharing 2
-key/value heads; ``qwen2``, Llama-like with biases on Q, K and V, is built only by the tests) get
-the same treatment with a word-level tokenizer that prepends ``<s>``, exported with optimum's
-``text-generation`` task (logits, no KV cache); ``build_tiny_decoder(arch, out_dir)`` builds one.
+For every family this builds a 2-layer, 32-wide model (random weights, random biases and norm
+parameters, so bias and norm handling is really exercised) with its own offline tokenizer, exports
+it (optimum, or ``torch.onnx.export`` where the family says so) into ``<out>/tiny-<arch>/`` and writes
+the float64 reference ALTI for ``TEXTS`` into ``expected.npz`` (``input_ids_k``, ``contributions_k``,
+``rollout_k``) plus ``texts.json``. Encoders are exported for ``feature-extraction``, decoders for
+``text-generation`` (logits, no KV cache).
 
 ``build_tiny_hf_model(arch, out_dir)`` is importable (tests use it to export variants, e.g. with
 ``torch.onnx.export`` at other opsets); it is deterministic: the same arch gives the same weights.
@@ -28,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.families import DECODERS, ENCODERS, SIZES, family, randomize_biases_and_norms, randomize_parameters
+
 __all__ = [
     "ARCHS",
     "TEXTS",
@@ -41,11 +40,13 @@ __all__ = [
     "build_decoder_tokenizer",
     "build_tiny_decoder",
     "load_tiny_decoder",
+    "randomize_biases_and_norms",
     "main",
 ]
 
-ARCHS = ("bert", "roberta", "distilbert", "electra", "xlm-roberta")
-SEEDS = {"bert": 1, "roberta": 2, "distilbert": 3, "electra": 4, "xlm-roberta": 5}
+#: The families with committed fixtures (tests/fixtures/tiny-<arch>).
+ARCHS = ENCODERS
+DECODER_ARCHS = DECODERS
 
 WORDS = (
     "the a an and or but if then of to in on at by for with from as is are was were be been "
@@ -66,19 +67,20 @@ TEXTS = (
     "the blorptastic movie was great",  # 'blorptastic' is not in the vocabulary
 )
 
-_SIZES = dict(layers=2, hidden=32, heads=4, intermediate=64, max_pos=64)
-
-
-DECODER_ARCHS = ("gpt2", "llama")
-DECODER_SEEDS = {"gpt2": 11, "llama": 12, "qwen2": 13}
-
 
 # --------------------------------------------------------------------------- tokenizers
-def build_tokenizer(arch: str):
-    """(tokenizers.Tokenizer, special-token kwargs for PreTrainedTokenizerFast) for ``arch``."""
+def build_tokenizer(style: str):
+    """(tokenizers.Tokenizer, special-token kwargs for PreTrainedTokenizerFast) of a tokenizer style
+    (``models.families.TokenizerStyle``; a family name picks its family's style)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    if arch in ("bert", "distilbert", "electra"):
+    if style in ("bert", "distilbert", "electra"):  # the first encoders' names, kept for the recipes
+        style = "wordpiece"
+    elif style not in ("wordpiece", "roberta", "unigram", "t5", "decoder"):
+        style = family(style).tokenizer
+    if style == "decoder":
+        return build_decoder_tokenizer()
+    if style == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         vocab = {t: i for i, t in enumerate(specials + list(WORDS) + list(SUFFIXES))}
         tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
@@ -91,7 +93,7 @@ def build_tokenizer(arch: str):
         )
         tok.decoder = decoders.WordPiece()
         special = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    elif arch == "roberta":
+    elif style == "roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         vocab = {t: i for i, t in enumerate(specials + list(WORDS))}
         tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -102,7 +104,7 @@ def build_tokenizer(arch: str):
             bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
             pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
         )
-    elif arch == "xlm-roberta":
+    elif style == "unigram":
         # SentencePiece-style unigram, as the real XLM-R: <s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last.
         pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
         pieces += [("\u2581" + w, -float(i % 7) - 1.0) for i, w in enumerate(WORDS)]
@@ -120,68 +122,20 @@ def build_tokenizer(arch: str):
             bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
             pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
         )
-    else:
-        raise ValueError(f"unknown tiny arch {arch!r}; expected one of {ARCHS}")
+    else:  # t5: SentencePiece unigram, <pad>=0 </s>=1 <unk>=2, </s> appended, no start token
+        pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        pieces += [("\u2581" + w, -float(i % 5) - 1.0) for i, w in enumerate(WORDS)]
+        pieces += [("\u2581", -8.0)]
+        tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)],
+        )
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        special = dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
     tok.add_special_tokens([t for t in special.values() if t is not None])
     return tok, special
-
-
-# --------------------------------------------------------------------------- models
-def _config(arch: str, vocab_size: int, pad_id: int):
-    import transformers as tf
-
-    L, D, H, F, P = (_SIZES[k] for k in ("layers", "hidden", "heads", "intermediate", "max_pos"))
-    common = dict(vocab_size=vocab_size, max_position_embeddings=P, initializer_range=0.2, pad_token_id=pad_id)
-    if arch == "distilbert":
-        return tf.DistilBertConfig(dim=D, hidden_dim=F, n_layers=L, n_heads=H, **common)
-    bert_like = dict(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, intermediate_size=F, **common)
-    if arch == "bert":
-        return tf.BertConfig(type_vocab_size=2, **bert_like)
-    if arch == "electra":
-        return tf.ElectraConfig(embedding_size=16, type_vocab_size=2, **bert_like)  # exercises the embeddings projection
-    if arch == "roberta":
-        return tf.RobertaConfig(type_vocab_size=1, bos_token_id=0, eos_token_id=2, **bert_like)
-    if arch == "xlm-roberta":
-        return tf.XLMRobertaConfig(type_vocab_size=1, bos_token_id=0, eos_token_id=2, **bert_like)
-    raise ValueError(f"unknown tiny arch {arch!r}")
-
-
-def randomize_biases_and_norms(model) -> None:
-    """Random linear biases and LayerNorm gamma/beta (BERT's init makes them 0/1/0), so that
-    the tests really exercise b_O, gamma and beta. Uses torch's current seed."""
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Linear) and mod.bias is not None:
-                mod.bias.normal_(0.0, 0.2)
-            elif isinstance(mod, nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.1)
-
-
-def build_tiny_hf_model(arch: str, out_dir: str | Path, seed: int | None = None) -> Path:
-    """Build the tiny seeded ``arch`` model and save it (float32 safetensors, config, fast tokenizer)
-    to ``out_dir`` as a Hugging Face model directory. Deterministic for a given (arch, seed)."""
-    import torch
-    from transformers import AutoModel, PreTrainedTokenizerFast
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok, special = build_tokenizer(arch)
-    pad_id = tok.token_to_id(special["pad_token"])
-    cfg = _config(arch, tok.get_vocab_size(), pad_id)
-
-    torch.manual_seed(SEEDS[arch] if seed is None else seed)
-    model = AutoModel.from_config(cfg, attn_implementation="eager").eval()
-    randomize_biases_and_norms(model)
-    model.save_pretrained(out_dir, safe_serialization=True)
-
-    max_len = cfg.max_position_embeddings - (pad_id + 1 if "roberta" in arch else 0)  # RoBERTa offsets positions
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **special)
-    fast.save_pretrained(out_dir)
-    return out_dir
 
 
 def build_decoder_tokenizer():
@@ -200,46 +154,65 @@ def build_decoder_tokenizer():
     return tok, special
 
 
-def _decoder_config(arch: str, vocab_size: int):
-    import transformers as tf
+# --------------------------------------------------------------------------- models
+def build_tiny_hf_model(arch: str, out_dir: str | Path, seed: int | None = None) -> Path:
+    """Build the tiny seeded model of family ``arch`` (``models.families``) and save it (float32
+    safetensors, config, fast tokenizer) to ``out_dir`` as a Hugging Face model directory.
+    Deterministic for a given (arch, seed)."""
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
 
-    L, D, H, F, P = (_SIZES[k] for k in ("layers", "hidden", "heads", "intermediate", "max_pos"))
-    ids = dict(vocab_size=vocab_size, bos_token_id=0, pad_token_id=1, eos_token_id=2, initializer_range=0.2)
-    if arch == "gpt2":
-        return tf.GPT2Config(n_positions=P, n_embd=D, n_layer=L, n_head=H, n_inner=F, **ids)
-    llama_like = dict(
-        hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=H // 2,
-        max_position_embeddings=P, tie_word_embeddings=False, **ids,
-    )
-    if arch == "llama":
-        return tf.LlamaConfig(**llama_like)
-    if arch == "qwen2":
-        return tf.Qwen2Config(**llama_like)
-    raise ValueError(f"unknown tiny decoder {arch!r}; expected one of {DECODER_ARCHS + ('qwen2',)}")
+    entry = family(arch)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok, special = build_tokenizer(entry.tokenizer)
+    cfg = entry.config(tok.get_vocab_size())
+    torch.manual_seed(entry.seed if seed is None else seed)
+    if entry.decoder:
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    else:
+        model = _model_class(entry.model_class)._from_config(cfg, attn_implementation="eager")
+    model.eval()
+    (entry.randomize or randomize_parameters)(model)
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+    positions = getattr(cfg, "max_position_embeddings", None) or SIZES["max_pos"]  # ALiBi, T5: no table
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=positions - _position_offset(cfg), **special)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def _model_class(name: str):
+    """A transformers model class by name; ``AutoModel`` resolves from the config."""
+    import transformers
+
+    if name == "AutoModel":
+        return _AutoFromConfig
+    return getattr(transformers, name)
+
+
+class _AutoFromConfig:
+    """``AutoModel.from_config`` spelled as the model classes' ``_from_config``."""
+
+    @staticmethod
+    def _from_config(cfg, **kwargs):
+        from transformers import AutoModel
+
+        return AutoModel.from_config(cfg, **kwargs)
+
+
+def _position_offset(cfg) -> int:
+    """Positions RoBERTa-style models skip (they number tokens from the padding id + 1)."""
+    return cfg.pad_token_id + 1 if cfg.model_type in ("roberta", "xlm-roberta", "mpnet") else 0
 
 
 def build_tiny_decoder(arch: str, out_dir: str | Path, seed: int | None = None) -> Path:
-    """Build the tiny seeded causal LM ``arch`` (random biases and norm weights) and save it with its
-    tokenizer to ``out_dir`` as a Hugging Face model directory. Deterministic for a given (arch, seed)."""
-    import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok, special = build_decoder_tokenizer()
-    cfg = _decoder_config(arch, tok.get_vocab_size())
-    torch.manual_seed(DECODER_SEEDS[arch] if seed is None else seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):  # GPT-2's Linear/Conv1D and LayerNorm biases, Qwen2's q/k/v biases
-                param.normal_(0.0, 0.2)
-            elif "norm" in name or "ln_" in name:  # LayerNorm / RMSNorm weights
-                param.uniform_(0.5, 1.5)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=cfg.max_position_embeddings, **special)
-    fast.save_pretrained(out_dir)
-    return out_dir
+    """The tiny seeded causal LM ``arch`` (a decoder family of ``models.families``), saved with its
+    tokenizer to ``out_dir``. Deterministic for a given (arch, seed)."""
+    if not family(arch).decoder:
+        raise ValueError(f"{arch!r} is not a decoder family; expected one of {DECODER_ARCHS}")
+    return build_tiny_hf_model(arch, out_dir, seed)
 
 
 def load_tiny_decoder(hf_dir: str | Path):
@@ -256,6 +229,16 @@ def load_tiny_model(hf_dir: str | Path):
     return AutoModel.from_pretrained(str(hf_dir), attn_implementation="eager")
 
 
+def load_saved(hf_dir: str | Path):
+    """A saved tiny model as the class it was saved from (``architectures`` in its config: an encoder,
+    a causal LM with its head, T5's encoder alone), with eager attention (for the reference)."""
+    import transformers
+
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    (architecture,) = config.get("architectures") or ["AutoModel"]
+    return getattr(transformers, architecture).from_pretrained(str(hf_dir), attn_implementation="eager")
+
+
 def references(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS) -> tuple[list[list[int]], list]:
     """The token ids of ``texts`` and the float64 reference of each, on the model in ``hf_dir``."""
     from tokenizers import Tokenizer
@@ -264,9 +247,7 @@ def references(hf_dir: str | Path, tokenizer_json: str | Path, texts=TEXTS) -> t
     from models.reference import reference_alti
 
     tok = Tokenizer.from_file(str(tokenizer_json))
-    config = json.loads((Path(hf_dir) / "config.json").read_text())
-    decoder = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures", []))
-    model = load_tiny_decoder(hf_dir) if decoder else load_tiny_model(hf_dir)
+    model = load_saved(hf_dir)
     ids, results = [], []
     for text in texts:
         enc = tok.encode(text)
@@ -287,16 +268,46 @@ def build_fixture(arch: str, out_root: str | Path = "tests/fixtures", texts=TEXT
     """Build, export and write the expected outputs of ``tiny-<arch>`` under ``out_root``."""
     from alti_onnx.export import export_model
 
+    entry = family(arch)
     fixture = Path(out_root) / f"tiny-{arch}"
     if fixture.exists():
         shutil.rmtree(fixture)
-    decoder = arch in DECODER_ARCHS
     with tempfile.TemporaryDirectory() as tmp:
-        build = build_tiny_decoder if decoder else build_tiny_hf_model
-        hf_dir = build(arch, Path(tmp) / "hf")
-        export_model(hf_dir, fixture, task="text-generation" if decoder else "feature-extraction")
+        hf_dir = build_tiny_hf_model(arch, Path(tmp) / "hf")
+        if entry.export == "torch":
+            export_with_torch(hf_dir, fixture)
+        else:
+            export_model(hf_dir, fixture, task=entry.task)
         record_expected(fixture, hf_dir, texts)
     return fixture
+
+
+#: The side files an exported model directory carries beside model.onnx.
+_SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def export_with_torch(hf_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:
+    """``torch.onnx.export`` (TorchScript) of a saved encoder that optimum has no exporter for (T5's
+    encoder alone): inputs ``input_ids`` and ``attention_mask``, output ``last_hidden_state``, batch and
+    sequence dynamic; the side files copied beside it."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_saved(hf_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 1], [5, 6, 1, 0, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    axes = {0: "batch_size", 1: "sequence_length"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (ids, mask), str(out_dir / "model.onnx"), input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"], opset_version=opset, dynamo=False,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+        )
+    for name in _SIDE_FILES:
+        if (Path(hf_dir) / name).is_file():
+            shutil.copyfile(Path(hf_dir) / name, out_dir / name)
+    return out_dir
 
 
 def record_expected(fixture: Path, hf_dir: Path, texts) -> None:

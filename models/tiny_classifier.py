@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.tiny import TEXTS, _config, build_tokenizer, randomize_biases_and_norms, record_expected
+from models.families import family, randomize_biases_and_norms
+from models.tiny import TEXTS, build_tokenizer, record_expected
 
 __all__ = ["NAME", "ID2LABEL", "SEED", "TEXTS", "build_tiny_classifier_hf", "build_classifier_fixture", "main"]
 
@@ -58,8 +59,7 @@ def build_tiny_classifier_hf(out_dir: str | Path, seed: int = SEED) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok, special = build_tokenizer("bert")
-    pad_id = tok.token_to_id(special["pad_token"])
-    cfg = _config("bert", tok.get_vocab_size(), pad_id)
+    cfg = family("bert").config(tok.get_vocab_size())
     cfg.num_labels = 2
     cfg.id2label = dict(ID2LABEL)
     cfg.label2id = {v: k for k, v in ID2LABEL.items()}
