@@ -20,9 +20,16 @@ class LayerCapture:
     """One attention block of one sequence (no padding), everything float64.
 
     ``values`` are [S, H_kv * dh] (head h reads key/value head h // (H / H_kv)); ``out_weight`` is
-    [H * dh, D] with ``context @ out_weight`` the projection; ``norm`` (gamma, beta, eps) is the
-    LayerNorm after the residual sum of a post-LN block, None for a pre-LN block; ``block_output``
-    is what the model computed for y (the LayerNorm output, or the residual sum).
+    [H * dh, D] with ``context @ out_weight`` the projection; ``block_output`` is what the model
+    computed for y. ``kind`` (docs/alti.md, "Block kinds"):
+
+    - ``post``: y = n(x + a), ``norm`` (gamma, beta, eps) the norm after the residual sum;
+    - ``pre`` and ``parallel``: y = x + a (``norm`` None; a parallel block's y is no tensor of the
+      model: its ``block_output`` is x plus the attention module's output);
+    - ``sandwich``: y = x + n(a), ``norm`` the norm on the attention output.
+
+    None infers post or pre from ``norm``. ``norm_rms``: the norm divides by the root mean square and
+    does not centre (RMSNorm) rather than by the standard deviation (LayerNorm).
     """
 
     x: np.ndarray
@@ -32,6 +39,12 @@ class LayerCapture:
     out_bias: np.ndarray | None
     norm: tuple[np.ndarray, np.ndarray, float] | None
     block_output: np.ndarray
+    kind: str | None = None
+    norm_rms: bool = False
+
+    @property
+    def block_kind(self) -> str:
+        return self.kind or ("pre" if self.norm is None else "post")
 
 
 @dataclass
@@ -61,20 +74,38 @@ def layer_contributions(layer: LayerCapture, keep: np.ndarray | None = None) -> 
     keep = np.ones(len(layer.x), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     transformed = transformed_vectors(layer)
     bias = np.zeros(transformed.shape[-1]) if layer.out_bias is None else layer.out_bias
-    if layer.norm is None:  # pre-LN: y is the residual sum itself
+    kind = layer.block_kind
+    if kind in ("pre", "parallel"):  # y is the residual sum itself
         final = transformed
         output = transformed.sum(1) + bias
+    elif kind == "post":  # y = n(x + a): T' = gamma (T - centre) / sigma_i
+        summed = transformed.sum(1) + bias  # the norm's input
+        final = _normalize_terms(transformed, summed, layer)
+        output = final.sum(1) + _normalize_terms(bias[None, None], summed, layer)[:, 0] + layer.norm[1]
+    elif kind == "sandwich":  # y = x + n(a): the norm acts on the attention terms, not on x
+        residual = np.zeros_like(transformed)
+        residual[np.arange(len(layer.x)), np.arange(len(layer.x))] = layer.x
+        attention = transformed - residual
+        summed = attention.sum(1) + bias  # a, the norm's input
+        final = _normalize_terms(attention, summed, layer) + residual
+        output = final.sum(1) + _normalize_terms(bias[None, None], summed, layer)[:, 0] + layer.norm[1]
     else:
-        gamma, beta, eps = layer.norm
-        summed = transformed.sum(1) + bias  # the LayerNorm's input
-        sigma = np.sqrt(summed.var(-1) + eps)  # [S]
-        final = gamma * (transformed - transformed.mean(-1, keepdims=True)) / sigma[:, None, None]
-        output = final.sum(1) + gamma * (bias - bias.mean()) / sigma[:, None] + beta
+        raise ValueError(f"unknown block kind {kind!r}")
     error = float(np.abs(output - layer.block_output)[keep].max())
     distance = np.abs(output[:, None, :] - final).sum(-1)  # ||y_i - T'[i, j]||_1
     clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0) * keep[:, None] * keep[None, :]
     totals = clipped.sum(-1, keepdims=True)
     return np.divide(clipped, totals, out=np.zeros_like(clipped), where=totals > 0), error
+
+
+def _normalize_terms(terms: np.ndarray, summed: np.ndarray, layer: LayerCapture) -> np.ndarray:
+    """The norm's linear part applied to each term of a sum: gamma (t - mean t) / sigma_i for a LayerNorm,
+    gamma t / rms_i for an RMSNorm, with sigma_i (rms_i) of the whole sum ``summed`` [S, D]; ``terms`` [S, S', D]."""
+    gamma, _, eps = layer.norm
+    if layer.norm_rms:
+        return gamma * terms / np.sqrt(np.square(summed).mean(-1) + eps)[:, None, None]
+    sigma = np.sqrt(summed.var(-1) + eps)
+    return gamma * (terms - terms.mean(-1, keepdims=True)) / sigma[:, None, None]
 
 
 def reference_alti(layers: list[LayerCapture], keep: np.ndarray | None = None) -> ReferenceResult:
