@@ -47,6 +47,17 @@ class BlockTensors:
     output: np.ndarray
 
 
+def block_tensors(probs: np.ndarray, values: np.ndarray, residual: np.ndarray, output: np.ndarray) -> BlockTensors:
+    """One block's tensors, widened to at least float32, with heads on their own axis: a block that
+    folds its heads into the batch axis ([B*H, S, S], [B*H_kv, S, dh]) is read as [B, H, S, S], [B, H_kv, S, dh]."""
+    batch = residual.shape[0]
+    if probs.ndim == 3:
+        probs = probs.reshape(batch, -1, *probs.shape[1:])
+    if values.ndim == 3:
+        values = values.reshape(batch, -1, *values.shape[1:])
+    return BlockTensors(_widen(probs), _widen(values), _widen(residual), _widen(output))
+
+
 class InstrumentedSession:
     """An onnxruntime session whose outputs include every block's intermediates."""
 
@@ -85,9 +96,7 @@ class InstrumentedSession:
             raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
         by_name = dict(zip(self.output_names, results))
         outputs = {name: by_name[name] for name in self.original_outputs}
-        tensors = [
-            BlockTensors(*(_widen(by_name[name]) for name in (b.probs, b.values, b.residual, b.output))) for b in self.blocks
-        ]
+        tensors = [block_tensors(*(by_name[name] for name in b.tensor_names())) for b in self.blocks]
         return outputs, tensors
 
 

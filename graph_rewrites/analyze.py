@@ -9,6 +9,8 @@ original model is not modified; every tensor a block names exists in it.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import onnx
@@ -101,9 +103,24 @@ def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True) -> ir.Mo
     model already carries them), norms canonical."""
     copy = ir.from_proto(model)
     dequantize_constant_weights(copy)
-    onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=shape_inference, should_fold=_fold_any_size)
+    with _quiet("onnxscript.optimizer"):
+        onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=shape_inference, should_fold=_fold_any_size)
     canonicalize_norms(copy)
     return copy
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    """The folder's warnings about what it leaves unfolded (a LayerNorm of a constant table, with its
+    three outputs: DeBERTa's relative embeddings) are not the user's concern: without a handler,
+    Python would print them on stderr of every command."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _fold_any_size(node: ir.Node) -> bool:

@@ -25,7 +25,7 @@ looks like attention (its scores are a product of two activations, or its output
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ from .errors import KVCacheExportError, QuantizedWeightsError
 from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
 from .layout import COPY, Axes
 from .quantized import dequantized_input, dynamic_int8_matmul
+from .static_shapes import Shapes, dims, partial_ints, traced_dim
 from .walk import (
     backward,
     constant,
@@ -118,32 +119,41 @@ class _Projection:
     bias: np.ndarray | None
 
 
-Shapes = Mapping[str, list]
-
-
 def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
     """Run every step of the pattern from one Softmax node; raise StepFailed at the first miss."""
     _softmax(softmax)
     probs, values, context = _probs_times_values(softmax)
     chain, projection = _head_merge_chain(context)
-    heads, head_size = _head_sizes(probs, values, projection.weight, shapes, context)
+    heads, head_size = _head_sizes(softmax, probs, values, projection.weight, shapes, context)
     weight = _merge_order(chain, probs, heads, head_size, projection, shapes)
-    residual, summed, bias = _residual_add(projection, weight.shape[1])
+    width = weight.shape[1]
     source = _value_projection_input(values)
-    pre = _pre_norm(source, residual, weight.shape[1])
-    common = dict(softmax=softmax, probs=probs, residual=residual, out_proj_weight=weight, out_proj_bias=bias,
-                  num_heads=heads, head_size=head_size)
-    if pre is not None:
-        return BlockMatch(**common, values=_grouped_values(values), output=summed, norm_input=None, norm=pre, kind="pre")
-    if source is not None and not same(source, residual):
+    pre = _norm_of(source, width)
+    expected = pre.input if pre is not None else source  # the residual input x, as the value path sees it
+    added = _residual_add(projection, width, expected)
+    common = dict(softmax=softmax, probs=probs, residual=added.residual, out_proj_weight=weight,
+                  out_proj_bias=added.bias, num_heads=heads, head_size=head_size)
+    grouped = _grouped_values(values)
+    if added.attention_norm is not None:  # y = x + n(a)
+        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=added.attention_norm,
+                          kind="sandwich")
+    if added.parallel:  # y = x + a + mlp(n'(x)): no tensor holds x + a; the block exposes a
+        return BlockMatch(**common, values=grouped, output=added.attention, norm_input=None, norm=pre, kind="parallel")
+    if pre is not None and same(pre.input, added.residual):
+        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=pre, kind="pre")
+    if source is not None and not same(source, added.residual):
         raise StepFailed(
             "norm",
-            summed.producer(),
+            added.summed.producer(),
             "the values are projected neither from the residual input (post-LN) nor from a LayerNorm or RMSNorm "
             "of it (pre-LN)",
         )
-    norm = _post_norm(summed, weight.shape[1])
-    return BlockMatch(**common, values=values, output=norm.output, norm_input=summed, norm=norm)
+    norm = _post_norm(added.summed, width)
+    if _carried_on(added.summed, norm):
+        # The sum itself goes on down the residual stream (the norm only feeds the MLP): a pre-LN
+        # block whose attention reads x without a norm (ModernBERT's first layer), not post-LN.
+        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=None, kind="pre")
+    return BlockMatch(**common, values=values, output=norm.output, norm_input=added.summed, norm=norm)
 
 
 # --------------------------------------------------------------------------- softmax, probs x values
@@ -156,10 +166,10 @@ def _softmax(node: ir.Node) -> None:
 def _probs_times_values(softmax: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
     """(probs as they multiply the values, values, the context): the one MatMul that the Softmax output
     reaches through elementwise ops, with an activation (not a constant) as its other operand."""
-    products = {node: probs for node, probs in _elementwise_reach(softmax.outputs[0], PROBS_OPS)}
+    products = {node: probs for node, probs in _elementwise_reach(softmax.outputs[0], PROBS_OPS, fold_heads=True)}
     if len(products) == 1:
         (matmul, probs), = products.items()
-        if rank(probs) in (None, 4):
+        if rank(probs) in (None, 3, 4):  # [B, H, S, S], or [B*H, S, S] (DeBERTa, BLOOM fold heads into the batch)
             return probs, matmul.inputs[1], matmul.outputs[0]
         raise StepFailed("probs x values", softmax, f"the probabilities reach MatMul with rank {rank(probs)}, expected [B, H, S, S]")
     found = ", ".join(n.op_type for n in consumers(softmax.outputs[0])) or "nothing"
@@ -167,9 +177,10 @@ def _probs_times_values(softmax: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]
     raise StepFailed("probs x values", softmax, f"expected MatMul(probs, values) after the Softmax, found {detail}")
 
 
-def _elementwise_reach(start: ir.Value, ops: Iterable[str]) -> list[tuple[ir.Node, ir.Value]]:
+def _elementwise_reach(start: ir.Value, ops: Iterable[str], fold_heads: bool = False) -> list[tuple[ir.Node, ir.Value]]:
     """(MatMul, its first operand) for every MatMul that ``start`` reaches through ``ops`` as the first
-    operand, against a non-constant second operand."""
+    operand, against a non-constant second operand (``fold_heads``: also through a Reshape of
+    [B, H, S, S] to [B*H, S, S])."""
     found, seen, frontier = [], {start}, [start]
     for _ in range(_REACH):
         following = []
@@ -178,11 +189,22 @@ def _elementwise_reach(start: ir.Value, ops: Iterable[str]) -> list[tuple[ir.Nod
                 if is_standard(node, "MatMul"):
                     if node.inputs[0] is value and not is_constant(node.inputs[1]):
                         found.append((node, value))
+                elif fold_heads and _folds_heads(node) and node.outputs[0] not in seen:
+                    seen.add(node.outputs[0])
+                    following.append(node.outputs[0])
                 elif is_standard(node, *ops) and node.outputs[0] not in seen:
                     seen.add(node.outputs[0])
                     following.append(node.outputs[0])
         frontier = following
     return found
+
+
+def _folds_heads(node: ir.Node) -> bool:
+    """A Reshape of a 4-D tensor to 3-D whose last two axes it keeps: [B, H, S, S] -> [B*H, S, S]."""
+    if not is_standard(node, "Reshape") or rank(node.inputs[0]) not in (None, 4):
+        return False
+    target = partial_ints(node.inputs[1], {})
+    return target is not None and len(target) == 3 and target[0] in (-1, None)
 
 
 # --------------------------------------------------------------------------- head merge, output projection
@@ -265,11 +287,15 @@ def _oriented(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, bias
 
 
-def _head_sizes(probs: ir.Value, values: ir.Value, weight: np.ndarray, shapes: Shapes, at: ir.Value) -> tuple[int, int]:
-    """Heads and head size from the static shapes of probs [B, H, S, S] and values [B, H_kv, S, dh],
-    the missing one from W_O's rows (H * dh)."""
+def _head_sizes(softmax: ir.Node, probs: ir.Value, values: ir.Value, weight: np.ndarray, shapes: Shapes,
+                at: ir.Value) -> tuple[int, int]:
+    """Heads and head size from the static shapes of probs [B, H, S, S] (or the Softmax's, where the
+    heads are folded into the batch axis) and values [B, H_kv, S, dh], the missing one from W_O's
+    rows (H * dh)."""
     probs_dims = dims(probs, shapes)
     heads = probs_dims[1] if len(probs_dims) == 4 else None
+    if heads is None and len(dims(softmax.outputs[0], shapes) or [None] * (rank(softmax.outputs[0]) or 0)) == 4:
+        heads = traced_dim(softmax.outputs[0], 1, shapes)
     head_size = traced_dim(_grouped_values(values), -1, shapes)
     rows = weight.shape[0]
     if heads is None and head_size:
@@ -289,9 +315,12 @@ def _merge_order(chain: list[ir.Node], probs: ir.Value, heads: int, head_size: i
     """W_O with its rows in head-major order, after checking that ``chain`` lays the [B, H, S, dh]
     context out as [B, S, H*dh] (or [B*S, H*dh]; a dh-major merge reorders W_O's rows)."""
     probs_dims = dims(probs, shapes)
-    sizes = {"B": probs_dims[0] if probs_dims else None, "H": heads, "S": probs_dims[2] if len(probs_dims) == 4 else None,
-             "dh": head_size}
+    folded = rank(probs) == 3 or len(probs_dims) == 3  # [B*H, S, S] x [B*H, S, dh]
+    sizes = {"B": None if folded or not probs_dims else probs_dims[0], "H": heads,
+             "S": probs_dims[-2] if len(probs_dims) in (3, 4) else None, "dh": head_size}
     axes: Axes | None = Axes.of(("B", "H", "S", "dh"), sizes)
+    if folded:
+        axes = Axes((("B", "H"), ("S",) if sizes["S"] != 1 else (), ("dh",)), sizes)
     for node in chain:
         # A Reshape whose target is computed at run time (Shape/Gather/Concat) and whose output dims
         # shape inference cannot tell is taken to end in H*dh: the trailing run of that size can only
@@ -324,30 +353,77 @@ def _through(node: ir.Node, axes: Axes, shapes: Shapes, last_dim: int | None = N
     if is_standard(node, "Flatten"):
         return axes.flatten(int_attr(node, "axis", 1))
     if is_standard(node, "Reshape"):
-        target = constant(node.inputs[1])
-        if target is not None and not int_attr(node, "allowzero", 0):
-            return axes.reshape([COPY if d == 0 else (None if d == -1 else int(d)) for d in np.ravel(target)])
-        if target is not None:
-            return axes.reshape([None if d == -1 else int(d) for d in np.ravel(target)])
-        out = dims(node.outputs[0], shapes)
-        if out and out[-1] is None and last_dim is not None:
-            out[-1] = last_dim
-        return axes.reshape(out) if out else None
+        spec = _reshape_spec(node, shapes)
+        if spec is None:
+            return None
+        found = axes.reshape(spec)
+        if found is None and spec and spec[-1] is None and last_dim is not None:
+            # A target computed at run time (Shape/Gather/Concat) whose last entry is unknown is taken to
+            # end in H*dh: the trailing run of that size can only be the factors H and dh themselves, else
+            # it fails to fit.
+            found = axes.reshape([*spec[:-1], last_dim])
+        return found
     return None
 
 
-def _residual_add(projection: _Projection, width: int) -> tuple[ir.Value, ir.Value, np.ndarray | None]:
-    """(residual input, residual sum, b_O): past a reshape back to [B, S, D] and the bias Add."""
-    value, bias = projection.output, projection.bias
+def _reshape_spec(node: ir.Node, shapes: Shapes) -> list | None:
+    """A Reshape's target for ``Axes.reshape``: known sizes, COPY for a 0 (unless ``allowzero``), None
+    for -1 and for entries computed at run time (shape inference's output dims fill in what they can)."""
+    target = partial_ints(node.inputs[1], shapes)
+    out = dims(node.outputs[0], shapes)
+    if target is None:
+        return out or None
+    copy = not int_attr(node, "allowzero", 0)
+    spec = []
+    for k, d in enumerate(target):
+        if d is None or d == -1:
+            spec.append(out[k] if len(out) == len(target) else None)
+        else:
+            spec.append(COPY if d == 0 and copy else d)
+    return spec
+
+
+@dataclass(frozen=True)
+class _ResidualAdd:
+    """Where the attention output a joins the residual stream.
+
+    ``attention`` is a (b_O included, laid out [B, S, D]); ``summed`` the Add that brings in the
+    residual x; ``attention_norm`` the norm applied to a before that Add (a sandwich block);
+    ``parallel``: a is added with another branch computed beside it (an MLP of the same x), so
+    ``summed`` holds more than x + a.
+    """
+
+    residual: ir.Value
+    summed: ir.Value
+    bias: np.ndarray | None
+    attention: ir.Value
+    attention_norm: LayerNormMatch | None = None
+    parallel: bool = False
+
+
+def _residual_add(projection: _Projection, width: int, expected: ir.Value | None) -> _ResidualAdd:
+    """Past a reshape back to [B, S, D], the bias Add and a norm of the attention output alone, the Add
+    with the residual input (``expected``: x as the value path sees it, when known)."""
+    value, bias, attention_norm = projection.output, projection.bias, None
     for _ in range(_REACH):
         adds = consumers(value, "Add")
-        if bias is None and (added := _bias_add(adds, value, width)) is not None:
+        if bias is None and attention_norm is None and (added := _bias_add(adds, value, width)) is not None:
             bias, value = added
             continue
         for add in adds:
-            residual = other_input(add, value)
-            if residual is not None and not is_constant(residual):
-                return backward(residual), add.outputs[0], bias
+            other = other_input(add, value)
+            if other is None or is_constant(other):
+                continue
+            attention = projection.output if attention_norm is not None else value
+            if expected is not None and not same(other, expected) and attention_norm is None:
+                joined = _parallel_sum(add, value, expected)
+                if joined is not None:
+                    return _ResidualAdd(backward(expected), joined, bias, value, parallel=True)
+            return _ResidualAdd(backward(other), add.outputs[0], bias, attention, attention_norm)
+        norm = norm_reading(value, width) if attention_norm is None else None
+        if norm is not None and not _carried_on(value, norm):  # a norm of a alone, before the residual add
+            attention_norm, value = norm, norm.output
+            continue
         users = consumers(value)
         if len(users) == 1 and is_standard(users[0], *_UNFLATTEN_OPS) and users[0].inputs[0] is value:
             value = users[0].outputs[0]
@@ -356,6 +432,19 @@ def _residual_add(projection: _Projection, width: int) -> tuple[ir.Value, ir.Val
     found = ", ".join(n.op_type for n in consumers(value)) or "nothing"
     raise StepFailed("residual add", value.producer(),
                      f"expected Add(projection, residual) after the output projection, found {found}")
+
+
+def _parallel_sum(add: ir.Node, attention: ir.Value, residual: ir.Value) -> ir.Value | None:
+    """The sum x + a + m when ``add`` adds a branch m computed beside attention: Add(Add(a, m), x),
+    Add(a, Add(m, x)) or Add(a, Add(x, m)); None when x is not in that sum."""
+    other = other_input(add, attention)
+    inner = produced_by(other, "Add")
+    if inner is not None and any(same(v, residual) for v in inner.inputs):
+        return add.outputs[0]
+    for outer in consumers(add.outputs[0], "Add"):
+        if same(other_input(outer, add.outputs[0]), residual):
+            return outer.outputs[0]
+    return None
 
 
 def _bias_add(adds: list[ir.Node], value: ir.Value, width: int) -> tuple[np.ndarray, ir.Value] | None:
@@ -368,8 +457,9 @@ def _bias_add(adds: list[ir.Node], value: ir.Value, width: int) -> tuple[np.ndar
 
 
 # --------------------------------------------------------------------------- values and norms
-#: Ops that move or re-type value vectors without changing them (heads split, transposed, repeated).
-_VALUE_LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Split", "Slice", "Cast", "Identity")
+#: Ops that move or re-type value vectors without changing them (heads split, transposed, repeated; one part of
+#: a fused QKV projection picked out by Split, Slice or Gather).
+_VALUE_LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Split", "Slice", "Gather", "Cast", "Identity")
 #: Ops between a projection's [B*S, D] input and the [B, S, D] activation it came from.
 _FLATTEN_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast")
 
@@ -411,12 +501,24 @@ def _unflattened(source: ir.Value) -> ir.Value:
     return source
 
 
-def _pre_norm(source: ir.Value | None, residual: ir.Value, width: int) -> LayerNormMatch | None:
-    """The norm n with ``source = n(residual)`` (a pre-LN block), or None."""
-    if source is None or same(source, residual):
+def _norm_of(source: ir.Value | None, width: int) -> LayerNormMatch | None:
+    """The norm n with ``source = n(x)`` for some x (values projected from a norm), or None."""
+    if source is None:
         return None
-    norm = read_norm(backward(source).producer(), width)
-    return norm if norm is not None and same(norm.input, residual) else None
+    return read_norm(backward(source).producer(), width)
+
+
+def _carried_on(summed: ir.Value, norm: LayerNormMatch) -> bool:
+    """Whether ``summed`` is read by more than the norm (and the pass-through ops on the way to it):
+    the un-normalized sum goes on down the residual stream."""
+    value, norm_node = summed, norm.output.producer()
+    while True:
+        users = consumers(value)
+        if any(user is not norm_node and not is_standard(user, "Identity", "Cast", "Dropout") for user in users):
+            return True
+        if len(users) != 1 or users[0] is norm_node:
+            return False
+        value = users[0].outputs[0]
 
 
 def _grouped_values(values: ir.Value) -> ir.Value:
@@ -488,62 +590,6 @@ def _from_activation_product(scores: ir.Value) -> bool:
                 following.extend(fresh)
         frontier = following
     return False
-
-
-def traced_dim(value: ir.Value, axis: int, shapes: Shapes, depth: int = 0) -> int | None:
-    """One static dim of ``value`` (negative ``axis`` from the end): from shape inference, or traced back
-    through layout ops to a Reshape with a constant target (shape inference gives up after the first
-    operator it does not know, e.g. onnxruntime's fused ops elsewhere in the graph)."""
-    known = dims(value, shapes)
-    if known and -len(known) <= axis < len(known) and known[axis] is not None:
-        return known[axis]
-    node = value.producer()
-    if node is None or depth > _REACH:
-        return None
-    if is_standard(node, "Identity", "Cast", "Dropout"):
-        return traced_dim(node.inputs[0], axis, shapes, depth + 1)
-    if is_standard(node, "Add", "Sub", "Mul", "Div"):
-        _, other = split_constant(node)  # a bias or a scale keeps the layout
-        return None if other is None else traced_dim(other, axis, shapes, depth + 1)
-    if is_standard(node, "Transpose"):
-        perm = ints_attr(node, "perm")
-        return None if perm is None else traced_dim(node.inputs[0], perm[axis % len(perm)], shapes, depth + 1)
-    if is_standard(node, "Reshape"):
-        target = _partial_shape(node.inputs[1], shapes)
-        if target is None:
-            return None
-        size = target[axis % len(target)]
-        if size is not None and size > 0:
-            return size
-        return traced_dim(node.inputs[0], axis % len(target), shapes, depth + 1) if size == 0 else None
-    return None
-
-
-def _partial_shape(value: ir.Value, shapes: Shapes) -> list[int | None] | None:
-    """A 1-D shape tensor's entries where the graph fixes them (None where computed at run time):
-    a constant, or a Concat of constants and run-time pieces of known length (a split-heads target
-    ``Concat(batch, length, [H], [dh])``)."""
-    const = constant(value)
-    if const is not None:
-        return [int(d) for d in np.ravel(const)]
-    node = value.producer()
-    if node is not None and is_standard(node, "Concat"):
-        parts = [_partial_shape(v, shapes) for v in node.inputs]
-        return None if any(p is None for p in parts) else [d for p in parts for d in p]
-    if node is not None and is_standard(node, "Cast", "Identity"):
-        return _partial_shape(node.inputs[0], shapes)
-    known = dims(value, shapes)
-    return [None] * known[0] if len(known) == 1 and known[0] is not None else None
-
-
-def dims(value: ir.Value, shapes: Shapes) -> list:
-    """The value's static dims (None where unknown): ONNX shape inference by name, else the IR's shape."""
-    known = shapes.get(value.name) if value.name else None
-    if known:
-        return list(known)
-    if value.shape is None:
-        return []
-    return [d if isinstance(d, int) else None for d in value.shape]
 
 
 def _refuse_merged_cache(graph: ir.Graph) -> None:
