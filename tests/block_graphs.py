@@ -1,6 +1,6 @@
-"""Hand-built post-LN attention graphs (onnx.helper), one option per spelling exporters use.
+"""Hand-built attention graphs (onnx.helper), one option per spelling exporters use and per block kind.
 
-``encoder_graph(...)`` builds a stack of BERT-like attention blocks over an input ``x`` [B, S, D]
+``encoder_graph(...)`` builds a stack of attention blocks over an input ``x`` [B, S, D]
 and a padding ``mask`` [B, S], each block spelled as chosen:
 
 - probs: ``plain``; ``keras`` (Mul/Add by the mask on both sides of the Softmax); ``flax`` (the
@@ -12,7 +12,14 @@ and a padding ``mask`` [B, S], each block spelled as chosen:
   ``unpermuted`` (reshaped without moving the heads: a broken merge);
 - weight: W_O as an ``initializer``, ``transposed`` (Transpose of a constant), ``int8`` (Mul(Cast(int8), scale))
   or ``dequantize`` (DequantizeLinear of int8);
-- norm: ``fused`` (LayerNormalization) or ``folded`` (tf2onnx's x * s + (beta - mean * s)).
+- norm: ``fused`` (LayerNormalization) or ``folded`` (tf2onnx's x * s + (beta - mean * s));
+- block (docs/alti.md, "Block kinds"): ``post`` (values from x, y = LN(x + a)); ``pre`` (values from
+  LN(x), y = x + a carried on); ``sandwich`` (values from LN(x), y = x + RMSNorm(a), the RMSNorm
+  spelled as PyTorch exports it); ``parallel`` (values from LN(x), x + a + MLP(LN(x)) in one sum);
+  ``unnormed`` (values from x itself, x + a carried on past the LayerNorm that feeds the MLP, as
+  ModernBERT's first layer: pre-LN, not post-LN);
+- ``fold_heads``: probabilities and values reshaped to [B*H, S, S] and [B*H, S, dh] for their
+  product, the context unfolded again (DeBERTa's and BLOOM's bmm).
 
 ``broken_layer`` puts a Transpose between that layer's Softmax and its MatMul with the values (the
 block no longer reads as attention). ``Weights`` keeps every block's true parameters, so tests can
@@ -34,12 +41,18 @@ EPS = 1e-5
 
 @dataclass
 class LayerWeights:
-    """A block's true parameters: W_O as [H*dh, D] with head-major rows, ``context @ W_O``."""
+    """A block's true parameters: W_O as [H*dh, D] with head-major rows, ``context @ W_O``; the norm
+    the decomposition uses (post: the LayerNorm of the sum; sandwich: the RMSNorm of a; None else)."""
 
     out_weight: np.ndarray
     out_bias: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    kind: str = "post"
+
+    @property
+    def norm(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        return None if self.gamma is None else (self.gamma, self.beta, EPS)
 
 
 @dataclass
@@ -142,29 +155,78 @@ def _norm(b: Builder, u: str, gamma: np.ndarray, beta: np.ndarray, spelling: str
     return b.op("Add", [b.op("Mul", [u, s]), b.op("Sub", [b.const(beta, "beta"), b.op("Mul", [mean, s])])])
 
 
+def _rms_norm(b: Builder, u: str, gamma: np.ndarray) -> str:
+    """gamma * u / sqrt(mean(u^2) + eps), as PyTorch exports an RMSNorm."""
+    mean_square = b.op("ReduceMean", [b.op("Pow", [u, b.const(np.float32(2.0))])], axes=[-1], keepdims=1)
+    inverse = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [mean_square, b.const(np.float32(EPS))])])])
+    return b.op("Mul", [b.const(gamma, "gamma"), b.op("Mul", [u, inverse])])
+
+
+def _fold(b: Builder, t: str) -> str:
+    """[B, H, S, n] -> [B*H, S, n] (a target computed from the tensor's shape, as torch's view does)."""
+    tail = b.op("Slice", [b.op("Shape", [t]), b.const(np.array([2], np.int64)), b.const(np.array([4], np.int64))])
+    return b.op("Reshape", [t, b.op("Concat", [b.const(np.array([-1], np.int64)), tail], axis=0)])
+
+
+def _unfold(b: Builder, t: str) -> str:
+    """[B*H, S, dh] -> [B, H, S, dh]."""
+    tail = b.op("Slice", [b.op("Shape", [t]), b.const(np.array([1], np.int64)), b.const(np.array([3], np.int64))])
+    return b.op("Reshape", [t, b.op("Concat", [b.const(np.array([-1, HEADS], np.int64)), tail], axis=0)])
+
+
+def _mlp(b: Builder, u: str) -> str:
+    return b.op("Add", [b.op("MatMul", [u, b.const(b.random(WIDTH, WIDTH))]), b.const(b.random(WIDTH, scale=0.2))], "mlp")
+
+
 def encoder_graph(layers: int = 2, probs: str = "plain", merge: str = "torch", weight: str = "initializer",
-                  norm: str = "fused", broken_layer: int | None = None, seed: int = 0) -> tuple[onnx.ModelProto, list[LayerWeights]]:
+                  norm: str = "fused", broken_layer: int | None = None, seed: int = 0, block: str = "post",
+                  fold_heads: bool = False) -> tuple[onnx.ModelProto, list[LayerWeights]]:
     """The model and every block's true parameters."""
     b = Builder(np.random.default_rng(seed))
     keep = b.op("Unsqueeze", [b.op("Cast", ["mask"], to=TensorProto.FLOAT), b.const(np.array([1, 2], np.int64))], "keep")
     x, truth = "x", []
     for layer in range(layers):
-        q = _heads(b, x, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 1, 3])
-        k = _heads(b, x, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 3, 1])
-        v = _heads(b, x, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 1, 3])
+        source = x
+        if block in ("pre", "sandwich", "parallel"):
+            source = _norm(b, x, b.rng.uniform(0.5, 1.5, WIDTH).astype(np.float32), b.random(WIDTH, scale=0.1), norm)
+        q = _heads(b, source, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 1, 3])
+        k = _heads(b, source, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 3, 1])
+        v = _heads(b, source, b.random(WIDTH, WIDTH), b.random(WIDTH, scale=0.2), [0, 2, 1, 3])
         scores = b.op("Mul", [b.op("MatMul", [q, k]), b.const(np.float32(HEAD_SIZE**-0.5))])
         p = _probs(b, scores, keep, probs)
         if layer == broken_layer:
             p = b.op("Transpose", [p], perm=[0, 1, 3, 2])
-        context = b.op("MatMul", [p, v], "context")
+        if fold_heads:
+            context = _unfold(b, b.op("MatMul", [_fold(b, p), _fold(b, v)], "context"))
+        else:
+            context = b.op("MatMul", [p, v], "context")
         head_major = b.random(WIDTH, WIDTH)
         graph_weight = head_major if merge != "dh_major" else _dh_major_rows(head_major)
         weight_name, computed = _weight_input(b, graph_weight, weight)
         bias, gamma, beta = b.random(WIDTH, scale=0.2), b.rng.uniform(0.5, 1.5, WIDTH).astype(np.float32), b.random(WIDTH, scale=0.1)
         projected = _merge_and_project(b, context, weight_name, bias, merge, x)
-        x = _norm(b, b.op("Add", [projected, x], "residual_sum"), gamma, beta, norm)
+        if block == "post":
+            x = _norm(b, b.op("Add", [projected, x], "residual_sum"), gamma, beta, norm)
+        elif block == "pre":
+            x = b.op("Add", [projected, x], "residual_sum")
+            gamma = beta = None
+        elif block == "sandwich":
+            x = b.op("Add", [_rms_norm(b, projected, gamma), x], "residual_sum")
+            beta = np.zeros(WIDTH, np.float32)
+        elif block == "parallel":
+            x = b.op("Add", [b.op("Add", [projected, _mlp(b, source)]), x], "residual_sum")
+            gamma = beta = None
+        elif block == "unnormed":
+            summed = b.op("Add", [projected, x], "residual_sum")
+            x = b.op("Add", [summed, _mlp(b, _norm(b, summed, gamma, beta, norm))])
+            gamma = beta = None
+        else:
+            raise ValueError(block)
         head_major_computed = computed if merge != "dh_major" else _head_major_rows(computed)
-        truth.append(LayerWeights(head_major_computed.astype(np.float64), bias.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64)))
+        as_float64 = (lambda a: None if a is None else a.astype(np.float64))
+        kind = "pre" if block == "unnormed" else block
+        truth.append(LayerWeights(head_major_computed.astype(np.float64), bias.astype(np.float64), as_float64(gamma),
+                                  as_float64(beta), kind))
     b.nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
     graph = helper.make_graph(
         b.nodes, "encoder",

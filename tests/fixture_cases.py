@@ -10,12 +10,22 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from models.families import DECODERS as _DECODERS
+from models.families import ENCODERS as _ENCODERS
+from models.families import FAMILIES
+
 FIXTURES = Path(__file__).parent / "fixtures"
-#: Largest absolute difference allowed against the float64 reference.
-TOLERANCE = 1e-4
-#: The committed tiny fixtures, by architecture.
-ENCODERS = ["bert", "roberta", "distilbert", "electra", "xlm-roberta"]
-DECODERS = ["gpt2", "llama"]
+#: Largest absolute difference allowed against the float64 reference (and largest self-check error:
+#: every tiny block output is of magnitude 1 to 10, so this bounds the relative error too).
+TOLERANCE = 1e-5
+#: The committed tiny fixtures, by family (models.families).
+ENCODERS = list(_ENCODERS)
+DECODERS = list(_DECODERS)
+
+
+def block_kind(arch: str) -> str:
+    """The block kind every layer of the family's fixture must be read as."""
+    return FAMILIES[arch].kind
 
 
 def load_expected(arch: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:

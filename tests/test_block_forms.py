@@ -19,7 +19,7 @@ from block_graphs import EPS, HEAD_SIZE, HEADS, WIDTH, encoder_graph, inputs
 from onnx import TensorProto, helper, numpy_helper
 
 from alti_onnx.contributions import layer_contributions
-from alti_onnx.runtime import session_options
+from alti_onnx.runtime import block_tensors, session_options
 from graph_rewrites import (
     UnmatchedAttentionError,
     analyze_attention,
@@ -63,23 +63,58 @@ def test_each_form_is_read_as_the_graph_computes_it(form):
         np.testing.assert_allclose(block.norm_weight, want.gamma, atol=1e-7, rtol=0)
         np.testing.assert_allclose(block.norm_bias, want.beta, atol=1e-7, rtol=0)
         assert block.norm_epsilon == pytest.approx(EPS, rel=1e-6)
+    assert_contributions_match_equations(model, blocks, truth)
 
+
+#: Block kinds (docs/alti.md), each as hand-built graph options and the kind it must be read as.
+KINDS = {
+    "pre-ln": ({"block": "pre"}, "pre"),
+    "sandwich-rms-norm": ({"block": "sandwich"}, "sandwich"),
+    "parallel-attention-and-mlp": ({"block": "parallel"}, "parallel"),
+    "no-norm-before-attention": ({"block": "unnormed"}, "pre"),
+    "heads-folded-into-batch": ({"fold_heads": True}, "post"),
+    "pre-ln-heads-folded-into-batch": ({"block": "pre", "fold_heads": True}, "pre"),
+}
+
+
+@pytest.mark.parametrize("form, kind", KINDS.values(), ids=KINDS.keys())
+def test_each_block_kind_is_read_as_the_graph_computes_it(form, kind):
+    """The kind comes from where the norms sit around the residual sum; the parameters the kind's
+    math uses are read as the graph computes them (a sandwich block's RMSNorm of the attention output)."""
+    model, truth = encoder_graph(**form)
+    blocks = find_attention_blocks(model)
+    assert [(b.kind, b.num_heads, b.head_size) for b in blocks] == [(kind, HEADS, HEAD_SIZE)] * 2
+    for block, want in zip(blocks, truth):
+        np.testing.assert_allclose(block.out_proj_weight, want.out_weight, atol=1e-7, rtol=0)
+        np.testing.assert_allclose(block.out_proj_bias, want.out_bias, atol=1e-7, rtol=0)
+        if kind in ("post", "sandwich"):
+            np.testing.assert_allclose(block.norm_weight, want.gamma, atol=1e-7, rtol=0)
+            assert block.norm_rms == (kind == "sandwich")
+            assert block.norm_epsilon == pytest.approx(EPS, rel=1e-6)
+    assert_contributions_match_equations(model, blocks, truth)
+
+
+def assert_contributions_match_equations(model: onnx.ModelProto, blocks, truth) -> None:
+    """The exposed tensors, run through onnxruntime, give the float64 equations' contributions with
+    the true parameters, and the decomposition rebuilds each block's output."""
     feeds = inputs()
     tensors = _run(model, blocks, feeds)
     for row, length in enumerate(feeds["mask"].sum(1)):
         captures, mine = [], []
         for block, want in zip(blocks, truth):
-            probs = tensors[block.probs][row][:, :length, :length]
-            values = tensors[block.values][row][:, :length]
-            residual, output = tensors[block.residual][row][:length], tensors[block.output][row][:length]
+            run = block_tensors(*(tensors[name] for name in block.tensor_names()))
+            probs = run.probs[row][:, :length, :length]
+            values = run.values[row][:, :length]
+            residual, output = run.residual[row][:length], run.output[row][:length]
             layer = layer_contributions(block, probs, values, residual, output)
             assert layer.reconstruction_error < 1e-5
             mine.append(layer.contributions)
+            model_output = residual + output if want.kind == "parallel" else output  # a parallel block exposes a
             captures.append(LayerCapture(
                 x=residual.astype(np.float64), probs=probs.astype(np.float64),
                 values=values.transpose(1, 0, 2).reshape(length, -1).astype(np.float64),
-                out_weight=want.out_weight, out_bias=want.out_bias, norm=(want.gamma, want.beta, EPS),
-                block_output=output.astype(np.float64),
+                out_weight=want.out_weight, out_bias=want.out_bias, norm=want.norm,
+                block_output=model_output.astype(np.float64), kind=want.kind, norm_rms=want.kind == "sandwich",
             ))
         reference = reference_alti(captures)
         assert reference.block_outputs_error.max() < 1e-5  # the true parameters rebuild what the graph computed

@@ -1,5 +1,5 @@
-"""Decoders (pre-LN, causal): the committed tiny GPT-2 and Llama (grouped key/value heads) fixtures'
-blocks, causality, the next-token target and prediction, and the refusal of a merged KV-cache
+"""Decoders (causal): every committed tiny decoder fixture's blocks (their kind and grouped key/value
+heads), causality, the next-token target and prediction, and the refusal of a merged KV-cache
 export (their match with the float64 reference is in test_fixtures.py). No torch needed."""
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer
-from fixture_cases import DECODERS, FIXTURES, TOLERANCE, load_expected
+from fixture_cases import DECODERS, FIXTURES, TOLERANCE, block_kind, load_expected
 from alti_onnx.cli import app
 from graph_rewrites import KVCacheExportError, find_attention_blocks, load_model
 
-KV_HEADS = {"gpt2": 4, "llama": 2}
+
+def kv_heads(arch: str) -> int:
+    """Key/value heads of the fixture's model, from its config (4 query heads everywhere)."""
+    config = json.loads((FIXTURES / f"tiny-{arch}" / "config.json").read_text())
+    return config.get("num_key_value_heads") or 4
 
 
 @pytest.fixture(scope="module", params=DECODERS)
@@ -30,20 +34,20 @@ def case(request):
 def plain_logits(explainer: Explainer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The original model.onnx's logits for the padded batch, and the attention mask."""
     batch = explainer.encoder.encode(texts)
-    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+    feeds = explainer.session.inputs.feeds(batch)
     session = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], feeds)
     return logits, batch.attention_mask
 
 
-def test_blocks_are_pre_ln_with_grouped_values(case):
+def test_blocks_are_of_the_familys_kind_with_grouped_values(case):
     arch, explainer, texts, _ = case
-    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.norm_placement) for b in explainer.blocks] == [
-        (layer, 4, 8, 32, "pre") for layer in range(2)
+    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind) for b in explainer.blocks] == [
+        (layer, 4, 8, 32, block_kind(arch)) for layer in range(2)
     ]
     batch = explainer.encoder.encode(texts[:2])
     _, tensors = explainer.session.run(batch)
-    assert tensors[0].values.shape == (2, KV_HEADS[arch], batch.input_ids.shape[1], 8)
+    assert tensors[0].values.shape == (2, kv_heads(arch), batch.input_ids.shape[1], 8)
 
 
 def test_contributions_are_lower_triangular(case):
@@ -72,7 +76,7 @@ def test_next_token_is_the_argmax_of_the_models_own_logits(case):
         assert token.index == int(logits[row, last].argmax())
         shifted = np.exp(logits[row, last].astype(np.float64) - logits[row, last].max())
         assert token.probability == pytest.approx(shifted.max() / shifted.sum(), abs=1e-6)
-        assert token.label == explainer.tokenizer.decode([token.index])
+        assert token.label == explainer.tokenizer.decode([token.index], skip_special_tokens=False)
         assert explanation.prediction is None  # not a sequence classifier
         payload = json.loads(explanation.to_json())
         assert payload["next_token"] == {"id": token.index, "token": token.label, "probability": token.probability}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from fixture_cases import DECODERS, ENCODERS, FIXTURES, TOLERANCE, assert_matches, load_expected
+from fixture_cases import DECODERS, ENCODERS, FIXTURES, TOLERANCE, assert_matches, block_kind, load_expected
 
 
 def open_case(arch: str):
@@ -24,6 +24,13 @@ def any_case(request):
 @pytest.fixture(scope="module", params=ENCODERS)
 def case(request):
     return open_case(request.param)
+
+
+def test_every_block_is_read_as_its_familys_kind(any_case):
+    """The kind comes from the structure of each whole block: a misread one (ModernBERT's first layer,
+    which has no norm before attention, taken for post-LN) would be measured against the wrong norm."""
+    arch, explainer, _, expected = any_case
+    assert [b.kind for b in explainer.blocks] == [block_kind(arch)] * len(expected[0]["contributions"])
 
 
 def test_single_texts_match_reference(any_case):

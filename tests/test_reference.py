@@ -1,5 +1,5 @@
-"""Checks of the independent float64 PyTorch ALTI reference (models/reference.py) and of the
-reproducibility of the committed tiny fixtures (models/tiny.py)."""
+"""Checks of the independent float64 PyTorch reference (models/reference.py) and of the
+reproducibility of the committed tiny fixtures (models/tiny.py), for every family of models/families.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from models.reference import reference_alti  # noqa: E402
-from models.tiny import ARCHS, build_tiny_hf_model, expected_for_dir, load_tiny_model  # noqa: E402
+from models.families import FAMILIES  # noqa: E402
+from models.reference import ADAPTERS, find_adapter, reference_alti  # noqa: E402
+from models.tiny import ARCHS, DECODER_ARCHS, build_tiny_hf_model, expected_for_dir, load_saved, load_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -37,7 +38,7 @@ def _check_result(res, S, L=None, rows_sum_to_one=True):
         np.testing.assert_allclose(R[l], C[l] @ R[l - 1], atol=1e-14)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=ARCHS + DECODER_ARCHS)
 def tiny(request, tmp_path_factory):
     arch = request.param
     hf_dir = build_tiny_hf_model(arch, tmp_path_factory.mktemp(f"hf-{arch}"))
@@ -45,17 +46,22 @@ def tiny(request, tmp_path_factory):
 
 
 def test_tiny_reference_recomposes_and_normalizes(tiny):
+    """The reference rebuilds each block's output from its decomposition (float64 rounding), for the
+    family's block kind, and its matrices are row-stochastic rollouts; decoders are causal."""
     arch, hf_dir = tiny
     from tokenizers import Tokenizer
 
     fixture = FIXTURES / f"tiny-{arch}"
     tok = Tokenizer.from_file(str(fixture / "tokenizer.json"))
-    model = load_tiny_model(hf_dir)
+    model = load_saved(hf_dir)
+    adapter, base = find_adapter(model)
+    assert adapter.kind == FAMILIES[arch].kind
     for text in json.loads((fixture / "texts.json").read_text()):
         enc = tok.encode(text)
         res = reference_alti(model, enc.ids, token_type_ids=enc.type_ids)
-        n_layers = model.config.n_layers if arch == "distilbert" else model.config.num_hidden_layers
-        _check_result(res, len(enc.ids), L=n_layers)
+        _check_result(res, len(enc.ids), L=len(adapter.layers(base)))
+        if FAMILIES[arch].decoder:
+            assert not np.triu(res.contributions, 1).any()
 
 
 def test_fixture_is_reproduced_by_rebuilt_model(tiny):
@@ -73,8 +79,16 @@ def test_fixture_is_reproduced_by_rebuilt_model(tiny):
                 np.testing.assert_allclose(got[f"{name}_{k}"], want[f"{name}_{k}"], rtol=0, atol=TOL)
 
 
+def test_every_family_has_an_adapter_of_its_kind():
+    from models.tiny import build_tokenizer
+
+    for name, entry in FAMILIES.items():
+        config = entry.config(build_tokenizer(entry.tokenizer)[0].get_vocab_size())
+        assert ADAPTERS[config.model_type].kind == entry.kind, name
+
+
 def test_fixture_layout():
-    for arch in ARCHS:
+    for arch in ARCHS + DECODER_ARCHS:
         fixture = FIXTURES / f"tiny-{arch}"
         for name in ("model.onnx", "config.json", "tokenizer.json", "expected.npz", "texts.json"):
             assert (fixture / name).is_file(), fixture / name
