@@ -17,20 +17,28 @@ from graph_rewrites import AttentionBlock
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+#: Block kinds (docs/alti.md) as drawn: the kind, and whether its norm is an RMSNorm.
+KINDS = {"post": ("post", False), "pre": ("pre", False), "sandwich": ("sandwich", True),
+         "sandwich-layer-norm": ("sandwich", False), "parallel": ("parallel", False)}
+
+
 def random_block(rng, heads, kv_heads, head_size, placement, with_bias=True):
     width = heads * head_size
+    kind, rms = KINDS[placement]
+    normed = kind in ("post", "sandwich")
     return AttentionBlock(
         layer=0,
         num_heads=heads,
         head_size=head_size,
-        kind=placement,
+        kind=kind,
         probs="p", values="v", residual="x", output="y",
-        norm_input="u" if placement == "post" else None,
+        norm_input="u" if kind == "post" else None,
         out_proj_weight=rng.normal(size=(width, width)),
         out_proj_bias=rng.normal(size=width) if with_bias else None,
-        norm_weight=rng.uniform(0.5, 1.5, width) if placement == "post" else None,
-        norm_bias=rng.normal(0, 0.1, width) if placement == "post" else None,
-        norm_epsilon=1e-5 if placement == "post" else None,
+        norm_weight=rng.uniform(0.5, 1.5, width) if normed else None,
+        norm_bias=(np.zeros(width) if rms else rng.normal(0, 0.1, width)) if normed else None,
+        norm_epsilon=1e-5 if normed else None,
+        norm_rms=rms,
     )
 
 
@@ -59,15 +67,29 @@ def naive_alti(block, probs, values, residual):
             if i == j:
                 T[i, j] += residual[j]
     u = T.sum(1) + bias
-    if block.norm_placement == "post":
+    if block.kind == "post":  # y = LN(x + a)
         sigma = np.sqrt(u.var(-1) + block.norm_epsilon)
         Tp = block.norm_weight * (T - T.mean(-1, keepdims=True)) / sigma[:, None, None]
         y = Tp.sum(1) + block.norm_weight * (bias - bias.mean()) / sigma[:, None] + block.norm_bias
-    else:
+    elif block.kind == "sandwich":  # y = x + n(a): the norm scales the attention terms only
+        X = np.zeros_like(T)
+        X[np.arange(seq), np.arange(seq)] = residual
+        A = T - X
+        a = u - residual
+        centre = (lambda t: t) if block.norm_rms else (lambda t: t - t.mean(-1, keepdims=True))
+        s = np.sqrt((np.square(a).mean(-1) if block.norm_rms else a.var(-1)) + block.norm_epsilon)
+        Tp = block.norm_weight * centre(A) / s[:, None, None] + X
+        y = Tp.sum(1) + block.norm_weight * centre(bias) / s[:, None] + block.norm_bias
+    else:  # pre and parallel: y = x + a
         Tp, y = T, u
     c = np.maximum(0, np.abs(y).sum(-1)[:, None] - np.abs(y[:, None] - Tp).sum(-1))
     norms = np.linalg.norm(Tp, axis=-1)
     return _rows_to_one(c), _rows_to_one(norms), y
+
+
+def exposed_output(block, y, residual):
+    """What the block's graph exposes: y itself, or a parallel block's attention output y - x."""
+    return y - residual if block.kind == "parallel" else y
 
 
 def _rows_to_one(matrix):
@@ -79,7 +101,7 @@ shapes = st.tuples(
     st.sampled_from([(1, 1), (2, 2), (4, 2), (4, 1)]),  # (heads, kv heads)
     st.integers(1, 4),  # head size
     st.integers(1, 9),  # sequence length
-    st.sampled_from(["post", "pre"]),
+    st.sampled_from(sorted(KINDS)),
     st.booleans(),  # causal
     st.integers(0, 2**31 - 1),
 )
@@ -98,6 +120,7 @@ def random_case(shape):
 def test_core_equals_naive_loops(shape):
     block, probs, values, residual, causal = random_case(shape)
     want, want_norms, y = naive_alti(block, probs, values, residual)
+    y = exposed_output(block, y, residual)
     got = layer_contributions(block, probs, values, residual, y, dtype=np.float64)
     np.testing.assert_allclose(got.contributions, want, atol=1e-10)
     np.testing.assert_allclose(got.norms, want_norms, atol=1e-10)
@@ -136,17 +159,19 @@ def test_rollout_is_the_product_and_stays_row_stochastic(layers, seq, seed):
     np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert():
-    folder = FIXTURES / "tiny-bert"
+@pytest.fixture(scope="module", params=["bert", "modernbert", "bloom", "gemma3", "gpt-neox"])
+def tiny_model(request):
+    """One fixture per block kind and layout: post-LN, pre-LN with local attention, heads folded into
+    the batch (ALiBi), sandwich, parallel."""
+    folder = FIXTURES / f"tiny-{request.param}"
     words = sorted({w for t in json.loads((folder / "texts.json").read_text()) for w in t.lower().split() if w.isalpha()})
     return Explainer(folder), words
 
 
 @settings(max_examples=15, deadline=None)
 @given(st.data())
-def test_padding_changes_nothing(tiny_bert, data):
-    explainer, words = tiny_bert
+def test_padding_changes_nothing(tiny_model, data):
+    explainer, words = tiny_model
     texts = data.draw(st.lists(st.lists(st.sampled_from(words), min_size=1, max_size=20).map(" ".join), min_size=2, max_size=4))
     batched = explainer.explain(texts)
     for text, in_batch in zip(texts, batched):
