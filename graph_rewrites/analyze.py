@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
@@ -77,7 +79,7 @@ def analyze_attention(model: onnx.ModelProto) -> AttentionAnalysis:
     _require_weights(model)
     inferred = _with_inferred_shapes(model)
     shapes = _shapes_of(inferred) if inferred is not model else {}
-    analysis = analysis_copy(inferred, shape_inference=inferred is model)
+    analysis = analysis_copy(model, shape_inference=inferred is model, value_info=inferred.graph.value_info)
     matches, misses = find_block_matches(analysis.graph, shapes)
     known = _tensor_names(model)
     blocks = [_describe(layer, match) for layer, match in enumerate(matches)]
@@ -98,15 +100,31 @@ def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
     return analyze_attention(model).require_complete()
 
 
-def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True) -> ir.Model:
+def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True,
+                  value_info: Iterable[onnx.ValueInfoProto] = ()) -> ir.Model:
     """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred (unless the
-    model already carries them), norms canonical."""
+    model already carries them, or ``value_info`` brings them), norms canonical."""
     copy = ir.from_proto(model)
+    _apply_value_info(copy, value_info)
     dequantize_constant_weights(copy)
     with _quiet("onnxscript.optimizer"):
         onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=shape_inference, should_fold=_fold_any_size)
     canonicalize_norms(copy)
     return copy
+
+
+def _apply_value_info(model: ir.Model, value_info: Iterable[onnx.ValueInfoProto]) -> None:
+    """Give the copy's values the types and shapes that shape inference found (on a weightless copy)."""
+    infos = {info.name: info for info in value_info if info.type.HasField("tensor_type")}
+    if not infos:
+        return
+    for node in model.graph:
+        for value in node.outputs:
+            info = infos.get(value.name)
+            if info is None:
+                continue
+            value.type = ir.serde.deserialize_type_proto_for_type(info.type)
+            value.shape = ir.serde.deserialize_type_proto_for_shape(info.type)
 
 
 @contextmanager
@@ -175,11 +193,41 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy carrying what ONNX shape inference (with data propagation, so reshape targets built
-    from Shape/Concat count) can tell; ``model`` itself when inference cannot run."""
+    from Shape/Concat count) can tell, weights left out; ``model`` itself when inference cannot run."""
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return onnx.shape_inference.infer_shapes(_without_weight_data(model), data_prop=True)
     except Exception:  # noqa: BLE001 - shape inference is a best-effort nicety here
         return model
+
+
+#: Initializers larger than this keep only their type and shape for shape inference.
+_SHAPE_ONLY_ABOVE = 64
+
+
+def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every large initializer's data left out (its name, type and dims kept).
+
+    Shape inference needs the weights' shapes, and the values only of small integer tensors
+    (reshape targets); serializing gigabytes of weights for it took most of a large model's
+    analysis time, and fails outright past protobuf's 2 GB.
+    """
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, source = light.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    for tensor in source.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) <= _SHAPE_ONLY_ABOVE:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.append(onnx.TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type))
+    return light
 
 
 def _shapes_of(inferred: onnx.ModelProto) -> dict[str, list[int | None]]:

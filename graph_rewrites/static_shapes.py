@@ -17,6 +17,8 @@ import onnx_ir as ir
 
 from .walk import constant, int_attr, ints_attr, is_standard, split_constant
 
+_INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.INT16, ir.DataType.INT8,
+                        ir.DataType.UINT64, ir.DataType.UINT32, ir.DataType.UINT16, ir.DataType.UINT8})
 #: Shapes from ONNX shape inference, by tensor name (None for a symbolic dim).
 Shapes = Mapping[str, list]
 #: How far back the walks look (nodes).
@@ -108,39 +110,55 @@ def _split_dim(node: ir.Node, value: ir.Value, axis: int, shapes: Shapes, depth:
     return total // parts if total is not None and total % parts == 0 else None
 
 
-def partial_ints(value: ir.Value, shapes: Shapes, depth: int = 0) -> list[int | None] | None:
+#: Ops whose output partial_ints computes from its inputs' entries.
+_INT_OPS = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Concat", "Gather", "Slice",
+            "Add", "Sub", "Mul", "Div", "Max", "Min")
+#: Longest integer tensor read as shape values (reshape targets and slice bounds are a few entries).
+_MAX_ENTRIES = 16
+
+
+def partial_ints(value: ir.Value | None, shapes: Shapes, depth: int = 0) -> list[int | None] | None:
     """A small integer tensor's entries (a scalar as one entry) where the graph fixes them, None where
     they are computed from run-time sizes; None when the walk cannot tell even the length."""
+    if value is None:
+        return None
+    stored = value.const_value
+    if stored is not None and (stored.size > _MAX_ENTRIES or stored.dtype not in _INT_TYPES):
+        return None  # a weight, not a shape: never converted
     const = constant(value)
     if const is not None:
-        return [int(d) for d in np.ravel(const)] if const.dtype.kind in "iu" else None
+        return [int(d) for d in np.ravel(const)] if const.dtype.kind in "iu" and const.size <= _MAX_ENTRIES else None
     node = value.producer()
     if node is None or depth > _REACH:
         return _unknown_entries(value, shapes)
-    inputs = [partial_ints(v, shapes, depth + 1) if v is not None else None for v in node.inputs]
     if is_standard(node, "Shape"):
         known = dims(node.inputs[0], shapes)
         if not known:
             return None
         start, end = int_attr(node, "start", 0), int_attr(node, "end", None)
         return known[start:end]
+    if not is_standard(node, *_INT_OPS):
+        return _unknown_entries(value, shapes)
+    first = partial_ints(node.inputs[0], shapes, depth + 1)
     if is_standard(node, "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
-        return inputs[0]
+        return first
     if is_standard(node, "Concat"):
-        return None if any(p is None for p in inputs) else [d for p in inputs for d in p]
-    if is_standard(node, "Gather") and inputs[0] is not None and int_attr(node, "axis", 0) == 0:
+        rest = [partial_ints(v, shapes, depth + 1) for v in node.inputs[1:]]
+        return None if first is None or any(p is None for p in rest) else first + [d for p in rest for d in p]
+    if first is None:
+        return _unknown_entries(value, shapes)
+    if is_standard(node, "Gather"):
         indices = constant(node.inputs[1])
-        if indices is None:
-            return None
-        return [inputs[0][int(i)] if -len(inputs[0]) <= int(i) < len(inputs[0]) else None for i in np.ravel(indices)]
-    if is_standard(node, "Slice") and inputs[0] is not None and inputs[1] is not None and inputs[2] is not None:
-        start, end = inputs[1][0], inputs[2][0]
-        if start is None or end is None:
-            return None
-        return inputs[0][slice(start, end)]
-    if is_standard(node, "Add", "Sub", "Mul", "Div", "Max", "Min") and inputs[0] is not None and inputs[1] is not None:
-        return _elementwise(node.op_type, inputs[0], inputs[1])
-    return _unknown_entries(value, shapes)
+        if indices is None or int_attr(node, "axis", 0) != 0:
+            return _unknown_entries(value, shapes)
+        return [first[int(i)] if -len(first) <= int(i) < len(first) else None for i in np.ravel(indices)]
+    if is_standard(node, "Slice"):
+        starts, ends = partial_ints(node.inputs[1], shapes, depth + 1), partial_ints(node.inputs[2], shapes, depth + 1)
+        if not starts or not ends or starts[0] is None or ends[0] is None:
+            return _unknown_entries(value, shapes)
+        return first[slice(starts[0], ends[0])]
+    second = partial_ints(node.inputs[1], shapes, depth + 1)
+    return _unknown_entries(value, shapes) if second is None else _elementwise(node.op_type, first, second)
 
 
 def _elementwise(op: str, a: list[int | None], b: list[int | None]) -> list[int | None] | None:
