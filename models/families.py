@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Family", "FAMILIES", "ENCODERS", "DECODERS", "family", "randomize_parameters", "SIZES"]
+__all__ = ["Family", "FAMILIES", "ENCODERS", "DECODERS", "family", "key_value_heads", "randomize_parameters", "SIZES"]
 
 #: The tiny models' sizes (ModernBERT gets a third layer, so that local and global layers both follow its
 #: first, norm-less, layer).
@@ -257,6 +257,10 @@ _FAMILIES = (
            note="parallel attention and MLP, two norms; fused QKV interleaved per head; partial rotary"),
     Family("phi", _decoder(_transformers("PhiConfig"), kv_heads=None, partial_rotary_factor=0.5), "decoder", 37,
            "parallel", decoder=True, note="Phi-2: parallel attention and MLP from one shared norm"),
+    Family("falcon", _decoder(_transformers("FalconConfig"), kv_heads=None, multi_query=True, parallel_attn=True,
+                              new_decoder_architecture=False, bias=True, alibi=False),
+           "decoder", 40, "parallel", decoder=True,
+           note="Falcon-7B's form: parallel attention and MLP from one norm, one key/value head in a fused QKV"),
     Family("opt", _opt, "decoder", 38, "pre", decoder=True, note="learned positions offset by 2"),
     Family("bloom", _bloom, "decoder", 39, "pre", decoder=True,
            note="ALiBi; fused QKV interleaved per head; heads folded into the batch axis"),
@@ -266,6 +270,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILIES}
 #: The families with a committed fixture ``tests/fixtures/tiny-<name>``.
 ENCODERS = tuple(f.name for f in _FAMILIES if not f.decoder and f.fixture)
 DECODERS = tuple(f.name for f in _FAMILIES if f.decoder and f.fixture)
+
+
+def key_value_heads(config: dict) -> int:
+    """How many key/value heads a saved config's attention has (its config.json, as a dict)."""
+    if config.get("multi_query") and not config.get("new_decoder_architecture"):  # Falcon-7B's form
+        return 1
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    return config.get("num_key_value_heads") or heads
 
 
 def family(name: str) -> Family:

@@ -67,6 +67,12 @@ def _interleaved_qkv_values(config) -> np.ndarray:
     return np.concatenate([np.arange(h * 3 * head_size + 2 * head_size, (h + 1) * 3 * head_size) for h in range(heads)])
 
 
+def _multi_query_values(config) -> np.ndarray:
+    """The value columns of Falcon's multi-query [q_1 .. q_H | k | v] projection: the last head."""
+    head_size = config.hidden_size // config.num_attention_heads
+    return np.arange((config.num_attention_heads + 1) * head_size, (config.num_attention_heads + 2) * head_size)
+
+
 def _thirds(config) -> np.ndarray:
     """The last third of a fused [q | k | v] projection without grouped heads (GPT-2, ModernBERT)."""
     return np.arange(2 * config.hidden_size, 3 * config.hidden_size)
@@ -218,6 +224,16 @@ _ADAPTERS = (
     ),
     _llama_like("phi", out_proj=lambda layer: layer.self_attn.dense, block_end=lambda layer: layer.self_attn,
                 kind="parallel"),
+    Adapter(
+        model_types=("falcon",),  # Falcon-7B's form: multi-query, parallel (new_decoder_architecture=False)
+        layers=lambda base: list(base.h),
+        value=lambda layer: layer.self_attention.query_key_value,
+        value_columns=_multi_query_values,
+        out_proj=lambda layer: layer.self_attention.dense,
+        block_end=lambda layer: layer.self_attention,
+        kind="parallel",
+        accepts_token_type_ids=False,
+    ),
 )
 
 ADAPTERS: dict[str, Adapter] = {t: a for a in _ADAPTERS for t in a.model_types}

@@ -17,12 +17,12 @@ from alti_onnx import Explainer
 from fixture_cases import DECODERS, FIXTURES, TOLERANCE, block_kind, load_expected
 from alti_onnx.cli import app
 from graph_rewrites import KVCacheExportError, find_attention_blocks, load_model
+from models.families import key_value_heads
 
 
 def kv_heads(arch: str) -> int:
     """Key/value heads of the fixture's model, from its config (4 query heads everywhere)."""
-    config = json.loads((FIXTURES / f"tiny-{arch}" / "config.json").read_text())
-    return config.get("num_key_value_heads") or 4
+    return key_value_heads(json.loads((FIXTURES / f"tiny-{arch}" / "config.json").read_text()))
 
 
 @pytest.fixture(scope="module", params=DECODERS)
