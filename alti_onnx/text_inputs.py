@@ -18,7 +18,7 @@ CHARS_PER_TOKEN = 100
 UNBOUNDED_TOKENS = 10_000
 
 #: Position-embedding rows that RoBERTa-style models reserve before the first real position.
-_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "mpnet": 2}
 
 
 @dataclass(frozen=True)
