@@ -245,7 +245,7 @@ _FAMILIES = (
     Family("qwen3", _decoder(_transformers("Qwen3Config"), head_dim=8, attention_bias=True), "decoder", 32, "pre",
            decoder=True, note="RMSNorm on queries and keys, biases on Q, K, V and O"),
     Family("gemma2", _decoder(_transformers("Gemma2Config"), head_dim=8, query_pre_attn_scalar=8, sliding_window=6,
-                              attn_logit_softcapping=50.0, final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),
+                              attn_logit_softcapping=2.0, final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),
            "decoder", 33, "sandwich", decoder=True,
            note="norm on the attention output before the residual add; soft-capped scores (eager export)"),
     Family("gemma3", _decoder(_transformers("Gemma3TextConfig"), kv_heads=1, head_dim=8, query_pre_attn_scalar=8,

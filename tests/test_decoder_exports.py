@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from alti_onnx import Explainer  # noqa: E402
@@ -80,3 +81,43 @@ def test_qwen2_with_qkv_biases_matches_reference(tmp_path):
         (4, 8, "pre", True)
     ] * 2
     assert_matches_reference(explainer, hf_dir)
+
+
+def test_soft_capped_attention_is_exported_from_eager(tmp_path):
+    """Gemma 2 soft-caps its attention scores (cap * tanh(s / cap)); transformers' SDPA path leaves
+    that out, so optimum's default export is another model. ``export_model`` exports from eager
+    attention: every Softmax's scores pass a Tanh, and the logits are PyTorch's eager ones, while
+    the SDPA export's are not (the tiny model's cap of 2 makes the difference large)."""
+    from optimum.exporters.onnx import main_export
+
+    from graph_rewrites.attention import SCORE_OPS
+
+    hf_dir = build_tiny_decoder("gemma2", tmp_path / "hf")
+    model = load_tiny_decoder(hf_dir)
+    assert model.config.attn_logit_softcapping == 2.0
+    ids = np.array([[0, 9, 20, 33, 47, 12, 5]])
+    with torch.no_grad():
+        want = model(torch.tensor(ids)).logits.numpy()
+
+    def logits(folder: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        return session.run(["logits"], feeds)[0]
+
+    eager = export_model(hf_dir, tmp_path / "eager", task="text-generation")
+    np.testing.assert_allclose(logits(eager), want, atol=1e-4, rtol=0)
+    graph = onnx.load(str(eager / "model.onnx")).graph
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def capped(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 12:
+            return False
+        return node.op_type == "Tanh" or (node.op_type in SCORE_OPS and any(capped(i, depth + 1) for i in node.input))
+
+    assert len(softmaxes) == 2 and all(capped(n.input[0]) for n in softmaxes)
+
+    main_export(str(hf_dir), output=tmp_path / "sdpa", task="text-generation", device="cpu")
+    assert np.abs(logits(tmp_path / "sdpa") - want).max() > 1e-2  # what the eager export avoids
