@@ -47,3 +47,44 @@ def build_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def exported(root: Path, name: str, hf_dir: Path, task: str, library: str | None = None) -> Path:
+    """``<root>/onnx/<name>``: the project's own export (``alti_onnx.export``) of the Hugging Face
+    model in ``hf_dir``, built once, under a lock, through a partial folder."""
+    from alti_onnx.export import export_model
+
+    onnx_dir = root / "onnx" / name
+    if (onnx_dir / "model.onnx").is_file() and (onnx_dir / "tokenizer.json").is_file():
+        return onnx_dir
+    with build_lock(root / "locks" / f"{name}-onnx.lock"):
+        if not (onnx_dir / "model.onnx").is_file():
+            with building(onnx_dir) as tmp:
+                export_model(hf_dir, tmp, task=task, library=library)
+    return onnx_dir
+
+
+def dequantized_gguf(gguf: Path, hf_dir: Path, root: Path) -> Path:
+    """``hf_dir``: a GGUF file's model dequantized to float32 by transformers (needs ``gguf``), saved
+    as safetensors with its tokenizer, built once. The ONNX export and the reference then share
+    exactly the same float32 weights."""
+    if (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file():
+        return hf_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with build_lock(root / "locks" / f"{hf_dir.name}.lock"):
+        if not (hf_dir / "config.json").is_file():
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            with building(hf_dir) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+    return hf_dir
+
+
+def load_eager(hf_dir: Path, model_class: str = "AutoModelForCausalLM"):
+    """A saved float32 PyTorch model with eager attention (what the reference needs)."""
+    import transformers
+
+    return getattr(transformers, model_class).from_pretrained(str(hf_dir), attn_implementation="eager")

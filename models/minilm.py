@@ -24,7 +24,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from models.cache import building
+from models.cache import building, exported
 from models.cache import cache_dir as _cache_dir
 
 __all__ = ["WHEEL", "VERSION", "hf_minilm_dir", "build_minilm", "main"]
@@ -65,18 +65,11 @@ def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
 
 def build_minilm(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of all-MiniLM-L6-v2 (feature-extraction), built once into ``<cache>/onnx/``."""
-    from alti_onnx.export import export_model
-
     root = _cache_dir(cache_dir)
-    onnx_dir = root / "onnx" / _NAME
-    if (onnx_dir / "model.onnx").exists() and (onnx_dir / "tokenizer.json").exists():
-        return onnx_dir
-    hf_dir = hf_minilm_dir(root)
-    shutil.rmtree(onnx_dir, ignore_errors=True)
     # library="transformers": the plain BertModel graph (inputs input_ids, attention_mask,
     # token_type_ids; output last_hidden_state), like the tiny fixtures, rather than optimum's
     # sentence-transformers export (pooled outputs) that modules.json would otherwise select.
-    return export_model(hf_dir, onnx_dir, task="feature-extraction", library="transformers")
+    return exported(root, _NAME, hf_minilm_dir(root), task="feature-extraction", library="transformers")
 
 
 def main(argv=None) -> None:

