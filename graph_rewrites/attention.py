@@ -14,10 +14,19 @@ Each step accepts every spelling by what it computes:
   ``[B, H, S, dh]`` context out as ``[..., H*dh]`` (``layout.Axes`` follows the factors through it);
 - output projection: MatMul or Gemm with a constant W_O (folded beforehand from whatever constant
   subgraph produced it: transposed, cast, dequantized), or a dynamic-int8 MatMulInteger;
-- norm: the canonical LayerNormalization / RMSNormalization that ``norm_forms`` rewrote every
-  spelling into. The placement comes from the value path: values projected from a norm of the
-  residual input x (v = n(x) W_V + b_V) make a pre-LN block whose output is the residual sum;
-  values projected from x itself a post-LN block whose output is the LayerNorm of the sum.
+- probs and values with the heads folded into the batch axis ([B*H, S, S] x [B*H, S, dh], DeBERTa,
+  BLOOM) are followed the same way; the context's merge then starts from ``[B*H, S, dh]``;
+- residual add and norm (the canonical LayerNormalization / RMSNormalization that ``norm_forms``
+  rewrote every spelling into): the block's kind comes from what surrounds the residual Add
+  (docs/alti.md, "Block kinds"), never from one layer's norm alone:
+
+  * sandwich: a norm of the attention output alone before the Add with x (Gemma 2 and 3);
+  * parallel: the attention output added with another branch of the same x before or after x
+    joins (GPT-NeoX, Phi-2, Falcon); no tensor holds x + a, so the block exposes a itself;
+  * pre-LN: values projected from a norm of x (v = n(x) W_V + b_V), or values from x and a residual
+    sum that goes on down the stream past the norm feeding the MLP (ModernBERT's first layer);
+    the block's output is the residual sum;
+  * post-LN: values projected from x and a sum read only by the LayerNorm whose output is y.
 
 Every Softmax ends as a block or as a ``SoftmaxMiss`` with the furthest step reached, and whether it
 looks like attention (its scores are a product of two activations, or its output multiplies one).
