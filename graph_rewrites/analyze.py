@@ -13,6 +13,7 @@ import logging
 from contextlib import contextmanager
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -74,12 +75,18 @@ class AttentionAnalysis:
         return self.blocks
 
 
-def analyze_attention(model: onnx.ModelProto) -> AttentionAnalysis:
-    """Every Softmax of ``model`` as a described block or an unmatched node with its reason."""
-    _require_weights(model)
+def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None) -> AttentionAnalysis:
+    """Every Softmax of ``model`` as a described block or an unmatched node with its reason.
+
+    Weights kept in external data are read from ``base_dir`` (the model's folder) as the analysis
+    needs them, so a model of any size is analysed without loading its weights into the proto.
+    """
+    if base_dir is None:
+        _require_weights(model)
     inferred = _with_inferred_shapes(model)
     shapes = _shapes_of(inferred) if inferred is not model else {}
-    analysis = analysis_copy(model, shape_inference=inferred is model, value_info=inferred.graph.value_info)
+    analysis = analysis_copy(model, shape_inference=inferred is model, value_info=inferred.graph.value_info,
+                             base_dir=base_dir)
     matches, misses = find_block_matches(analysis.graph, shapes)
     known = _tensor_names(model)
     blocks = [_describe(layer, match) for layer, match in enumerate(matches)]
@@ -90,21 +97,24 @@ def analyze_attention(model: onnx.ModelProto) -> AttentionAnalysis:
     return AttentionAnalysis(blocks, [_unmatched(miss) for miss in misses])
 
 
-def find_attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
+def find_attention_blocks(model: onnx.ModelProto, base_dir: str | Path | None = None) -> list[AttentionBlock]:
     """Every attention block of ``model`` in graph order, with its tensors and parameters.
 
     Raises PatternNotFoundError when no Softmax is an attention block, and UnmatchedAttentionError
     when some Softmax looks like attention but does not complete the pattern (rather than return
     fewer layers than the model has).
     """
-    return analyze_attention(model).require_complete()
+    return analyze_attention(model, base_dir).require_complete()
 
 
 def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True,
-                  value_info: Iterable[onnx.ValueInfoProto] = ()) -> ir.Model:
+                  value_info: Iterable[onnx.ValueInfoProto] = (), base_dir: str | Path | None = None) -> ir.Model:
     """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred (unless the
-    model already carries them, or ``value_info`` brings them), norms canonical."""
+    model already carries them, or ``value_info`` brings them), norms canonical. External weights
+    are read (memory-mapped) from ``base_dir``."""
     copy = ir.from_proto(model)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(copy.graph, str(base_dir))
     _apply_value_info(copy, value_info)
     dequantize_constant_weights(copy)
     with _quiet("onnxscript.optimizer"):
@@ -183,6 +193,14 @@ def _describe(layer: int, match: BlockMatch) -> AttentionBlock:
 
 def _unmatched(miss: SoftmaxMiss) -> UnmatchedSoftmax:
     return UnmatchedSoftmax(describe(miss.softmax), miss.step, miss.detail, miss.attention_like)
+
+
+def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The type (element type, and shape where known) of every tensor ONNX shape inference can tell,
+    graph inputs and outputs included; computed without the weights' data."""
+    inferred = _with_inferred_shapes(model)
+    infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
 
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

@@ -13,19 +13,26 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from .errors import ModelLoadError
 
 
+def require_model_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file; else a ModelLoadError saying what it is instead (a device
+    such as /dev/zero, or a pipe, would be read without end)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a regular file")
+    return path
+
+
 def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     """Load an ONNX model; external data files are resolved relative to the model.
 
     The graph is read first and the weights after, so that a missing or unreadable external
     data file is reported by name instead of as onnx's checker error about "regular files".
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
-    if not path.is_file():  # a device (/dev/zero) or a pipe would be read without end
-        raise ModelLoadError(f"{path} is not a regular file")
+    path = require_model_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
@@ -35,9 +42,37 @@ def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path} is not a valid ONNX model: its graph has no nodes")
     _check_tensor_sizes(model, path)
+    _check_external_data(model, path)
     if load_weights:
         _load_external_weights(model, path)
     return model
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every external data file the model names is beside it, and long enough for each tensor it
+    holds: else a ModelLoadError naming it (also when the weights are left on disk, where the
+    failure would otherwise come later, from deep inside whatever reads them first)."""
+    locations = external_data_files(model)
+    missing = [loc for loc in locations if not (path.parent / loc).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"external weights of {path} are missing: expected {', '.join(missing)} in {path.parent} "
+            "(copy the .data file saved with the model next to it)"
+        )
+    sizes = {loc: (path.parent / loc).stat().st_size for loc in locations}
+    for tensor in _tensors(model.graph):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        itemsize = _itemsize(tensor.data_type)
+        count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        length = info.length if info.length else (None if itemsize is None else count * itemsize)
+        end = (info.offset or 0) + (length or 0)
+        if end > sizes[info.location]:
+            raise ModelLoadError(
+                f"external weights of {path} could not be read ({info.location}): tensor {tensor.name!r} ends at "
+                f"byte {end} of a {sizes[info.location]}-byte file (truncated?)"
+            )
 
 
 def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
@@ -99,12 +134,6 @@ def _load_external_weights(model: onnx.ModelProto, path: Path) -> None:
     locations = external_data_files(model)
     if not locations:
         return
-    missing = [loc for loc in locations if not (path.parent / loc).is_file()]
-    if missing:
-        raise ModelLoadError(
-            f"external weights of {path} are missing: expected {', '.join(missing)} in {path.parent} "
-            "(copy the .data file saved with the model next to it)"
-        )
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
