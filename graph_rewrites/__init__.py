@@ -27,14 +27,14 @@ _EXPORTS = {
     "PatternNotFoundError": ".errors",
     "QuantizedWeightsError": ".errors",
     "UnmatchedAttentionError": ".errors",
-    "expose_tensors": ".instrument",
-    "instrument": ".instrument",
+    "expose_tensors": ".exposure",
+    "instrument": ".exposure",
     "load_model": ".model_io",
     "save_model": ".model_io",
     "is_dynamically_quantized": ".quantized",
-    "UnsupportedFusedOpError": ".unfuse",
-    "fused_ops": ".unfuse",
-    "unfuse": ".unfuse",
+    "UnsupportedFusedOpError": ".unfusing",
+    "fused_ops": ".unfusing",
+    "unfuse": ".unfusing",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -45,7 +45,7 @@ from .errors import KVCacheExportError, QuantizedWeightsError
 from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
 from .layout import COPY, Axes
 from .quantized import dequantized_input, dynamic_int8_matmul
-from .static_shapes import Shapes, dims, partial_ints, traced_dim
+from .traced_shapes import Shapes, dims, partial_ints, traced_dim
 from .walk import (
     backward,
     constant,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
@@ -144,9 +148,27 @@ def _load_external_weights(model: onnx.ModelProto, path: Path) -> None:
 _INLINE_LIMIT = 1_800_000_000
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    """Save a model; weights go to ``<name>.data`` beside it when they would not fit inline."""
+def save_model(model: onnx.ModelProto, path: str | Path, base_dir: str | Path | None = None) -> None:
+    """Save a model. Weights stay inline when they are and fit; a model whose weights are external
+    data (read from ``base_dir``, its folder) or would not fit gets them in ``<name>.data`` beside it.
+
+    External weights are streamed from the files they are in (memory-mapped by onnx-ir) into the new
+    one, never all held in memory, and the pair is written under temporary names first, so that
+    saving over the model being read, or an interruption, cannot leave a damaged pair.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = model.ByteSize() > _INLINE_LIMIT
-    onnx.save(model, str(path), save_as_external_data=external, location=f"{path.name}.data" if external else None)
+    if not external_data_files(model) and model.ByteSize() <= _INLINE_LIMIT:
+        onnx.save(model, str(path))
+        return
+    copy = ir.from_proto(model)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(copy.graph, str(base_dir))
+    data = f"{path.name}.data"
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ir.save(copy, work / path.name, external_data=data)
+        os.replace(work / data, path.parent / data)
+        os.replace(work / path.name, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -34,3 +34,17 @@ def test_nothing_points_outside_the_repository():
     files += [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "models").rglob("*.py")]
     offenders = [str(p.relative_to(ROOT)) for p in files if re.search(r"\.\./shared|/work/", p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_public_names_stay_themselves_after_any_submodule_is_imported():
+    """A submodule named like a public function (``graph_rewrites.instrument``) would replace the
+    function on the package once anything imported the submodule."""
+    code = (
+        "import importlib, pkgutil, graph_rewrites\n"
+        "for m in pkgutil.walk_packages(graph_rewrites.__path__, 'graph_rewrites.'): importlib.import_module(m.name)\n"
+        "import types\n"
+        "bad = [n for n in graph_rewrites.__all__ if isinstance(getattr(graph_rewrites, n), types.ModuleType)]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
