@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from alti_onnx.block_kinds import kind_of
-from alti_onnx.distances import by_column as attention_by_column
+from alti_onnx.distances import by_column
 from alti_onnx.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
 
@@ -97,17 +97,6 @@ def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.n
     return out
 
 
-def attention_output(block: AttentionBlock, probs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """a_i = merge_h(A^h V^h) W_O + b_O (the cheap order), in float64: the block's attention output
-    before anything is added to it. The products run in the inputs' dtype (what the model itself
-    computed in); the sum is float64."""
-    num_heads, seq_len, _ = probs.shape
-    context = np.matmul(probs, _values_per_head(values, num_heads))  # [H, S, dh]
-    merged = context.transpose(1, 0, 2).reshape(seq_len, -1)
-    bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
-    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + bias
-
-
 def _values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
     """[H_kv, S, dh] -> [H, S, dh]: each query head with the key/value head that serves it."""
     kv_heads = values.shape[0]
@@ -140,6 +129,23 @@ def _per_block(block: AttentionBlock, kind: str, dtype: type, compute: Callable[
 _BLOCK_WEIGHTS: dict[tuple[int, str, str], tuple[weakref.ref, np.ndarray]] = {}
 
 
+#: Bytes of the attention a row block lays out per thread (see ``row_blocks``): bounded, whatever S is.
+BLOCK_BYTES = 32 << 20
+
+
+def row_blocks(seq_len: int, per_row_bytes: int, parts: int = 1) -> list[tuple[int, int]]:
+    """Row ranges covering ``seq_len`` rows: at least ``parts`` of them when there are rows enough,
+    each at most ``BLOCK_BYTES`` of per-row data, sizes a multiple of the kernel's four rows."""
+    if seq_len == 0:
+        return []
+    rows = min(BLOCK_BYTES // max(1, per_row_bytes), -(-seq_len // max(1, parts)))
+    rows = max(4, rows // 4 * 4)
+    return [(start, min(start + rows, seq_len)) for start in range(0, seq_len, rows)]
+
+
+MapBlocks = Callable[[Callable[[tuple[int, int]], None], list[tuple[int, int]]], Iterable[None]]
+
+
 @one_blas_thread
 @np.errstate(all="ignore")  # NaN and Inf are the caller's to report (the error is then non-finite), not warnings
 def layer_contributions(
@@ -150,6 +156,9 @@ def layer_contributions(
     block_output: np.ndarray,
     dtype: type = np.float32,
     with_norms: bool = True,
+    with_attention: bool = True,
+    map_blocks: MapBlocks = map,
+    parts: int = 1,
 ) -> LayerContributions:
     """ALTI contributions of one block for one unpadded example.
 
@@ -160,8 +169,12 @@ def layer_contributions(
     ||T'|| comes from per-token Gram matrices (S*S*H*H), never from T~. The attention output, the
     scale, the recomposed output and the self-check are float64; the per-token vectors and the
     S*S*D pass use ``dtype``. The norm-based baseline is skipped (``norms`` None) unless
-    ``with_norms``. ``block_output`` is the block's exposed output tensor (for a parallel block,
-    its attention output).
+    ``with_norms``, the head-averaged attention unless ``with_attention``. ``block_output`` is the
+    block's exposed output tensor (for a parallel block, its attention output).
+
+    The S*S work runs over blocks of rows (``row_blocks``, at least ``parts`` of them) handed to
+    ``map_blocks`` (a thread pool's map runs them in parallel), so no temporary grows past a
+    bounded block whatever the length: only the S*S results themselves are whole.
     """
     probs = np.asarray(probs)
     exact = np.float64
@@ -169,46 +182,84 @@ def layer_contributions(
     num_heads, seq_len, _ = probs.shape
     values = np.asarray(values, dtype=dtype)
     residual = np.asarray(residual, dtype=exact)
-    attention = attention_output(block, probs.astype(dtype, copy=False), values)
+    per_head = _values_per_head(values, num_heads)
+    blocks = row_blocks(seq_len, seq_len * num_heads * np.dtype(dtype).itemsize, parts)
+
+    attention = np.empty((seq_len, block.hidden_size), dtype=exact)
+
+    @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another
+    def attention_rows(rows: tuple[int, int]) -> None:
+        start, stop = rows
+        attention[start:stop] = _attention_rows(block, probs[:, start:stop].astype(dtype, copy=False), per_head)
+
+    list(map_blocks(attention_rows, blocks))
     recomposed = kind.output(block, attention, residual)
     model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
     error = float(np.max(np.abs(recomposed - model_output))) if seq_len else 0.0
 
     vectors = head_outputs(mixing_weight(block, dtype), values, num_heads)  # v^h_j W~^h, [S_j, H, D]
     scale = kind.row_scale(block, attention, residual)
-    residual = kind.residual_vectors(block, residual, scale).astype(dtype)
-    target = recomposed * scale[:, None]  # s_i y_i, so that ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
+    residual = np.ascontiguousarray(kind.residual_vectors(block, residual, scale).astype(dtype))
+    target = (recomposed * scale[:, None]).astype(dtype)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
+    y_norms = np.abs(recomposed).sum(-1)
 
-    # One transpose of the probabilities serves every pass: column j outermost, heads innermost.
-    by_column = attention_by_column(np.asarray(probs, dtype=dtype))  # [S_j, S_i, H]
-    distance = np.empty((seq_len, seq_len), dtype=dtype)
-    manhattan_distances(by_column, vectors, np.ascontiguousarray(residual), target.astype(dtype), distance)
-    norms = normalize_rows(np.sqrt(_squared_norms(by_column, vectors, residual)) / scale[:, None]) if with_norms else None
-    y_norms = np.abs(recomposed).sum(-1)[:, None]
-    raw = y_norms - distance / scale[:, None]
-    # Differences below the rounding of the distance pass are noise, not contribution: clip them
-    # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
-    raw[raw <= 8 * np.finfo(dtype).eps * y_norms] = 0.0
-    # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
-    # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
-    attention_sum = probs.sum(0, dtype=np.float64)
-    silent = attention_sum == 0.0
-    np.fill_diagonal(silent, False)
-    raw[silent] = 0.0
+    contributions = np.empty((seq_len, seq_len), dtype=exact)
+    norms = np.empty((seq_len, seq_len), dtype=exact) if with_norms else None
+    averaged = np.empty((seq_len, seq_len), dtype=exact) if with_attention else None
+
+    @np.errstate(all="ignore")
+    def contribution_rows(rows: tuple[int, int]) -> None:
+        start, stop = rows
+        # One layout of the probabilities serves every pass: column j outermost, heads innermost.
+        columns = by_column(probs[:, start:stop].astype(dtype, copy=False))  # [S_j, rows, H]
+        distance = np.empty((stop - start, seq_len), dtype=dtype)
+        manhattan_distances(columns, vectors, residual, np.ascontiguousarray(target[start:stop]), distance, start)
+        if norms is not None:
+            squared = _squared_norms(columns, vectors, residual, start)
+            norms[start:stop] = normalize_rows(np.sqrt(squared) / scale[start:stop, None])
+        own_norms = y_norms[start:stop, None]
+        raw = own_norms - distance / scale[start:stop, None]
+        # Differences below the rounding of the distance pass are noise, not contribution: clip them
+        # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
+        raw[raw <= 8 * np.finfo(dtype).eps * own_norms] = 0.0
+        # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
+        # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
+        attention_sum = probs[:, start:stop].sum(0, dtype=np.float64)
+        silent = attention_sum == 0.0
+        diagonal = np.arange(start, stop)
+        silent[diagonal - start, diagonal] = False
+        raw[silent] = 0.0
+        contributions[start:stop] = normalize_rows(raw)
+        if averaged is not None:
+            averaged[start:stop] = attention_sum / num_heads
+
+    list(map_blocks(contribution_rows, blocks))
     output_scale = float(np.abs(model_output).max()) if seq_len else 0.0
-    return LayerContributions(normalize_rows(raw), norms, attention_sum / num_heads, error, output_scale)
+    return LayerContributions(contributions, norms, averaged, error, output_scale)
 
 
-def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """||T~[i, j]||_2^2 = a^T G_j a + [i==j] (2 a.c_j + ||x~_j||^2), a = A[:, i, j], from Gram matrices."""
+def _attention_rows(block: AttentionBlock, probs: np.ndarray, per_head: np.ndarray) -> np.ndarray:
+    """Rows of a_i = merge_h(A^h V^h) W_O + b_O, from those rows of the probabilities [H, rows, S]."""
+    num_heads, rows, _ = probs.shape
+    context = np.matmul(probs, per_head)  # [H, rows, dh]
+    merged = context.transpose(1, 0, 2).reshape(rows, -1)
+    bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
+    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + bias
+
+
+def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """||T~[i, j]||_2^2 = a^T G_j a + [i==j] (2 a.c_j + ||x~_j||^2), a = A[:, i, j], from Gram matrices,
+    for the rows ``first_row:first_row + rows`` that ``by_column`` [S_j, rows, H] holds."""
     gram = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [S_j, H, H]
-    weighted = np.matmul(by_column, gram)  # (G_j a)[h] for every (j, i), [S_j, S_i, H]
+    weighted = np.matmul(by_column, gram)  # (G_j a)[h] for every (j, i), [S_j, rows, H]
     np.multiply(weighted, by_column, out=weighted)
     squared = np.matmul(weighted, np.ones(weighted.shape[-1], dtype=weighted.dtype)).T.astype(np.float64)
-    diagonal = np.diag_indices(len(vectors))
-    self_weights = by_column[diagonal]  # A[:, j, j], [S_j, H]
-    cross = np.einsum("jhd,jd->jh", vectors, residual)  # [S_j, H]
-    squared[diagonal] += 2.0 * np.einsum("jh,jh->j", self_weights, cross) + np.einsum("jd,jd->j", residual, residual)
+    rows = np.arange(by_column.shape[1])
+    columns = rows + first_row  # the diagonal pairs (i, i) inside the block
+    self_weights = by_column[columns, rows]  # A[:, i, i], [rows, H]
+    cross = np.einsum("jhd,jd->jh", vectors[columns], residual[columns])  # [rows, H]
+    squared[rows, columns] += (2.0 * np.einsum("jh,jh->j", self_weights, cross)
+                               + np.einsum("jd,jd->j", residual[columns], residual[columns]))
     return np.maximum(squared, 0.0)
 
 

@@ -36,13 +36,15 @@ def _compiled(**options):
 
 @_compiled(fastmath=_FAST_MATH)
 def manhattan_distances(
-    by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, out: np.ndarray
+    by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray, out: np.ndarray,
+    first_row: int = 0,
 ) -> None:
-    """Write ||target_i - T~[i, j]||_1 into ``out[i, j]``.
+    """Write ||target_i - T~[first_row + i, j]||_1 into ``out[i, j]``: a block of rows (all of them
+    when ``first_row`` is 0 and ``target`` has S rows).
 
-    ``by_column`` is the attention A laid out [S_j, S_i, H] (see ``by_column``), ``vectors`` v~
-    [S_j, H, D], ``residual`` x~ [S, D] and ``target`` [S_i, D]; all one dtype. Where no head of
-    j reaches i (causal masks), T~[i, j] = 0 and the distance is ||target_i||_1.
+    ``by_column`` is the attention of those rows laid out [S_j, rows, H] (see ``by_column``),
+    ``vectors`` v~ [S_j, H, D], ``residual`` x~ [S_j, D] and ``target`` [rows, D]; all one dtype.
+    Where no head of j reaches i (causal masks), T~[i, j] = 0 and the distance is ||target_i||_1.
     """
     n_columns, n_rows, n_heads = by_column.shape
     width = vectors.shape[2]
@@ -62,7 +64,8 @@ def manhattan_distances(
             # four rows per pass; past the last row, the last row is repeated (same value written twice)
             i0, i1, i2, i3 = first, min(first + 1, last), min(first + 2, last), min(first + 3, last)
             a0, a1, a2, a3 = by_column[j, i0], by_column[j, i1], by_column[j, i2], by_column[j, i3]
-            diagonal = i0 == j or i1 == j or i2 == j or i3 == j
+            diagonal = (i0 + first_row == j or i1 + first_row == j or i2 + first_row == j
+                        or i3 + first_row == j)
             if not diagonal and not (_any(a0) or _any(a1) or _any(a2) or _any(a3)):
                 out[i0, j], out[i1, j], out[i2, j], out[i3, j] = (
                     target_norms[i0], target_norms[i1], target_norms[i2], target_norms[i3])
@@ -76,7 +79,7 @@ def manhattan_distances(
                 w3[d] = t3[d]
             if diagonal:  # T~[j, j] also holds the residual x~_j
                 for k in range(4):
-                    if min(first + k, last) == j:
+                    if min(first + k, last) + first_row == j:
                         for d in range(width):
                             scratch[k, d] -= residual[j, d]
             for h in range(singles):
@@ -111,9 +114,9 @@ def manhattan_distances(
 
 @_compiled()
 def by_column(probs: np.ndarray) -> np.ndarray:
-    """The attention [H, S_i, S_j] laid out [S_j, S_i, H], so the kernel reads the H weights of a
-    pair (i, j) from one place. Three times faster than NumPy's copy of a transposed view at 512
-    tokens, because every read and write runs along memory."""
+    """The attention [H, S_i, S_j] (or a block of its rows) laid out [S_j, S_i, H], so the kernel
+    reads the H weights of a pair (i, j) from one place. Three times faster than NumPy's copy of a
+    transposed view at 512 tokens, because every read and write runs along memory."""
     n_heads, n_rows, n_columns = probs.shape
     out = np.empty((n_columns, n_rows, n_heads), probs.dtype)
     for i in range(n_rows):

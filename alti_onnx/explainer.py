@@ -8,18 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 from tokenizers import Tokenizer
 
-from graph_rewrites import (
-    AttentionAnalysis,
-    AttentionBlock,
-    analyze_attention,
-    is_dynamically_quantized,
-    load_model,
-    token_embedding_rows,
-    unfuse,
-)
+from graph_rewrites import AttentionAnalysis, AttentionBlock
 
 from .contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from .errors import (
@@ -33,8 +24,10 @@ from .errors import (
 )
 from .model_files import read_json_object
 from .explanation import Explanation
+from .layer_store import LayerStore
+from .prepared import PreparedModel, prepare
 from .prediction import class_labels, classify, next_token
-from .runtime import BlockTensors, InstrumentedSession
+from .runtime import BlockTensors, SegmentedSession
 from .text_inputs import Batch, TextEncoder
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
@@ -79,7 +72,8 @@ class Explainer:
     providers (CUDA when available, else CPU); ``self_check_tolerance`` the largest decomposition
     error accepted, relative to the block output's magnitude (at least 1); ``input_map`` the role
     of graph inputs whose names do not tell it (``{"in_1": "mask"}``; roles: ids, mask, segment,
-    positions).
+    positions); ``cache`` whether the prepared model (blocks found, graph split per layer) is kept
+    under ``<cache>/prepared`` for the next run on the same file (on by default).
     """
 
     def __init__(
@@ -89,62 +83,113 @@ class Explainer:
         providers: list[str] | None = None,
         self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE,
         input_map: dict[str, str] | None = None,
+        cache: bool = True,
     ):
         if not (isinstance(self_check_tolerance, (int, float)) and 0 < self_check_tolerance < float("inf")):
             raise InputError(f"the self-check tolerance must be a positive number, got {self_check_tolerance!r}")
         files = locate_model(model, tokenizer)
         self.files = files
         self.config = read_json_object(files.config, "config") if files.config.exists() else {}
-        # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs.
-        self.model: onnx.ModelProto = unfuse(load_model(files.onnx))
-        self.analysis: AttentionAnalysis = analyze_attention(self.model)
+        # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs,
+        # split into one segment per layer.
+        self.prepared: PreparedModel = prepare(files.onnx, cache=cache)
+        self.analysis: AttentionAnalysis = self.prepared.analysis
         self.blocks: list[AttentionBlock] = self.analysis.require_complete()
         _check_layer_count(self.config, self.analysis)
         self.encoder = TextEncoder(files.tokenizer, self.config)
         self.input_map = dict(input_map or {})
-        self.session = InstrumentedSession(self.model, self.blocks, providers, self.input_map)
-        _check_tokenizer_fits(self.model, self.session.inputs, self.encoder, self.config, files)
+        self.session = self._open_session(providers, cache)
+        _check_tokenizer_fits(self.prepared, self.session.inputs, self.encoder, self.config, files)
         self.self_check_tolerance = self_check_tolerance
-        self.int8 = is_dynamically_quantized(self.model)
+        self.int8 = self.prepared.dynamically_quantized
         self.labels = class_labels(self.config)
         self.causal = _causal_from_config(self.config)
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
-        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._workers = os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=self._workers)
+
+    def _open_session(self, providers: list[str] | None, cache: bool) -> SegmentedSession:
+        """The onnxruntime sessions; a cached entry onnxruntime cannot load (damaged on disk) is
+        discarded and the model prepared again, once."""
+        try:
+            return SegmentedSession(self.prepared, providers, self.input_map)
+        except RuntimeFailure:
+            if not self.prepared.cached:
+                raise
+        self.prepared.discard()
+        self.prepared = prepare(self.files.onnx, cache=cache)
+        return SegmentedSession(self.prepared, providers, self.input_map)
 
     @property
     def tokenizer(self) -> Tokenizer:
         return self.encoder.tokenizer
 
     def explain(
-        self, text: str | list[str], check: bool = True, baselines: bool = False
+        self, text: str | list[str], check: bool = True, baselines: bool = False, full: bool = True,
+        targets: list[int] | None = None,
     ) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch.
 
         With ``check`` (the default) a self-check error above the tolerance raises SelfCheckError.
         With ``baselines`` the norm-based matrices (``Explanation.norm_based``) are computed too.
+        With ``full=False`` only the attributions of ``targets`` (default: the default target) are
+        kept, carried through the layers as row vectors: no L x S x S stack is held, which is what
+        long inputs need (``contributions``, ``rollout`` and ``attention`` are then None).
         """
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("explain() needs at least one text")
-        explanations = self.explain_batch(self.encoder.encode(texts), check=check, baselines=baselines)
+        explanations = self.explain_batch(self.encoder.encode(texts), check=check, baselines=baselines, full=full,
+                                          targets=targets)
         return explanations[0] if isinstance(text, str) else explanations
 
-    def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False) -> list[Explanation]:
+    def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
+                      targets: list[int] | None = None) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
         model takes no attention mask: it would attend to the padding)."""
         lengths = batch.lengths
         if self.session.inputs.has_mask or len(set(lengths)) <= 1:
-            return self._explain_run(batch, check, baselines)
+            return self._explain_run(batch, check, baselines, full, targets)
         explanations: list[Explanation | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [row for row, n in enumerate(lengths) if n == length]
-            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines)):
+            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets)):
                 explanations[row] = explanation
         return explanations  # type: ignore[return-value]
 
-    def _explain_run(self, batch: Batch, check: bool, baselines: bool) -> list[Explanation]:
+    def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
+                     targets: list[int] | None) -> list[Explanation]:
+        """One onnxruntime run, each layer decomposed as soon as its tensors exist and then dropped."""
+        rows = range(len(batch.lengths))
+        kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
+        layers: list[list[LayerContributions]] = [[] for _ in rows]
+        stores = [LayerStore() for _ in rows] if not full else None
+        causal = self.causal
+
+        def on_block(layer: int, tensors: BlockTensors) -> None:
+            nonlocal causal
+            if causal is None:
+                causal = _causal_attention(tensors.probs, kept)
+            for row, computed in zip(rows, self._decompose(tensors, layer, kept, baselines, full)):
+                _require_finite(layer, computed, tensors, row, kept[row])
+                if check:
+                    self._self_check(layer, computed, batch.tokens[row])
+                if stores is not None:
+                    stores[row].append(computed.contributions)
+                    computed = LayerContributions(None, None, None, computed.reconstruction_error, computed.output_scale)
+                layers[row].append(computed)
+
         try:
-            outputs, tensors = self.session.run(batch)
+            outputs = self._run(batch, on_block)
+            return [self._explanation(batch, row, kept[row], outputs, layers[row], causal,
+                                      None if stores is None else stores[row], targets) for row in rows]
+        finally:
+            for store in stores or []:
+                store.close()
+
+    def _run(self, batch: Batch, on_block) -> dict[str, np.ndarray]:
+        try:
+            return self.session.stream(batch, on_block)
         except RuntimeFailure as exc:
             if self.encoder.max_length is None:  # nothing told us the limit, so the text may be too long
                 raise RuntimeFailure(
@@ -152,32 +197,26 @@ class Explainer:
                     f"config.json or tokenizer_config.json beside the model gives the limit): {exc}"
                 ) from None
             raise
-        rows = range(len(batch.lengths))
-        kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
-        causal = self.causal if self.causal is not None else _causal_attention(tensors[0].probs, kept)
-        jobs = [(row, layer) for row in rows for layer in range(len(self.blocks))]
-        with one_blas_thread():  # the layers run in parallel threads, each with one BLAS thread
-            layers = list(self._pool.map(lambda job: self._layer(tensors, kept, baselines, *job), jobs))
-        explanations = []
-        for row in rows:
-            mine = layers[row * len(self.blocks) : (row + 1) * len(self.blocks)]
-            _require_finite(mine, tensors, row, kept[row])
-            explanation = self._explanation(batch, row, kept[row], outputs, tensors, mine, causal)
-            if check:
-                self._self_check(explanation, [layer.output_scale for layer in mine])
-            explanations.append(explanation)
-        return explanations
 
-    def _layer(self, tensors: list[BlockTensors], kept: list, baselines: bool, row: int, layer: int) -> LayerContributions:
-        keep, t = kept[row], tensors[layer]
-        return layer_contributions(
-            self.blocks[layer],
-            t.probs[row][:, keep][:, :, keep],
-            t.values[row][:, keep],
-            t.residual[row][keep],
-            t.output[row][keep],
-            with_norms=baselines,
-        )
+    def _decompose(self, tensors: BlockTensors, layer: int, kept: list, baselines: bool,
+                   full: bool) -> list[LayerContributions]:
+        """One layer's contributions for every row of the batch: rows in parallel threads when the
+        texts are short, else each text's rows of S split into blocks run in parallel."""
+        block = self.blocks[layer]
+        workers = self._workers
+
+        def one(row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
+            keep = kept[row]
+            return layer_contributions(
+                block, tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
+                tensors.residual[row][keep], tensors.output[row][keep],
+                with_norms=baselines, with_attention=full, map_blocks=map_blocks, parts=parts,
+            )
+
+        with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
+            if len(kept) > 1 and tensors.probs.shape[-1] < _LONG:
+                return list(self._pool.map(one, range(len(kept))))
+            return [one(row, self._pool.map, workers) for row in range(len(kept))]
 
     def _explanation(
         self,
@@ -185,59 +224,71 @@ class Explainer:
         row: int,
         keep: slice | np.ndarray,
         outputs: dict[str, np.ndarray],
-        tensors: list[BlockTensors],
         layers: list[LayerContributions],
-        causal: bool,
+        causal: bool | None,
+        store: LayerStore | None,
+        targets: list[int] | None,
     ) -> Explanation:
-        contributions = np.stack([layer.contributions for layer in layers])
+        causal = bool(causal)
+        size = len(batch.tokens[row])
+        default_target = size - 1 if causal else 0
         row_outputs = {name: value[row] for name, value in outputs.items()}
         last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
-        return Explanation(
+        common = dict(
             tokens=batch.tokens[row],
             input_ids=[int(i) for i in batch.input_ids[row, keep]],
-            contributions=contributions,
-            rollout=rollout(contributions),
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
-            default_target=len(layers[0].contributions) - 1 if causal else 0,
+            default_target=default_target,
             outputs=row_outputs,
-            attention=np.stack([layer.attention for layer in layers]),
-            norm_based=np.stack([layer.norms for layer in layers]) if layers[0].norms is not None else None,
             prediction=None if causal else classify(row_outputs, self.labels),
             next_token=next_token(row_outputs, last, self._decode) if causal else None,
+        )
+        if store is not None:
+            wanted = [default_target] if targets is None else [t for t in targets if -size <= t < size]
+            positions = list(dict.fromkeys(t % size for t in wanted)) if size else []
+            found = store.rollout_rows(positions) if positions else np.zeros((0, size))
+            return Explanation(contributions=None, rollout=None, attributions=dict(zip(positions, found)), **common)
+        contributions = np.stack([layer.contributions for layer in layers])
+        return Explanation(
+            contributions=contributions,
+            rollout=rollout(contributions),
+            attention=np.stack([layer.attention for layer in layers]),
+            norm_based=np.stack([layer.norms for layer in layers]) if layers[0].norms is not None else None,
+            **common,
         )
 
     def _decode(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def _self_check(self, explanation: Explanation, output_scales: list[float]) -> None:
-        """The decomposition rebuilds every block output within the tolerance (relative to the
+    def _self_check(self, layer: int, computed: LayerContributions, tokens: list[str]) -> None:
+        """The decomposition rebuilds the block output within the tolerance (relative to the
         output's magnitude, at least 1), and every token receives some contribution (a row of zeros
         would be normalized into nothing, silently)."""
-        for layer, (error, magnitude) in enumerate(zip(explanation.reconstruction_error, output_scales)):
-            scale = max(1.0, magnitude)
-            if not error <= self.self_check_tolerance * scale:
-                raise SelfCheckError(
-                    f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
-                    f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); "
-                    + (_INT8_HINT if self.int8 else "the graph is not what the block description says")
-                )
-        for layer, matrix in enumerate(explanation.contributions):
-            empty = np.flatnonzero(matrix.sum(-1) == 0)
-            if len(empty):
-                token = explanation.tokens[empty[0]]
-                raise SelfCheckError(
-                    f"self-check failed: in layer {layer}, token {empty[0]} ({token!r}) receives no positive "
-                    f"contribution from any token (every one of its transformed vectors is as far from the block "
-                    f"output as the output is from zero): a degenerate block, nothing to attribute"
-                )
+        error, scale = computed.reconstruction_error, max(1.0, computed.output_scale)
+        if not error <= self.self_check_tolerance * scale:
+            raise SelfCheckError(
+                f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
+                f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); "
+                + (_INT8_HINT if self.int8 else "the graph is not what the block description says")
+            )
+        empty = np.flatnonzero(computed.contributions.sum(-1) == 0)
+        if len(empty):
+            token = tokens[empty[0]]
+            raise SelfCheckError(
+                f"self-check failed: in layer {layer}, token {empty[0]} ({token!r}) receives no positive "
+                f"contribution from any token (every one of its transformed vectors is as far from the block "
+                f"output as the output is from zero): a degenerate block, nothing to attribute"
+            )
 
 
-def _require_finite(layers: list[LayerContributions], tensors: list[BlockTensors], row: int, keep) -> None:
+#: Texts at least this long have their rows split over the threads; shorter ones run a text per thread.
+_LONG = 256
+
+
+def _require_finite(layer: int, computed: LayerContributions, t: BlockTensors, row: int, keep) -> None:
     """NaN or Inf anywhere in a block's tensors makes its decomposition error non-finite: refuse the
     explanation (NaN would otherwise be normalized into zero rows), naming the tensor."""
-    for layer, (computed, t) in enumerate(zip(layers, tensors)):
-        if np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions)):
-            continue
+    if not (np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions))):
         parts = {"attention probabilities": t.probs[row][:, keep][:, :, keep], "values": t.values[row][:, keep],
                  "block input": t.residual[row][keep], "block output": t.output[row][keep]}
         bad = [name for name, array in parts.items() if not np.all(np.isfinite(array))] or ["decomposition"]
@@ -263,12 +314,12 @@ _SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_i
                     "mask_token_id", "decoder_start_token_id")
 
 
-def _check_tokenizer_fits(model: onnx.ModelProto, inputs, encoder: TextEncoder, config: dict, files: ModelFiles) -> None:
+def _check_tokenizer_fits(prepared: PreparedModel, inputs, encoder: TextEncoder, config: dict, files: ModelFiles) -> None:
     """The tokenizer's ids must all index the model's token-embedding table, and the special token ids
     config.json names must be tokens of it: else it is another model's tokenizer."""
     vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
     ids_input = next(i.name for i in inputs.inputs if i.role == "ids")
-    rows = token_embedding_rows(model, ids_input)
+    rows = prepared.embedding_rows.get(ids_input)
     if rows is not None and vocabulary > rows:
         raise TokenizerMismatchError(
             f"{files.tokenizer} has {vocabulary} tokens but the token embedding of {files.onnx} has {rows} rows: "

@@ -21,12 +21,15 @@ class Explanation:
     row-normalized ||T'[i, j]|| of Kobayashi et al. ``prediction`` is the classifier's predicted
     label when the model has a ``logits`` output. For a causal language model ``default_target`` is
     the last token and ``next_token`` what the model predicts after it (token id, text, probability).
+
+    A target-only explanation (``explain(..., full=False)``) has no ``contributions``, ``rollout`` or
+    ``attention``: ``attributions`` holds the final rollout rows of the positions asked for.
     """
 
     tokens: list[str]
     input_ids: list[int]
-    contributions: np.ndarray
-    rollout: np.ndarray
+    contributions: np.ndarray | None
+    rollout: np.ndarray | None
     reconstruction_error: np.ndarray
     default_target: int = 0
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -34,29 +37,42 @@ class Explanation:
     norm_based: np.ndarray | None = field(default=None, repr=False)
     prediction: Prediction | None = None
     next_token: Prediction | None = None
+    attributions: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def num_layers(self) -> int:
-        return int(self.contributions.shape[0])
+        return len(self.reconstruction_error)
+
+    @property
+    def full(self) -> bool:
+        """Whether every layer's matrices are here (not a target-only explanation)."""
+        return self.rollout is not None
 
     def attribution(self, position: int | None = None) -> np.ndarray:
         """How much each input token contributes to the token at ``position`` after all layers."""
         position = self.default_target if position is None else position
         if not -len(self.tokens) <= position < len(self.tokens):
             raise IndexError(f"target position {position} is outside the {len(self.tokens)} tokens")
-        return self.rollout[-1, position].copy()
+        if self.rollout is not None:
+            return self.rollout[-1, position].copy()
+        found = (self.attributions or {}).get(position % len(self.tokens))
+        if found is None:
+            raise IndexError(f"target position {position} was not computed: explain with targets=[{position}] "
+                             "(or full=True)")
+        return found.copy()
 
     def to_dict(self, target: int | None = None) -> dict[str, object]:
+        """The JSON payload: every matrix for a full explanation, the attribution alone otherwise."""
         target = self.default_target if target is None else target
-        payload: dict[str, object] = {
-            "tokens": list(self.tokens),
-            "input_ids": [int(i) for i in self.input_ids],
-            "contributions": self.contributions.tolist(),
-            "rollout": self.rollout.tolist(),
+        payload: dict[str, object] = {"tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids]}
+        if self.full:
+            payload["contributions"] = self.contributions.tolist()
+            payload["rollout"] = self.rollout.tolist()
+        payload.update({
             "target": int(target),
             "attribution": self.attribution(target).tolist(),
             "reconstruction_error": [float(e) for e in self.reconstruction_error],
-        }
+        })
         if self.next_token is not None:  # decoders only, so encoders keep exactly the keys above
             token = self.next_token
             payload["next_token"] = {"id": token.index, "token": token.label, "probability": token.probability}

@@ -44,6 +44,12 @@ class GraphInput:
     dtype: type
 
 
+def declared_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds: the graph's inputs that are not also initializers."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
 def parse_input_map(pairs: Iterable[str]) -> dict[str, str]:
     """``["in_1=mask", ...]`` (the CLI's ``--input-map``) as ``{"in_1": "mask"}``."""
     mapping: dict[str, str] = {}
@@ -56,11 +62,14 @@ def parse_input_map(pairs: Iterable[str]) -> dict[str, str]:
 
 
 class ModelInputs:
-    """The model's token inputs by role, and the feeds for a batch in their declared dtypes."""
+    """The model's token inputs by role, and the feeds for a batch in their declared dtypes.
 
-    def __init__(self, model: onnx.ModelProto, input_map: Mapping[str, str] | None = None,
+    ``graph_inputs`` are the inputs the graph declares (initializers that are also inputs left out).
+    """
+
+    def __init__(self, graph_inputs: Iterable[onnx.ValueInfoProto], input_map: Mapping[str, str] | None = None,
                  skip: Iterable[str] = ()):
-        declared = {v.name: v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}}
+        declared = {v.name: v for v in graph_inputs}
         input_map = dict(input_map or {})
         _check_map(input_map, declared)
         self.inputs: list[GraphInput] = []

@@ -1,18 +1,18 @@
-"""onnxruntime sessions over the instrumented model: run once, get outputs and block tensors."""
+"""onnxruntime sessions over the prepared model: run it, getting its outputs and each layer's block tensors in turn."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graph_rewrites import AttentionBlock, instrument
-
 from .errors import RuntimeFailure
 from .model_inputs import ModelInputs
+from .prepared import PreparedModel
 from .text_inputs import Batch
 
 
@@ -58,22 +58,22 @@ def block_tensors(probs: np.ndarray, values: np.ndarray, residual: np.ndarray, o
     return BlockTensors(_widen(probs), _widen(values), _widen(residual), _widen(output))
 
 
-class InstrumentedSession:
-    """An onnxruntime session whose outputs include every block's intermediates."""
+class SegmentedSession:
+    """The prepared model on onnxruntime, one session per segment (one per layer, and the head).
 
-    def __init__(
-        self,
-        model: onnx.ModelProto,
-        blocks: list[AttentionBlock],
-        providers: list[str] | None = None,
-        input_map: dict[str, str] | None = None,
-    ):
-        self.blocks = blocks
-        self.original_outputs = [o.name for o in model.graph.output]
-        self.cache_inputs = _cache_inputs(model)
-        self.inputs = ModelInputs(model, input_map, skip=self.cache_inputs)
-        instrumented = instrument(model, blocks)
-        self.output_names = [o.name for o in instrumented.graph.output]
+    A run feeds the segments in order, hands each layer's block tensors to the caller as soon as
+    its segment has run, and keeps only the tensors a later segment still reads: one layer's
+    probabilities are alive at a time, never all of them. The model's own outputs are computed by
+    the same nodes as in the whole graph.
+    """
+
+    def __init__(self, prepared: PreparedModel, providers: list[str] | None = None,
+                 input_map: dict[str, str] | None = None):
+        self.blocks = prepared.analysis.blocks
+        self.original_outputs = list(prepared.graph_outputs)
+        self.cache_inputs = cache_inputs(prepared.graph_inputs)
+        self.inputs = ModelInputs(prepared.graph_inputs, input_map, skip=self.cache_inputs)
+        self.segments = prepared.segments
         providers = providers or default_providers()
         known = ort.get_all_providers()
         unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in known]
@@ -81,45 +81,76 @@ class InstrumentedSession:
             raise RuntimeFailure(
                 f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
             )
+        options = session_options()
+        # Weights kept in external data are read from beside the original model, never copied.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(prepared.weights_dir))
         try:
-            self.session = ort.InferenceSession(instrumented.SerializeToString(), session_options(), providers=providers)
+            self.sessions = [ort.InferenceSession(s.path.read_bytes(), options, providers=providers) for s in self.segments]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
+        produced = {name: number for number, s in enumerate(self.segments) for name in s.outputs}
+        #: the segment after which each block's tensors all exist
+        self.ready_after = [max(produced[name] for name in b.tensor_names()) for b in self.blocks]
+        #: the tensors some later segment reads, after each segment (everything else is dropped)
+        self.read_later: list[set[str]] = []
+        later: set[str] = set()
+        for segment in reversed(self.segments):
+            self.read_later.insert(0, set(later))
+            later.update(segment.inputs)
+
+    def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
+        """Run the model on ``batch``, calling ``on_block(layer, tensors)`` for each block in layer
+        order as soon as its tensors exist; returns the model's own outputs by name."""
+        live: dict[str, np.ndarray] = self.inputs.feeds(batch)
+        live.update(self.empty_cache(len(batch.input_ids)))
+        outputs: dict[str, np.ndarray] = {}
+        layer = 0
+        for number, (segment, session) in enumerate(zip(self.segments, self.sessions)):
+            try:
+                results = session.run(segment.outputs, {name: live[name] for name in segment.inputs})
+            except Exception as exc:  # noqa: BLE001
+                raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+            live.update(zip(segment.outputs, results))
+            del results
+            outputs.update((name, live[name]) for name in segment.outputs if name in self.original_outputs)
+            while layer < len(self.blocks) and self.ready_after[layer] <= number:
+                tensors = block_tensors(*(live[name] for name in self.blocks[layer].tensor_names()))
+                on_block(layer, tensors)
+                del tensors
+                layer += 1
+            for name in [name for name in live if name not in self.read_later[number]]:
+                del live[name]
+        return outputs
 
     def run(self, batch: Batch) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
-        """The model's own outputs by name, and each block's tensors in layer order."""
-        feeds = self.inputs.feeds(batch)
-        feeds.update(self.empty_cache(len(batch.input_ids)))
-        try:
-            results = self.session.run(self.output_names, feeds)
-        except Exception as exc:  # noqa: BLE001
-            raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
-        by_name = dict(zip(self.output_names, results))
-        outputs = {name: by_name[name] for name in self.original_outputs}
-        tensors = [block_tensors(*(by_name[name] for name in b.tensor_names())) for b in self.blocks]
+        """The model's own outputs by name, and every block's tensors in layer order (all of them
+        kept: for tests and small inputs; ``stream`` keeps one layer at a time)."""
+        tensors: list[BlockTensors] = []
+        outputs = self.stream(batch, lambda layer, t: tensors.append(t))
         return outputs, tensors
-
 
     def empty_cache(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zero-length past keys/values for a KV-cache export, so it runs on the full sequence."""
-        return {
-            name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype)
-            for name, (heads, head_size, dtype) in self.cache_inputs.items()
-        }
+        return empty_cache(self.cache_inputs, batch_size)
+
+
+def empty_cache(cache: dict[str, tuple[int, int, type]], batch_size: int) -> dict[str, np.ndarray]:
+    """Zero-length past keys/values for the KV-cache inputs ``cache`` (see ``cache_inputs``)."""
+    return {name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype) for name, (heads, head_size, dtype) in cache.items()}
 
 
 #: ONNX element types a KV cache is stored in.
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
 
 
-def _cache_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int, type]]:
+def cache_inputs(declared: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, int, type]]:
     """Graph inputs that are a KV cache: float [batch, heads, past_length, head_size], fixed heads and size.
 
     Recognised by type and shape, not name: token inputs are integer, and a float rank-4 input of
     a text model can only be past keys or values.
     """
     found = {}
-    for value in model.graph.input:
+    for value in declared:
         tensor = value.type.tensor_type
         dims = list(tensor.shape.dim) if tensor.HasField("shape") else []
         if tensor.elem_type not in _FLOAT_TYPES or len(dims) != 4:

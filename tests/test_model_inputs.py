@@ -13,7 +13,7 @@ from fixture_cases import FIXTURES, assert_matches, load_expected, without_mask_
 from onnx import TensorProto, helper
 
 from alti_onnx import Explainer, InputError, LayerCountError
-from alti_onnx.model_inputs import ALIASES, ModelInputs, parse_input_map
+from alti_onnx.model_inputs import ALIASES, ModelInputs, declared_inputs, parse_input_map
 from alti_onnx.text_inputs import Batch
 
 BERT = FIXTURES / "tiny-bert"
@@ -34,13 +34,13 @@ BATCH = Batch.padded([[2, 10, 11, 3], [2, 12, 3]], pad_id=0)
 def test_every_alias_names_its_role(role):
     for name in ALIASES[role]:
         others = [("input_ids", TensorProto.INT64)] if role != "ids" else []
-        inputs = ModelInputs(graph_with_inputs(*others, (name.upper() + ":0", TensorProto.INT32)))
+        inputs = ModelInputs(declared_inputs(graph_with_inputs(*others, (name.upper() + ":0", TensorProto.INT32))))
         assert [i.role for i in inputs.inputs if i.name == name.upper() + ":0"] == [role]
 
 
 def test_feeds_take_the_declared_dtypes():
-    inputs = ModelInputs(graph_with_inputs(("token_ids", TensorProto.INT32), ("padding_mask", TensorProto.BOOL),
-                                           ("segment_ids", TensorProto.INT64), ("position_ids", TensorProto.INT32)))
+    inputs = ModelInputs(declared_inputs(graph_with_inputs(("token_ids", TensorProto.INT32), ("padding_mask", TensorProto.BOOL),
+                                           ("segment_ids", TensorProto.INT64), ("position_ids", TensorProto.INT32))))
     feeds = inputs.feeds(BATCH)
     assert {k: v.dtype for k, v in feeds.items()} == {
         "token_ids": np.int32, "padding_mask": np.bool_, "segment_ids": np.int64, "position_ids": np.int32,
@@ -54,8 +54,8 @@ def test_feeds_take_the_declared_dtypes():
 def test_an_input_map_names_what_the_names_do_not():
     model = graph_with_inputs(("in_0", TensorProto.INT32), ("in_1", TensorProto.INT32))
     with pytest.raises(InputError, match="cannot tell what graph input 'in_0'"):
-        ModelInputs(model)
-    inputs = ModelInputs(model, {"in_0": "ids", "in_1": "mask"})
+        ModelInputs(declared_inputs(model))
+    inputs = ModelInputs(declared_inputs(model), {"in_0": "ids", "in_1": "mask"})
     assert inputs.describe() == "in_0=ids (int32), in_1=mask (int32)"
 
 
@@ -67,7 +67,7 @@ def test_an_input_map_names_what_the_names_do_not():
 ])
 def test_bad_input_maps_are_one_line_errors(mapping, message):
     with pytest.raises(InputError, match=message):
-        ModelInputs(graph_with_inputs(("in_0", TensorProto.INT32), ("in_1", TensorProto.INT32)), mapping)
+        ModelInputs(declared_inputs(graph_with_inputs(("in_0", TensorProto.INT32), ("in_1", TensorProto.INT32))), mapping)
 
 
 @pytest.mark.parametrize("pair", ["in_0", "=ids", "in_0=", "in_0:ids"])

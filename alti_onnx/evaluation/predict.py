@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError, RuntimeFailure
-from ..model_inputs import ModelInputs
+from ..model_inputs import ModelInputs, declared_inputs
 from ..prediction import softmax
 from ..runtime import default_providers, session_options
 from ..text_inputs import Batch
@@ -52,7 +52,7 @@ class OnnxClassifier:
         if rank != 2:
             raise InputError(f"evaluation needs a sequence classifier, whose logits are [batch, classes]; the logits of "
                              f"{model} have {rank} axes (a language model?)")
-        self.inputs = ModelInputs(onnx.load(str(model), load_external_data=False), input_map)
+        self.inputs = ModelInputs(declared_inputs(onnx.load(str(model), load_external_data=False)), input_map)
         self.pad_id = int(pad_id)
         self.batch_size = int(batch_size)
         self.cache: dict[tuple[int, ...], np.ndarray] = {}

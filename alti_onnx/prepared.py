@@ -1,0 +1,308 @@
+"""The model made ready to explain, kept on disk so that the next run starts at once.
+
+Preparing means: load the graph (weights kept in external data stay there), unfuse fused operators,
+find the attention blocks, and split the graph into one segment per layer whose outputs include
+that layer's block tensors (``graph_rewrites.split_model``), so that a run can hand each layer's
+tensors over and drop them before the next layer runs. On a large model this takes seconds to
+minutes; the result is saved under ``<cache>/prepared/<sha256 of the .onnx file>`` and reused.
+External weights are never copied: the segments refer to them beside the original model, and the
+entry records their sizes and times, so a changed weights file makes the entry stale.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graph_rewrites import (
+    AttentionAnalysis,
+    AttentionBlock,
+    UnmatchedSoftmax,
+    analyze_attention,
+    inferred_types,
+    is_dynamically_quantized,
+    load_model,
+    split_model,
+    token_embedding_rows,
+    unfuse,
+)
+from graph_rewrites.model_io import external_data_files, require_model_file
+
+from .defaults import cache_root
+from .model_inputs import declared_inputs
+
+#: Prepared models kept in the cache: the most recently used; older entries are removed.
+KEEP = 8
+#: Unfinished builds (a process killed while preparing) older than this many seconds are removed.
+ABANDONED_AFTER_S = 24 * 3600
+
+#: Bumped whenever what a prepared entry holds, or how it is made, changes: older entries are then rebuilt.
+FORMAT = 2
+_MANIFEST = "manifest.json"
+_ARRAYS = "blocks.npz"
+_ARRAY_FIELDS = ("out_proj_weight", "out_proj_bias", "norm_weight", "norm_bias")
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    """One saved segment: its file, the tensors it is fed and the tensors it hands on."""
+
+    path: Path
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class PreparedModel:
+    """What explaining a model needs from its graph, without the graph itself.
+
+    ``weights_dir`` is where the segments' external data is read from (the model's own folder);
+    ``graph_inputs`` the model's declared inputs; ``embedding_rows`` the rows of the token table each
+    integer input indexes (None where the graph does not show one); ``cached`` whether this came
+    from an earlier run.
+    """
+
+    source: Path
+    weights_dir: Path
+    analysis: AttentionAnalysis
+    graph_inputs: list[onnx.ValueInfoProto]
+    graph_outputs: list[str]
+    segments: list[SegmentFile]
+    embedding_rows: dict[str, int | None]
+    dynamically_quantized: bool
+    directory: Path
+    external_data: list[str]
+    cached: bool = False
+
+    def discard(self) -> None:
+        """Remove this entry from the cache (a run found it unusable)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
+    """The prepared model of ``onnx_path``: from the cache when an entry for this file exists, else
+    made now (and saved for the next run when ``cache`` and the cache folder is writable)."""
+    source = require_model_file(onnx_path)  # before hashing it: /dev/zero would be read for ever
+    root = cache_root() / "prepared"
+    entry = root / _file_digest(source) if cache else None
+    if entry is not None:
+        found = _load(entry, source)
+        if found is not None:
+            return found
+    building = _workspace(root if entry is not None else None)
+    try:
+        prepared = _build(source, building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if entry is not None and prepared.segments:  # refused models are analysed again next time, not stored
+        try:
+            published = _publish(building, entry, source)
+        except OSError:
+            published = None  # the cache cannot take it: this run goes on from its own copy
+        if published is not None:
+            _evict(root, keep=published.directory)
+            return published
+    weakref.finalize(prepared, shutil.rmtree, building, True)
+    return prepared
+
+
+def _build(source: Path, directory: Path) -> PreparedModel:
+    """Analyse and split the model into ``directory`` (segments first, the manifest last)."""
+    model = unfuse(load_model(source, load_weights=False))
+    analysis = analyze_attention(model, base_dir=source.parent)
+    inputs = declared_inputs(model)
+    prepared = PreparedModel(
+        source=source,
+        weights_dir=source.parent,
+        analysis=analysis,
+        graph_inputs=inputs,
+        graph_outputs=[o.name for o in model.graph.output],
+        segments=[],
+        embedding_rows={i.name: token_embedding_rows(model, i.name) for i in inputs},
+        dynamically_quantized=is_dynamically_quantized(model),
+        directory=directory,
+        external_data=external_data_files(model),
+    )
+    if analysis.missed or not analysis.blocks:
+        return prepared
+    types = inferred_types(model)
+    for number, segment in enumerate(split_model(model, [b.tensor_names() for b in analysis.blocks], types)):
+        path = directory / f"segment_{number:03d}.onnx"
+        path.write_bytes(segment.model.SerializeToString())
+        prepared.segments.append(SegmentFile(path, segment.inputs, segment.outputs))
+    _save_manifest(prepared, source)
+    return prepared
+
+
+def _save_manifest(prepared: PreparedModel, source: Path) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    blocks = []
+    for block in prepared.analysis.blocks:
+        described = {f.name: getattr(block, f.name) for f in fields(block) if f.name not in _ARRAY_FIELDS}
+        blocks.append(described)
+        for name in _ARRAY_FIELDS:
+            value = getattr(block, name)
+            if value is not None:
+                arrays[f"{block.layer}.{name}"] = value
+    np.savez(prepared.directory / _ARRAYS, **arrays)
+    manifest = {
+        "format": FORMAT,
+        "external_data": _stats(source, prepared.external_data),
+        "inputs": [base64.b64encode(v.SerializeToString()).decode() for v in prepared.graph_inputs],
+        "outputs": prepared.graph_outputs,
+        "blocks": blocks,
+        "unmatched": [u.summary() for u in prepared.analysis.unmatched],
+        "segments": [{"file": s.path.name, "inputs": s.inputs, "outputs": s.outputs,
+                      "bytes": s.path.stat().st_size} for s in prepared.segments],
+        "embedding_rows": prepared.embedding_rows,
+        "dynamically_quantized": prepared.dynamically_quantized,
+    }
+    (prepared.directory / _MANIFEST).write_text(json.dumps(manifest))
+
+
+def _load(entry: Path, source: Path) -> PreparedModel | None:
+    """The entry's prepared model, or None when it is missing, of another format, damaged, or stale
+    (external weights changed since it was made)."""
+    try:
+        manifest = json.loads((entry / _MANIFEST).read_text())
+        recorded = manifest["external_data"]
+        if manifest.get("format") != FORMAT or recorded != _stats(source, [location for location, *_ in recorded]):
+            return None
+        segments = [SegmentFile(entry / s["file"], list(s["inputs"]), list(s["outputs"])) for s in manifest["segments"]]
+        if any(not s.path.is_file() or s.path.stat().st_size != m["bytes"] for s, m in zip(segments, manifest["segments"])):
+            return None
+        with np.load(entry / _ARRAYS, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        blocks = [
+            AttentionBlock(**described, **{name: arrays.get(f"{described['layer']}.{name}") for name in _ARRAY_FIELDS})
+            for described in manifest["blocks"]
+        ]
+        unmatched = [UnmatchedSoftmax(**u) for u in manifest["unmatched"]]
+        inputs = [onnx.ValueInfoProto.FromString(base64.b64decode(v)) for v in manifest["inputs"]]
+        return PreparedModel(
+            source=source,
+            weights_dir=source.parent,
+            analysis=AttentionAnalysis(blocks, unmatched),
+            graph_inputs=inputs,
+            graph_outputs=list(manifest["outputs"]),
+            segments=segments,
+            embedding_rows=dict(manifest["embedding_rows"]),
+            dynamically_quantized=bool(manifest["dynamically_quantized"]),
+            directory=entry,
+            external_data=[location for location, *_ in recorded],
+            cached=True,
+        )
+        _touch(entry / _MANIFEST)  # its last use, for eviction
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _stats(source: Path, locations: list[str]) -> list[list[object]]:
+    """Each external data file with its size, file identity, modification time and a fingerprint of
+    sampled blocks (a missing one as -1s). Hashing gigabytes of weights would cost seconds at every
+    start; this notices a replaced file, and a rewrite in place even within one clock tick unless it
+    changes none of the sampled bytes."""
+    stats: list[list[object]] = []
+    for location in locations:
+        path = source.parent / location
+        try:
+            status = path.stat()
+            stats.append([location, status.st_size, status.st_ino, status.st_mtime_ns, _sampled_digest(path, status.st_size)])
+        except OSError:
+            stats.append([location, -1, -1, -1, ""])
+    return stats
+
+
+#: The fingerprint of an external data file: this many blocks of ``_SAMPLE_BYTES``, evenly spread.
+_SAMPLES = 16
+_SAMPLE_BYTES = 1 << 16
+
+
+def _sampled_digest(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for k in range(_SAMPLES):
+            handle.seek(max(0, (size - _SAMPLE_BYTES) * k // (_SAMPLES - 1)))
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """The SHA-256 of the file, read in large blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return f"{digest.hexdigest()}"
+
+
+def _workspace(root: Path | None) -> Path:
+    """A fresh folder to build in: inside the cache (so publishing is a rename) when it is writable,
+    else a temporary folder."""
+    if root is not None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="alti-onnx-"))
+
+
+def _publish(building: Path, entry: Path, source: Path) -> PreparedModel | None:
+    """Move a finished build into place and load it from there. Another process may have published
+    the same entry first (then its copy is kept and ours removed), or a stale entry may be in the
+    way (then it is replaced)."""
+    try:
+        os.rename(building, entry)
+    except OSError:
+        theirs = _load(entry, source)
+        if theirs is not None:
+            shutil.rmtree(building, ignore_errors=True)
+            return theirs
+        stale = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
+        os.rename(entry, stale)
+        os.rename(building, entry)
+        shutil.rmtree(stale, ignore_errors=True)
+    ours = _load(entry, source)
+    return None if ours is None else replace(ours, cached=False)  # built now, not by an earlier run
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache is still used
+        pass
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Remove all but the ``KEEP`` most recently used entries (``keep`` always stays), and unfinished
+    builds abandoned long ago. Another process using a removed entry has its sessions loaded
+    already, or prepares the model again."""
+    entries, now = [], time.time()
+    try:
+        found = list(root.iterdir())
+    except OSError:
+        return
+    for path in found:
+        try:
+            if path.name.startswith((".building-", ".stale-")):
+                if now - path.stat().st_mtime > ABANDONED_AFTER_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            elif path.is_dir() and path != keep:
+                entries.append(((path / _MANIFEST).stat().st_mtime, path))
+        except OSError:
+            continue
+    for _, path in sorted(entries, reverse=True)[KEEP - 1:]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""The prepared-model cache: the second run on a model skips the analysis, and no entry can be
+wrong for the file it is used for (another file, changed weights, a damaged or unwritable cache)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from fixture_cases import FIXTURES
+
+import alti_onnx.prepared as prepared_module
+from alti_onnx import Explainer
+from alti_onnx.prepared import prepare
+
+TEXT = "the quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("ALTI_ONNX_CACHE", str(root))
+    return root / "prepared"
+
+
+def _attribution(model) -> np.ndarray:
+    return Explainer(model).explain(TEXT).attribution()
+
+
+def test_the_second_run_uses_the_entry_and_gives_the_same_numbers(cache, tmp_path):
+    first = Explainer(FIXTURES / "tiny-llama")
+    assert not first.prepared.cached and first.prepared.directory.parent == cache
+    second = Explainer(FIXTURES / "tiny-llama")
+    assert second.prepared.cached and second.prepared.directory == first.prepared.directory
+    assert [b.summary() for b in second.blocks] == [b.summary() for b in first.blocks]
+    np.testing.assert_array_equal(second.explain(TEXT).attribution(), first.explain(TEXT).attribution())
+    copy = tmp_path / "copy"
+    shutil.copytree(FIXTURES / "tiny-llama", copy)  # the entry is the file's content, wherever it is
+    assert Explainer(copy).prepared.directory == first.prepared.directory
+
+
+def test_changed_external_weights_make_the_entry_stale(cache, tmp_path):
+    import onnx
+
+    folder = tmp_path / "external"
+    shutil.copytree(FIXTURES / "tiny-bert", folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    before = _attribution(folder)
+    data = folder / "model.onnx.data"
+    weights = np.fromfile(data, dtype=np.float32)
+    (weights * np.float32(1.5)).tofile(data)  # the same size, in place, other numbers
+    rebuilt = Explainer(folder)
+    assert not rebuilt.prepared.cached  # stat changed: prepared again, from the new weights
+    assert not np.array_equal(rebuilt.explain(TEXT).attribution(), before)
+
+
+def test_a_damaged_entry_is_prepared_again(cache):
+    entry = Explainer(FIXTURES / "tiny-bert").prepared.directory
+    segment = sorted(entry.glob("segment_*.onnx"))[0]
+    segment.write_bytes(b"\0" * segment.stat().st_size)  # same size, not ONNX
+    again = Explainer(FIXTURES / "tiny-bert")
+    assert not again.prepared.cached
+    np.testing.assert_allclose(again.explain(TEXT).attribution(), _attribution(FIXTURES / "tiny-bert"))
+    (entry / "manifest.json").write_text("{")  # a manifest cut short
+    assert not Explainer(FIXTURES / "tiny-bert").prepared.cached
+
+
+def test_an_unwritable_cache_still_explains(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("ALTI_ONNX_CACHE", str(blocker))
+    explainer = Explainer(FIXTURES / "tiny-bert")
+    assert not explainer.prepared.cached and explainer.explain(TEXT).attribution().sum() == pytest.approx(1.0)
+    build = explainer.prepared.directory
+    assert build.is_dir()
+    del explainer
+    import gc
+
+    gc.collect()
+    assert not build.exists()  # its private copy goes with it
+
+
+def test_cache_false_neither_reads_nor_writes_entries(cache):
+    Explainer(FIXTURES / "tiny-bert", cache=False)
+    assert not cache.exists() or not any(p for p in cache.iterdir() if not p.name.startswith("."))
+
+
+def test_only_the_most_recently_used_entries_stay(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared_module, "KEEP", 2)
+    entries = [prepare(FIXTURES / f"tiny-{arch}" / "model.onnx").directory for arch in ("bert", "roberta")]
+    os.utime(entries[0] / "manifest.json", (1, 1))  # bert used long ago
+    newest = prepare(FIXTURES / "tiny-electra" / "model.onnx").directory
+    assert sorted(p for p in cache.iterdir()) == sorted([entries[1], newest])
+    assert prepare(FIXTURES / "tiny-roberta" / "model.onnx").cached
+
+
+def test_two_processes_publishing_the_same_model_keep_one_entry(cache):
+    first = prepare(FIXTURES / "tiny-bert" / "model.onnx")
+    building = prepared_module._workspace(cache)
+    twin = prepared_module._build(first.source, building)
+    published = prepared_module._publish(building, first.directory, first.source)
+    assert published.directory == first.directory and published.cached and not building.exists()
+    assert len(twin.segments) == len(first.segments)
