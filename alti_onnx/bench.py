@@ -1,9 +1,10 @@
-"""`alti-onnx bench`: the explanation's cost next to the plain forward pass, in one process.
+"""`alti-onnx bench`: the explanation's cost next to the plain forward pass.
 
-Each configuration (sequence length, batch size) runs in a fresh worker process so its peak
-resident memory is its own. Inside a worker the plain model and the instrumented model run on
-onnxruntime sessions with the same options and providers; times are medians after warm-up, the
-two timed in turns.
+Each configuration (sequence length, batch size) runs in two fresh worker processes so each peak
+resident memory is its own: one runs only the plain model, as its users do (the forward's own
+peak); the other explains (its peak is read before it loads anything else), then times the plain
+forward and the explanation in turns on onnxruntime sessions with the same options and providers.
+Times are medians after warm-up.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+
+from tokenizers import Tokenizer
 
 from .errors import RuntimeFailure
-from .explainer import Explainer
-from .model_inputs import parse_input_map
-from .runtime import InstrumentedSession
-from .text_inputs import Batch
+from .explainer import Explainer, locate_model
+from .model_files import read_json_object
+from .model_inputs import ModelInputs, parse_input_map
+from .prepared import prepare
+from .runtime import cache_inputs, default_providers, empty_cache, session_options
+from .text_inputs import Batch, TextEncoder
 
 LENGTHS = (32, 128, 512)
 BATCH_SIZES = (1, 32)
@@ -34,7 +40,10 @@ FILLER = "the film moves along at a steady pace and the cast is very good in eve
 
 @dataclass(frozen=True)
 class BenchResult:
-    """One configuration: median seconds of the plain forward and of the full explanation."""
+    """One configuration: median seconds of the plain forward and of the explanation (every layer's
+    matrices, or with ``attribution_only`` the target's row alone), the explaining process's peak
+    resident memory (before it loads the plain model for the timing) and the peak of a process that
+    runs only the plain forward."""
 
     seq_len: int
     batch_size: int
@@ -43,11 +52,13 @@ class BenchResult:
     ratio: float
     peak_rss_mb: float
     repeats: int
+    forward_peak_rss_mb: float | None = None
+    attribution_only: bool = False
 
 
-def synthetic_batch(explainer: Explainer, seq_len: int, batch_size: int) -> Batch:
+def synthetic_batch(tokenizer: Tokenizer, seq_len: int, batch_size: int) -> Batch:
     """A batch of identical, real-word inputs of exactly ``seq_len`` tokens (specials included)."""
-    encoding = explainer.tokenizer.encode(FILLER * (1 + seq_len // 8))  # longer than needed, then cut
+    encoding = tokenizer.encode(FILLER * (1 + seq_len // 8))  # longer than needed, then cut
     ids = np.array(encoding.ids[: seq_len - 1] + encoding.ids[-1:], dtype=np.int64)
     tokens = encoding.tokens[: seq_len - 1] + encoding.tokens[-1:]
     shape = (batch_size, seq_len)
@@ -59,23 +70,35 @@ def synthetic_batch(explainer: Explainer, seq_len: int, batch_size: int) -> Batc
     )
 
 
+#: A run longer than this many seconds is warmed up once and timed at least once (a 30-second
+#: forward pass is not a noisy measurement; three turns of it and the explanation would take long).
+LONG_RUN_S = 30.0
+
+
 def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float, settle_s: float = 5.0,
                     most: int = 50) -> tuple[list[float], int]:
     """Median seconds of each of ``runs``, timed in turns (a, b, a, b, ...) so that a change in the
     machine's speed during the measurement (other tenants, clock) moves all of them alike.
 
-    At least ``repeats`` turns (3 if ``budget_s`` runs out first); short runs go on, up to ``most``
-    turns, until ``settle_s`` has passed, because a few milliseconds are noisy on a shared machine.
+    At least ``repeats`` turns (3 if ``budget_s`` runs out first, 1 when a run takes over
+    ``LONG_RUN_S``); short runs go on, up to ``most`` turns, until ``settle_s`` has passed, because
+    a few milliseconds are noisy on a shared machine. Long runs are warmed up once.
     """
-    for run in runs:
-        for _ in range(warmup):
+    slowest = 0.0
+    for number in range(warmup):
+        if number and slowest > LONG_RUN_S:
+            break
+        for run in runs:
+            start = time.perf_counter()
             run()
+            slowest = max(slowest, time.perf_counter() - start)
+    least = 1 if slowest > LONG_RUN_S else 3
     times: list[list[float]] = [[] for _ in runs]
     began = time.perf_counter()
     done = 0
     while True:
         elapsed = time.perf_counter() - began
-        if done >= 3 and elapsed > budget_s:
+        if done >= least and elapsed > budget_s:
             break
         if done >= repeats and (elapsed > settle_s or done >= most):
             break
@@ -87,38 +110,80 @@ def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float, sett
     return [statistics.median(samples) for samples in times], done
 
 
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
-            warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None) -> BenchResult:
-    """Time one configuration in this process."""
+            warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None,
+            attribution_only: bool = False) -> BenchResult:
+    """Time one configuration in this process. The explanation runs first, alone, so the peak memory
+    read before the plain model is loaded is the explanation's own."""
     explainer = Explainer(model, providers=providers, input_map=input_map)
-    plain = InstrumentedSession(explainer.model, [], providers, input_map)  # same options, no extra outputs
-    batch = synthetic_batch(explainer, seq_len, batch_size)
-    (forward, explain), done = _median_seconds(
-        [lambda: plain.run(batch), lambda: explainer.explain_batch(batch)], warmup, repeats, budget_s
+    batch = synthetic_batch(explainer.tokenizer, seq_len, batch_size)
+
+    def explain() -> None:
+        explainer.explain_batch(batch, full=not attribution_only)
+
+    explain()
+    peak_mb = _peak_mb()
+    plain = plain_session(explainer.files.onnx, providers)
+    feeds = {**explainer.session.inputs.feeds(batch), **explainer.session.empty_cache(batch_size)}
+    (forward, explained), done = _median_seconds(
+        [lambda: plain.run(None, feeds), explain], max(0, warmup - 1), repeats, budget_s
     )
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(seq_len, batch_size, forward, explain, explain / forward, peak_mb, done)
+    return BenchResult(seq_len, batch_size, forward, explained, explained / forward, peak_mb, done,
+                       attribution_only=attribution_only)
+
+
+def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
+                    input_map: dict[str, str] | None = None) -> tuple[float, float]:
+    """Median seconds and peak memory (MB) of a process that only runs the plain model, as its users
+    do: nothing of the explanation is loaded (the prepared model's description gives the inputs)."""
+    files = locate_model(model)
+    prepared = prepare(files.onnx)
+    config = read_json_object(files.config, "config") if files.config.exists() else {}
+    encoder = TextEncoder(files.tokenizer, config)
+    inputs = ModelInputs(prepared.graph_inputs, input_map, skip=cache_inputs(prepared.graph_inputs))
+    batch = synthetic_batch(encoder.tokenizer, seq_len, batch_size)
+    feeds = {**inputs.feeds(batch), **empty_cache(cache_inputs(prepared.graph_inputs), batch_size)}
+    del prepared
+    plain = plain_session(files.onnx, providers)
+    (forward,), _ = _median_seconds([lambda: plain.run(None, feeds)], 1, 3, budget_s=60.0, settle_s=2.0)
+    return forward, _peak_mb()
+
+
+def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
+    """The model file as its users run it: one onnxruntime session, the package's options, nothing exposed."""
+    return ort.InferenceSession(str(onnx_path), session_options(), providers=providers or default_providers())
 
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
-                  progress=None, input_map: dict[str, str] | None = None) -> list[BenchResult]:
-    """Every configuration, each in its own worker process (so peak memory is per configuration)."""
+                  progress=None, input_map: dict[str, str] | None = None,
+                  attribution_only: bool = False) -> list[BenchResult]:
+    """Every configuration, each in two worker processes (so each peak memory is its own): one runs
+    the plain forward alone, the other the explanation and, timed in turns with it, the forward."""
     results = []
     for seq_len in lengths:
         for batch_size in batch_sizes:
             if progress is not None:
                 progress(seq_len, batch_size)
-            command = [sys.executable, "-m", "alti_onnx.bench", str(model), str(seq_len), str(batch_size)]
-            for provider in providers or []:
-                command += ["--provider", provider]
-            for name, role in (input_map or {}).items():
-                command += ["--input-map", f"{name}={role}"]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                raise RuntimeFailure(f"the benchmark worker failed for S={seq_len} B={batch_size}: {last}")
-            results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
+            options = [f"--provider={p}" for p in providers or []] + [f"--input-map={n}={r}" for n, r in (input_map or {}).items()]
+            _, forward_peak = _worker_result(model, seq_len, batch_size, options + ["--forward-only"])
+            explained = BenchResult(**_worker_result(model, seq_len, batch_size,
+                                                     options + (["--attribution-only"] if attribution_only else [])))
+            results.append(replace(explained, forward_peak_rss_mb=forward_peak))
     return results
+
+
+def _worker_result(model: str | Path, seq_len: int, batch_size: int, options: list[str]):
+    """What one worker process printed last (a JSON value)."""
+    command = [sys.executable, "-m", "alti_onnx.bench", str(model), str(seq_len), str(batch_size), *options]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeFailure(f"the benchmark worker failed for S={seq_len} B={batch_size}: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict[str, object]:
@@ -176,8 +241,15 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("batch_size", type=int)
     parser.add_argument("--provider", action="append")
     parser.add_argument("--input-map", action="append", default=[])
+    parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--attribution-only", action="store_true")
     args = parser.parse_args(argv)
-    result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=parse_input_map(args.input_map))
+    roles = parse_input_map(args.input_map)
+    if args.forward_only:
+        print(json.dumps(measure_forward(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles)))
+        return
+    result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles,
+                     attribution_only=args.attribution_only)
     print(json.dumps(asdict(result)))
 
 

@@ -82,7 +82,9 @@ def inspect(
     from .explainer import locate_model
 
     with user_errors():
-        analysis = analyze_attention(unfuse(load_model(locate_model(model).onnx)))
+        path = locate_model(model).onnx
+        # weights stay on disk (read memory-mapped where the analysis needs them): any size inspects
+        analysis = analyze_attention(unfuse(load_model(path, load_weights=False)), base_dir=path.parent)
     if as_json:
         print(json.dumps({"blocks": [b.summary() for b in analysis.blocks],
                           "unmatched_softmax": [u.summary() for u in analysis.unmatched]}, indent=2))
@@ -118,10 +120,11 @@ def instrument(
     from .explainer import locate_model
 
     with user_errors():
-        original = unfuse(load_model(locate_model(model).onnx))
-        blocks = find_attention_blocks(original)
+        path = locate_model(model).onnx
+        original = unfuse(load_model(path, load_weights=False))
+        blocks = find_attention_blocks(original, base_dir=path.parent)
         with _writing(output):
-            save_model(expose(original, blocks), output)
+            save_model(expose(original, blocks), output, base_dir=path.parent)
     out.print(escape(f"wrote {output}: {len(blocks)} blocks, {sum(len(b.tensor_names()) for b in blocks)} extra outputs"), soft_wrap=True)
 
 
@@ -143,15 +146,23 @@ def explain(
     ] = None,
     input_map: InputMapOption = None,
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
+    attribution_only: Annotated[
+        bool, typer.Option("--attribution-only", help="--json holds the target's attribution, not every layer's "
+                           "S x S matrices (for long inputs)")
+    ] = False,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
     For a decoder (causal LM) the target defaults to the last token, whose output predicts the next
-    token; that prediction and its probability are printed too.
+    token; that prediction and its probability are printed too. Only the target's row is carried
+    through the layers unless --json (without --attribution-only), --html or --png needs them all.
     """
     with user_errors():
+        if attribution_only and (html_path is not None or png_path is not None):
+            raise InputError("--attribution-only cannot go with --html or --png: they draw every layer's matrices")
+        full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
-        explanation = explainer.explain(text)
+        explanation = explainer.explain(text, full=full, targets=None if target is None else [target])
         target = explanation.default_target if target is None else target
         attribution = _attribution(explanation, target)
         if json_path is not None:
@@ -251,7 +262,7 @@ def demo(
     with user_errors():
         model_dir = _default_model()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
-            png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE)
+            png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False)
 
 
 @app.command()
@@ -327,8 +338,11 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,32",
     provider: Annotated[Optional[list[str]], typer.Option(help="onnxruntime provider (repeatable)")] = None,
     input_map: InputMapOption = None,
+    attribution_only: Annotated[
+        bool, typer.Option("--attribution-only", help="time the target-only explanation (the default target's row)")
+    ] = False,
 ) -> None:
-    """Time the plain forward pass and the full explanation (medians), with peak memory."""
+    """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
     from .bench import run_benchmark, to_json
     from .model_inputs import parse_input_map
 
@@ -341,18 +355,18 @@ def bench(
         if json_path is not None:
             _require_folder(json_path)  # before minutes of measuring, not after
         results = run_benchmark(
-            model, seq_lens, sizes, provider, input_map=roles,
+            model, seq_lens, sizes, provider, input_map=roles, attribution_only=attribution_only,
             progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
         )
         if json_path is not None:
             with _writing(json_path):
                 json_path.write_text(json.dumps(to_json(results, model, provider), indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
-    for column in ("seq len", "batch", "forward ms", "explain ms", "explain / forward", "peak RSS MB"):
+    for column in ("S", "batch", "forward ms", "explain ms", "explain/fwd", "peak MB fwd/explain"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(str(r.seq_len), str(r.batch_size), f"{r.forward_s * 1e3:.1f}", f"{r.explain_s * 1e3:.1f}",
-                      f"{r.ratio:.2f}x", f"{r.peak_rss_mb:.0f}")
+                      f"{r.ratio:.2f}x", f"{r.forward_peak_rss_mb:.0f} / {r.peak_rss_mb:.0f}")
     out.print(table)
 
 

@@ -140,7 +140,7 @@ def _explain_chunk(
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group])):
+        for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group], target, full)):
             payloads[record.index] = (
                 _record(record, outcome, target, full) if isinstance(outcome, Explanation)
                 else _error(record, f"line {record.line}: {outcome}")
@@ -148,14 +148,15 @@ def _explain_chunk(
     return [payloads[r.index] for r in chunk]
 
 
-def _explain_texts(explainer: Explainer, texts: list[str]) -> list[Explanation | str]:
-    """Each text's explanation, or why it failed: a batch that fails is run again one text at a time."""
+def _explain_texts(explainer: Explainer, texts: list[str], target: int | None, full: bool) -> list[Explanation | str]:
+    """Each text's explanation (every layer's matrices with ``full``, else the target's row alone), or
+    why it failed: a batch that fails is run again one text at a time."""
     try:
-        return explainer.explain(texts)
+        return explainer.explain(texts, full=full, targets=None if target is None else [target])
     except TEXT_ERRORS as exc:
         if len(texts) == 1:
             return [str(exc)]
-    return [outcome for text in texts for outcome in _explain_texts(explainer, [text])]
+    return [outcome for text in texts for outcome in _explain_texts(explainer, [text], target, full)]
 
 
 def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool) -> dict[str, object]:

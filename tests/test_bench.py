@@ -9,7 +9,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer
-from alti_onnx.bench import _median_seconds, measure, synthetic_batch
+import alti_onnx.bench as bench
+from alti_onnx.bench import _median_seconds, measure, measure_forward, synthetic_batch
 from alti_onnx.cli import app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
@@ -17,7 +18,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
 
 def test_synthetic_batch_has_exactly_the_asked_length_and_ends_with_the_separator():
     explainer = Explainer(FIXTURE)
-    batch = synthetic_batch(explainer, 20, 3)
+    batch = synthetic_batch(explainer.tokenizer, 20, 3)
     assert batch.input_ids.shape == (3, 20) and batch.attention_mask.all()
     assert batch.tokens[0][0] == "[CLS]" and batch.tokens[0][-1] == "[SEP]"
     assert np.all(batch.input_ids == batch.input_ids[0])
@@ -28,7 +29,21 @@ def test_measure_times_both_paths_with_the_same_inputs():
     assert (result.seq_len, result.batch_size) == (16, 2)
     assert 0 < result.forward_s < result.explain_s  # the explanation includes an instrumented forward
     assert result.ratio == result.explain_s / result.forward_s
-    assert result.peak_rss_mb > 50 and result.repeats >= 3
+    assert result.peak_rss_mb > 50 and result.repeats >= 3 and not result.attribution_only
+    only = measure(FIXTURE, seq_len=16, batch_size=2, warmup=1, repeats=3, attribution_only=True)
+    assert only.attribution_only and 0 < only.forward_s < only.explain_s
+
+
+def test_the_forward_alone_is_measured_on_the_plain_model():
+    seconds, peak = measure_forward(FIXTURE, seq_len=16, batch_size=2)
+    assert 0 < seconds < 1 and peak > 50
+
+
+def test_long_runs_are_warmed_up_once_and_timed_once(monkeypatch):
+    monkeypatch.setattr(bench, "LONG_RUN_S", 0.0)  # every run counts as long
+    calls: list[str] = []
+    _, turns = _median_seconds([lambda: calls.append("run")], warmup=2, repeats=4, budget_s=0, settle_s=0)
+    assert turns == 1 and calls == ["run", "run"]  # one warm-up, one timed turn
 
 
 def test_runs_are_timed_in_turns_and_short_ones_repeat_until_they_settle():
@@ -49,4 +64,5 @@ def test_cli_writes_the_record(tmp_path):
     record = json.loads(out.read_text())
     assert [(r["seq_len"], r["batch_size"]) for r in record["results"]] == [(8, 1), (16, 1)]
     assert record["machine"]["cores"] >= 1 and "onnxruntime" in record["machine"] and "blas" in record["machine"] and record["machine"]["numba_target_cpu"]
-    assert "explain / forward" in result.output
+    assert "explain/fwd" in result.output and "peak MB fwd/explain" in result.output
+    assert all(r["forward_peak_rss_mb"] > 50 and r["peak_rss_mb"] > 50 for r in record["results"])
