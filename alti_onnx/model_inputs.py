@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from .errors import InputError
 from .text_inputs import Batch
@@ -28,11 +27,28 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 ROLES = tuple(ALIASES)
 
-_NUMPY_TYPES = {
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
-    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
+#: ONNX element types (TensorProto.DataType, fixed by the ONNX spec) a graph input can have, as NumPy
+#: dtypes; spelled as numbers so that reading a prepared model needs no onnx import.
+ELEMENT_TYPES: dict[int, tuple[str, type]] = {
+    1: ("float", np.float32), 2: ("uint8", np.uint8), 3: ("int8", np.int8), 5: ("int16", np.int16),
+    6: ("int32", np.int32), 7: ("int64", np.int64), 9: ("bool", np.bool_), 10: ("float16", np.float16),
+    11: ("double", np.float64),
 }
+_TOKEN_TYPES = frozenset(ELEMENT_TYPES)
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """A graph input as the graph declares it: its name, ONNX element type and dims (a size, a
+    symbolic name, or None when unknown; ``dims`` None when even the rank is unknown)."""
+
+    name: str
+    elem_type: int
+    dims: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        type_name = ELEMENT_TYPES.get(self.elem_type, (f"type {self.elem_type}", None))[0]
+        return f"{type_name} [{', '.join('?' if d is None else str(d) for d in self.dims or ())}]"
 
 
 @dataclass(frozen=True)
@@ -44,10 +60,18 @@ class GraphInput:
     dtype: type
 
 
-def declared_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The inputs a caller feeds: the graph's inputs that are not also initializers."""
+def declared_inputs(model) -> list[DeclaredInput]:
+    """The inputs a caller feeds (an onnx.ModelProto's graph inputs that are not also initializers)."""
     initializers = {t.name for t in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in initializers]
+    found = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim) \
+            if tensor.HasField("shape") else None
+        found.append(DeclaredInput(value.name, tensor.elem_type, dims))
+    return found
 
 
 def parse_input_map(pairs: Iterable[str]) -> dict[str, str]:
@@ -67,7 +91,7 @@ class ModelInputs:
     ``graph_inputs`` are the inputs the graph declares (initializers that are also inputs left out).
     """
 
-    def __init__(self, graph_inputs: Iterable[onnx.ValueInfoProto], input_map: Mapping[str, str] | None = None,
+    def __init__(self, graph_inputs: Iterable[DeclaredInput], input_map: Mapping[str, str] | None = None,
                  skip: Iterable[str] = ()):
         declared = {v.name: v for v in graph_inputs}
         input_map = dict(input_map or {})
@@ -80,7 +104,7 @@ class ModelInputs:
             role = input_map.get(name) or _role_from_name(name)
             if role is None:
                 raise InputError(
-                    f"cannot tell what graph input {name!r} ({_describe(value)}) is: name its role with "
+                    f"cannot tell what graph input {name!r} ({value.describe()}) is: name its role with "
                     f"--input-map {name}=ROLE (API: input_map={{{name!r}: ROLE}}), ROLE one of {', '.join(ROLES)}"
                 )
             self.inputs.append(GraphInput(name, role, _dtype(value)))
@@ -110,7 +134,7 @@ class ModelInputs:
         return ", ".join(f"{i.name}={i.role} ({np.dtype(i.dtype).name})" for i in self.inputs)
 
 
-def _check_map(input_map: Mapping[str, str], declared: Mapping[str, onnx.ValueInfoProto]) -> None:
+def _check_map(input_map: Mapping[str, str], declared: Mapping[str, DeclaredInput]) -> None:
     for name, role in input_map.items():
         if role not in ROLES:
             raise InputError(f"unknown input role {role!r} for {name!r}; roles are {', '.join(ROLES)}")
@@ -123,15 +147,8 @@ def _role_from_name(name: str) -> str | None:
     return next((role for role, names in ALIASES.items() if key in names), None)
 
 
-def _dtype(value: onnx.ValueInfoProto) -> type:
-    elem_type = value.type.tensor_type.elem_type
-    if elem_type not in _NUMPY_TYPES:
-        raise InputError(f"graph input {value.name!r} has element type {onnx.TensorProto.DataType.Name(elem_type)}, "
+def _dtype(value: DeclaredInput) -> type:
+    if value.elem_type not in _TOKEN_TYPES:
+        raise InputError(f"graph input {value.name!r} has element type {value.describe().split(' [')[0]}, "
                          "not one a token input can have")
-    return _NUMPY_TYPES[elem_type]
-
-
-def _describe(value: onnx.ValueInfoProto) -> str:
-    tensor = value.type.tensor_type
-    dims = [d.dim_value or d.dim_param or "?" for d in tensor.shape.dim] if tensor.HasField("shape") else []
-    return f"{onnx.TensorProto.DataType.Name(tensor.elem_type).lower()} [{', '.join(map(str, dims))}]"
+    return ELEMENT_TYPES[value.elem_type][1]

@@ -5,13 +5,20 @@ find the attention blocks, and split the graph into one segment per layer whose 
 that layer's block tensors (``graph_rewrites.split_model``), so that a run can hand each layer's
 tensors over and drop them before the next layer runs. On a large model this takes seconds to
 minutes; the result is saved under ``<cache>/prepared/<sha256 of the .onnx file>`` and reused.
-External weights are never copied: the segments refer to them beside the original model, and the
-entry records their sizes and times, so a changed weights file makes the entry stale.
+
+Weights are never held twice. A model whose weights are inline has them written once into the
+entry's ``weights.bin`` (page-aligned: onnxruntime maps them from the file, so a weight two segments
+read, a tied embedding, is held once, and no protobuf of weights is parsed at start-up). External
+weights are not copied: the segments refer to them beside the original model, and the entry
+records their sizes, identities, times and sampled blocks, so a changed weights file makes the
+entry stale.
+
+Reading an entry imports neither onnx nor the analysis: a cached start costs onnxruntime's
+sessions and little else.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -23,34 +30,26 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from graph_rewrites import (
-    AttentionAnalysis,
-    AttentionBlock,
-    UnmatchedSoftmax,
-    analyze_attention,
-    inferred_types,
-    is_dynamically_quantized,
-    load_model,
-    split_model,
-    token_embedding_rows,
-    unfuse,
-)
-from graph_rewrites.model_io import external_data_files, require_model_file
+from graph_rewrites.block import AttentionAnalysis, AttentionBlock, UnmatchedSoftmax
+from graph_rewrites.paths import require_model_file
 
 from .defaults import cache_root
-from .model_inputs import declared_inputs
+from .model_inputs import DeclaredInput
 
 #: Prepared models kept in the cache: the most recently used; older entries are removed.
 KEEP = 8
+#: Digests remembered for model files (see ``file_digest``), the most recent kept.
+KEEP_DIGESTS = 256
 #: Unfinished builds (a process killed while preparing) older than this many seconds are removed.
 ABANDONED_AFTER_S = 24 * 3600
 
 #: Bumped whenever what a prepared entry holds, or how it is made, changes: older entries are then rebuilt.
-FORMAT = 2
+FORMAT = 3
 _MANIFEST = "manifest.json"
 _ARRAYS = "blocks.npz"
+_WEIGHTS = "weights.bin"
+_DIGESTS = ".digests"
 _ARRAY_FIELDS = ("out_proj_weight", "out_proj_bias", "norm_weight", "norm_bias")
 
 
@@ -67,16 +66,16 @@ class SegmentFile:
 class PreparedModel:
     """What explaining a model needs from its graph, without the graph itself.
 
-    ``weights_dir`` is where the segments' external data is read from (the model's own folder);
-    ``graph_inputs`` the model's declared inputs; ``embedding_rows`` the rows of the token table each
-    integer input indexes (None where the graph does not show one); ``cached`` whether this came
-    from an earlier run.
+    ``weights_dir`` is where the segments' external data is read from (the entry, for weights that
+    were inline; the model's own folder, for external ones); ``graph_inputs`` the model's declared
+    inputs; ``embedding_rows`` the rows of the token table each integer input indexes (None where
+    the graph does not show one); ``cached`` whether this came from an earlier run.
     """
 
     source: Path
     weights_dir: Path
     analysis: AttentionAnalysis
-    graph_inputs: list[onnx.ValueInfoProto]
+    graph_inputs: list[DeclaredInput]
     graph_outputs: list[str]
     segments: list[SegmentFile]
     embedding_rows: dict[str, int | None]
@@ -95,7 +94,7 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
     made now (and saved for the next run when ``cache`` and the cache folder is writable)."""
     source = require_model_file(onnx_path)  # before hashing it: /dev/zero would be read for ever
     root = cache_root() / "prepared"
-    entry = root / _file_digest(source) if cache else None
+    entry = root / file_digest(source, root / _DIGESTS) if cache else None
     if entry is not None:
         found = _load(entry, source)
         if found is not None:
@@ -120,12 +119,26 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
 
 def _build(source: Path, directory: Path) -> PreparedModel:
     """Analyse and split the model into ``directory`` (segments first, the manifest last)."""
+    from graph_rewrites import (
+        analyze_attention,
+        inferred_types,
+        is_dynamically_quantized,
+        load_model,
+        split_model,
+        token_embedding_rows,
+        unfuse,
+    )
+    from graph_rewrites.model_io import SharedWeights, external_data_files
+
+    from .model_inputs import declared_inputs
+
     model = unfuse(load_model(source, load_weights=False))
     analysis = analyze_attention(model, base_dir=source.parent)
     inputs = declared_inputs(model)
+    external = external_data_files(model)
     prepared = PreparedModel(
         source=source,
-        weights_dir=source.parent,
+        weights_dir=source.parent if external else directory,
         analysis=analysis,
         graph_inputs=inputs,
         graph_outputs=[o.name for o in model.graph.output],
@@ -133,15 +146,20 @@ def _build(source: Path, directory: Path) -> PreparedModel:
         embedding_rows={i.name: token_embedding_rows(model, i.name) for i in inputs},
         dynamically_quantized=is_dynamically_quantized(model),
         directory=directory,
-        external_data=external_data_files(model),
+        external_data=external,
     )
     if analysis.missed or not analysis.blocks:
         return prepared
     types = inferred_types(model)
-    for number, segment in enumerate(split_model(model, [b.tensor_names() for b in analysis.blocks], types)):
-        path = directory / f"segment_{number:03d}.onnx"
-        path.write_bytes(segment.model.SerializeToString())
-        prepared.segments.append(SegmentFile(path, segment.inputs, segment.outputs))
+    with SharedWeights(directory / _WEIGHTS) as weights:
+        for number, segment in enumerate(split_model(model, [b.tensor_names() for b in analysis.blocks], types)):
+            if not external:  # inline weights go to the entry's weights.bin, each once
+                weights.externalize(segment.model)
+            path = directory / f"segment_{number:03d}.onnx"
+            path.write_bytes(segment.model.SerializeToString())
+            prepared.segments.append(SegmentFile(path, segment.inputs, segment.outputs))
+    if external:
+        (directory / _WEIGHTS).unlink()
     _save_manifest(prepared, source)
     return prepared
 
@@ -160,7 +178,8 @@ def _save_manifest(prepared: PreparedModel, source: Path) -> None:
     manifest = {
         "format": FORMAT,
         "external_data": _stats(source, prepared.external_data),
-        "inputs": [base64.b64encode(v.SerializeToString()).decode() for v in prepared.graph_inputs],
+        "weights": "source" if prepared.external_data else "entry",
+        "inputs": [[i.name, i.elem_type, None if i.dims is None else list(i.dims)] for i in prepared.graph_inputs],
         "outputs": prepared.graph_outputs,
         "blocks": blocks,
         "unmatched": [u.summary() for u in prepared.analysis.unmatched],
@@ -190,10 +209,11 @@ def _load(entry: Path, source: Path) -> PreparedModel | None:
             for described in manifest["blocks"]
         ]
         unmatched = [UnmatchedSoftmax(**u) for u in manifest["unmatched"]]
-        inputs = [onnx.ValueInfoProto.FromString(base64.b64decode(v)) for v in manifest["inputs"]]
-        return PreparedModel(
+        inputs = [DeclaredInput(name, int(elem_type), None if dims is None else tuple(dims))
+                  for name, elem_type, dims in manifest["inputs"]]
+        prepared = PreparedModel(
             source=source,
-            weights_dir=source.parent,
+            weights_dir=source.parent if manifest["weights"] == "source" else entry,
             analysis=AttentionAnalysis(blocks, unmatched),
             graph_inputs=inputs,
             graph_outputs=list(manifest["outputs"]),
@@ -204,9 +224,10 @@ def _load(entry: Path, source: Path) -> PreparedModel | None:
             external_data=[location for location, *_ in recorded],
             cached=True,
         )
-        _touch(entry / _MANIFEST)  # its last use, for eviction
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    _touch(entry / _MANIFEST)  # its last use, for eviction
+    return prepared
 
 
 def _stats(source: Path, locations: list[str]) -> list[list[object]]:
@@ -225,7 +246,7 @@ def _stats(source: Path, locations: list[str]) -> list[list[object]]:
     return stats
 
 
-#: The fingerprint of an external data file: this many blocks of ``_SAMPLE_BYTES``, evenly spread.
+#: A file's fingerprint: this many blocks of ``_SAMPLE_BYTES``, evenly spread.
 _SAMPLES = 16
 _SAMPLE_BYTES = 1 << 16
 
@@ -239,13 +260,36 @@ def _sampled_digest(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    """The SHA-256 of the file, read in large blocks."""
+def file_digest(path: Path, memo: Path | None = None) -> str:
+    """The SHA-256 of the file. With ``memo`` (a folder), a digest computed before is reused while
+    the file's path, size, identity, times and sampled blocks are unchanged: a 500 MB model is not
+    hashed again at every start."""
+    status = path.stat()
+    seen = None
+    if memo is not None:
+        fingerprint = json.dumps([str(path.resolve()), status.st_size, status.st_ino, status.st_mtime_ns,
+                                  status.st_ctime_ns, _sampled_digest(path, status.st_size)])
+        seen = memo / hashlib.sha256(fingerprint.encode()).hexdigest()
+        try:
+            remembered = seen.read_text()
+            if len(remembered) == 64:
+                return remembered
+        except OSError:
+            pass
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 24):
             digest.update(block)
-    return f"{digest.hexdigest()}"
+    found = digest.hexdigest()
+    if seen is not None:
+        try:
+            memo.mkdir(parents=True, exist_ok=True)
+            partial = seen.with_name(f".{seen.name}.{os.getpid()}")
+            partial.write_text(found)
+            os.replace(partial, seen)
+        except OSError:  # an unwritable cache: hashed again next time
+            pass
+    return found
 
 
 def _workspace(root: Path | None) -> Path:
@@ -300,9 +344,15 @@ def _evict(root: Path, keep: Path) -> None:
             if path.name.startswith((".building-", ".stale-")):
                 if now - path.stat().st_mtime > ABANDONED_AFTER_S:
                     shutil.rmtree(path, ignore_errors=True)
-            elif path.is_dir() and path != keep:
+            elif path.is_dir() and not path.name.startswith(".") and path != keep:
                 entries.append(((path / _MANIFEST).stat().st_mtime, path))
         except OSError:
             continue
     for _, path in sorted(entries, reverse=True)[KEEP - 1:]:
         shutil.rmtree(path, ignore_errors=True)
+    try:  # the digests remembered for files seen: a few bytes each, the newest kept
+        memos = sorted(((p.stat().st_mtime, p) for p in (root / _DIGESTS).iterdir()), reverse=True)
+    except OSError:
+        return
+    for _, path in memos[KEEP_DIGESTS:]:
+        path.unlink(missing_ok=True)

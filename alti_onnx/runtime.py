@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from .errors import RuntimeFailure
-from .model_inputs import ModelInputs
-from .prepared import PreparedModel
+from .model_inputs import DeclaredInput, ModelInputs
+from .prepared import PreparedModel, SegmentFile
 from .text_inputs import Batch
 
 
@@ -82,10 +82,15 @@ class SegmentedSession:
                 f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
             )
         options = session_options()
-        # Weights kept in external data are read from beside the original model, never copied.
+        # External weights (the model's own, or the prepared entry's weights.bin) are mapped from their file.
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(prepared.weights_dir))
-        try:
-            self.sessions = [ort.InferenceSession(s.path.read_bytes(), options, providers=providers) for s in self.segments]
+
+        def load(segment: SegmentFile) -> ort.InferenceSession:
+            return ort.InferenceSession(segment.path.read_bytes(), options, providers=providers)
+
+        try:  # onnxruntime optimizes each graph with the GIL released: the segments load in parallel
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                self.sessions = list(pool.map(load, self.segments))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
         produced = {name: number for number, s in enumerate(self.segments) for name in s.outputs}
@@ -139,11 +144,11 @@ def empty_cache(cache: dict[str, tuple[int, int, type]], batch_size: int) -> dic
     return {name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype) for name, (heads, head_size, dtype) in cache.items()}
 
 
-#: ONNX element types a KV cache is stored in.
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
+#: ONNX element types (FLOAT, FLOAT16, DOUBLE) a KV cache is stored in.
+_FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
 
 
-def cache_inputs(declared: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, int, type]]:
+def cache_inputs(declared: list[DeclaredInput]) -> dict[str, tuple[int, int, type]]:
     """Graph inputs that are a KV cache: float [batch, heads, past_length, head_size], fixed heads and size.
 
     Recognised by type and shape, not name: token inputs are integer, and a float rank-4 input of
@@ -151,16 +156,15 @@ def cache_inputs(declared: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, in
     """
     found = {}
     for value in declared:
-        tensor = value.type.tensor_type
-        dims = list(tensor.shape.dim) if tensor.HasField("shape") else []
-        if tensor.elem_type not in _FLOAT_TYPES or len(dims) != 4:
+        dims = value.dims or ()
+        if value.elem_type not in _FLOAT_TYPES or len(dims) != 4:
             continue
-        if not (dims[1].HasField("dim_value") and dims[3].HasField("dim_value")):
+        if not (isinstance(dims[1], int) and isinstance(dims[3], int)):
             raise RuntimeFailure(
                 f"input {value.name!r} looks like a KV cache with unknown head count or size; export the model "
                 "without past (alti-onnx export HF_DIR OUT --task text-generation)"
             )
-        found[value.name] = (dims[1].dim_value, dims[3].dim_value, _FLOAT_TYPES[tensor.elem_type])
+        found[value.name] = (dims[1], dims[3], _FLOAT_TYPES[value.elem_type])
     return found
 
 

@@ -11,8 +11,8 @@ from typing import Any
 #: Public name -> the submodule that defines it. Imported on first use, so that reading an error
 #: class (the CLI does at start-up) does not load onnx, onnxscript and the analysis.
 _EXPORTS = {
-    "AttentionAnalysis": ".analyze",
-    "UnmatchedSoftmax": ".analyze",
+    "AttentionAnalysis": ".block",
+    "UnmatchedSoftmax": ".block",
     "analyze_attention": ".analyze",
     "find_attention_blocks": ".analyze",
     "static_shapes": ".analyze",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,59 +19,13 @@ import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 
-from .attention import STEPS, BlockMatch, SoftmaxMiss, find_block_matches
-from .block import AttentionBlock
-from .errors import GraphRewriteError, ModelLoadError, PatternNotFoundError, UnmatchedAttentionError
+from .attention import BlockMatch, SoftmaxMiss, find_block_matches
+from .block import AttentionAnalysis, AttentionBlock, UnmatchedSoftmax
+from .errors import GraphRewriteError, ModelLoadError
 from .model_io import external_data_files
 from .norm_forms import canonicalize_norms
 from .quantized import dequantize_constant_weights
 from .walk import describe
-
-
-@dataclass(frozen=True)
-class UnmatchedSoftmax:
-    """A Softmax of the graph that is not an attention block: where the pattern stopped, and why.
-
-    ``attention_like``: its scores are a product of two activations or its output multiplies one,
-    so it is most likely a block the matcher could not read, and explaining without it would
-    silently drop a layer.
-    """
-
-    node: str
-    step: str
-    reason: str
-    attention_like: bool
-
-    def summary(self) -> dict[str, object]:
-        return {"node": self.node, "step": self.step, "reason": self.reason, "attention_like": self.attention_like}
-
-
-@dataclass(frozen=True)
-class AttentionAnalysis:
-    """Every Softmax of a model, accounted for: the matched blocks in layer order, and the rest."""
-
-    blocks: list[AttentionBlock]
-    unmatched: list[UnmatchedSoftmax]
-
-    @property
-    def missed(self) -> list[UnmatchedSoftmax]:
-        """The unmatched Softmax nodes that look like attention."""
-        return [u for u in self.unmatched if u.attention_like]
-
-    def require_complete(self) -> list[AttentionBlock]:
-        """The blocks, when every attention-like Softmax is one; else the error naming the first miss."""
-        if self.missed:
-            miss = self.missed[0]
-            raise UnmatchedAttentionError(miss.step, miss.node, miss.reason, len(self.blocks), len(self.missed))
-        if not self.blocks:
-            if not self.unmatched:
-                raise PatternNotFoundError(
-                    "softmax", "the graph",
-                    "it has no Softmax node (fused attention operators must be rewritten first: graph_rewrites.unfuse)",
-                )
-            furthest = max(self.unmatched, key=lambda u: STEPS.index(u.step))
-            raise PatternNotFoundError(furthest.step, f"{furthest.node} ({len(self.unmatched)} Softmax node(s) tried)", furthest.reason)
-        return self.blocks
 
 
 def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None) -> AttentionAnalysis:

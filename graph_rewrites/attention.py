@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from .block import BlockKind
+from .block import STEPS, BlockKind
 from .errors import KVCacheExportError, QuantizedWeightsError
 from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
 from .layout import COPY, Axes
@@ -63,7 +63,6 @@ from .walk import (
     split_constant,
 )
 
-STEPS = ("softmax", "probs x values", "head merge", "output projection", "residual add", "norm")
 
 QUANTIZED_OPS = frozenset(
     {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "DequantizeLinear"}

@@ -7,10 +7,15 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import PatternNotFoundError, UnmatchedAttentionError
+
 #: Where the block's norm sits (docs/alti.md): after the residual sum (post), before attention only
 #: (pre), before attention and on the attention output before the residual add (sandwich), or
 #: before attention and an MLP that run side by side, both added to the residual (parallel).
 BlockKind = Literal["post", "pre", "sandwich", "parallel"]
+
+#: The steps of the attention-block pattern, in the order the matcher takes them.
+STEPS = ("softmax", "probs x values", "head merge", "output projection", "residual add", "norm")
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,49 @@ class AttentionBlock:
             "out_proj_bias": self.out_proj_bias is not None,
             "norm_epsilon": self.norm_epsilon,
         }
+
+
+@dataclass(frozen=True)
+class UnmatchedSoftmax:
+    """A Softmax of the graph that is not an attention block: where the pattern stopped, and why.
+
+    ``attention_like``: its scores are a product of two activations or its output multiplies one,
+    so it is most likely a block the matcher could not read, and explaining without it would
+    silently drop a layer.
+    """
+
+    node: str
+    step: str
+    reason: str
+    attention_like: bool
+
+    def summary(self) -> dict[str, object]:
+        return {"node": self.node, "step": self.step, "reason": self.reason, "attention_like": self.attention_like}
+
+
+@dataclass(frozen=True)
+class AttentionAnalysis:
+    """Every Softmax of a model, accounted for: the matched blocks in layer order, and the rest."""
+
+    blocks: list[AttentionBlock]
+    unmatched: list[UnmatchedSoftmax]
+
+    @property
+    def missed(self) -> list[UnmatchedSoftmax]:
+        """The unmatched Softmax nodes that look like attention."""
+        return [u for u in self.unmatched if u.attention_like]
+
+    def require_complete(self) -> list[AttentionBlock]:
+        """The blocks, when every attention-like Softmax is one; else the error naming the first miss."""
+        if self.missed:
+            miss = self.missed[0]
+            raise UnmatchedAttentionError(miss.step, miss.node, miss.reason, len(self.blocks), len(self.missed))
+        if not self.blocks:
+            if not self.unmatched:
+                raise PatternNotFoundError(
+                    "softmax", "the graph",
+                    "it has no Softmax node (fused attention operators must be rewritten first: graph_rewrites.unfuse)",
+                )
+            furthest = max(self.unmatched, key=lambda u: STEPS.index(u.step))
+            raise PatternNotFoundError(furthest.step, f"{furthest.node} ({len(self.unmatched)} Softmax node(s) tried)", furthest.reason)
+        return self.blocks

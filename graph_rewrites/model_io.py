@@ -12,22 +12,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import ModelLoadError
-
-
-def require_model_file(path: str | Path) -> Path:
-    """``path`` if it is a regular file; else a ModelLoadError saying what it is instead (a device
-    such as /dev/zero, or a pipe, would be read without end)."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
-    if not path.is_file():
-        raise ModelLoadError(f"{path} is not a regular file")
-    return path
+from .paths import require_model_file
 
 
 def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
@@ -172,3 +161,56 @@ def save_model(model: onnx.ModelProto, path: str | Path, base_dir: str | Path | 
         os.replace(work / path.name, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class SharedWeights:
+    """One external data file for the initializers of several models, each stored once (by name).
+
+    Models split from one graph (``split_model``) share weights: a tied embedding is read by the
+    first segment and by the head. Stored once and page-aligned, onnxruntime maps them from the
+    file instead of parsing and copying them out of each model's protobuf: every segment starts
+    fast and a weight read by two segments is held once.
+    """
+
+    #: Initializers smaller than this stay inline (shapes, scalars).
+    MIN_BYTES = 1024
+    ALIGNMENT = 4096
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._handle = open(self.path, "wb")
+        self._placed: dict[str, tuple[int, int]] = {}
+
+    def externalize(self, model: onnx.ModelProto) -> None:
+        """Move ``model``'s large inline initializers into the file (in place), referring to it by name."""
+        for tensor in model.graph.initializer:
+            if uses_external_data(tensor):
+                continue
+            data = tensor.raw_data if tensor.HasField("raw_data") else None
+            if data is None:
+                if _itemsize(tensor.data_type) is None:
+                    continue
+                data = numpy_helper.to_array(tensor).tobytes()
+            if len(data) < self.MIN_BYTES:
+                continue
+            if tensor.name not in self._placed:
+                offset = -(-self._handle.tell() // self.ALIGNMENT) * self.ALIGNMENT
+                self._handle.seek(offset)
+                self._handle.write(data)
+                self._placed[tensor.name] = (offset, len(data))
+            offset, length = self._placed[tensor.name]
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                tensor.ClearField(field)
+            del tensor.external_data[:]
+            for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+                tensor.external_data.add(key=key, value=value)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> SharedWeights:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -93,7 +93,7 @@ def test_only_the_most_recently_used_entries_stay(cache, tmp_path, monkeypatch):
     entries = [prepare(FIXTURES / f"tiny-{arch}" / "model.onnx").directory for arch in ("bert", "roberta")]
     os.utime(entries[0] / "manifest.json", (1, 1))  # bert used long ago
     newest = prepare(FIXTURES / "tiny-electra" / "model.onnx").directory
-    assert sorted(p for p in cache.iterdir()) == sorted([entries[1], newest])
+    assert sorted(p for p in cache.iterdir() if not p.name.startswith(".")) == sorted([entries[1], newest])
     assert prepare(FIXTURES / "tiny-roberta" / "model.onnx").cached
 
 
@@ -104,3 +104,23 @@ def test_two_processes_publishing_the_same_model_keep_one_entry(cache):
     published = prepared_module._publish(building, first.directory, first.source)
     assert published.directory == first.directory and published.cached and not building.exists()
     assert len(twin.segments) == len(first.segments)
+
+
+def test_a_file_is_hashed_once_while_it_is_unchanged(cache, tmp_path, monkeypatch):
+    model = tmp_path / "model.onnx"
+    model.write_bytes((FIXTURES / "tiny-bert" / "model.onnx").read_bytes())
+    memo = tmp_path / "memo"
+    first = prepared_module.file_digest(model, memo)
+    import hashlib
+
+    assert first == hashlib.sha256(model.read_bytes()).hexdigest()
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(a) or real(*a))
+    assert prepared_module.file_digest(model, memo) == first
+    assert len(calls) == 2  # the fingerprint and its sampled blocks, not the file
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF
+    model.write_bytes(bytes(data))  # same size, rewritten in place
+    monkeypatch.undo()
+    assert prepared_module.file_digest(model, memo) == hashlib.sha256(bytes(data)).hexdigest() != first

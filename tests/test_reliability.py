@@ -188,6 +188,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_records_of_one_run(tm
     start_up = time.monotonic() - started
     assert uninterrupted.wait(timeout=300) == 0
     work = time.monotonic() - started - start_up
+    print(f"start-up {start_up:.2f} s, work {work:.2f} s")
 
     output = tmp_path / "killed.jsonl"
     rng = random.Random(20)
@@ -195,7 +196,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_records_of_one_run(tm
     for _ in range(20):
         process = subprocess.Popen([*command, "--output", str(output)], env=cli_env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3 * start_up, start_up + work / 8))
+        time.sleep(rng.uniform(0.3 * start_up, start_up + work / 12))
         process.send_signal(signal.SIGKILL)
         process.wait()
         done.append(len(output.read_bytes().splitlines()) if output.exists() else 0)
