@@ -92,12 +92,13 @@ def _median_seconds(runs: list, warmup: int, repeats: int, budget_s: float, sett
             start = time.perf_counter()
             run()
             slowest = max(slowest, time.perf_counter() - start)
-    least = 1 if slowest > LONG_RUN_S else 3
     times: list[list[float]] = [[] for _ in runs]
     began = time.perf_counter()
     done = 0
     while True:
         elapsed = time.perf_counter() - began
+        slowest = max([slowest] + [samples[0] for samples in times if samples])
+        least = 1 if slowest > LONG_RUN_S else 3
         if done >= least and elapsed > budget_s:
             break
         if done >= repeats and (elapsed > settle_s or done >= most):
@@ -125,12 +126,15 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
     def explain() -> None:
         explainer.explain_batch(batch, full=not attribution_only)
 
-    explain()
+    began = time.perf_counter()
+    explain()  # its warm-up
+    long_run = time.perf_counter() - began > LONG_RUN_S
     peak_mb = _peak_mb()
     plain = plain_session(explainer.files.onnx, providers)
     feeds = {**explainer.session.inputs.feeds(batch), **explainer.session.empty_cache(batch_size)}
+    plain.run(None, feeds)  # the forward's warm-up
     (forward, explained), done = _median_seconds(
-        [lambda: plain.run(None, feeds), explain], max(0, warmup - 1), repeats, budget_s
+        [lambda: plain.run(None, feeds), explain], 0 if long_run else max(0, warmup - 1), repeats, budget_s
     )
     return BenchResult(seq_len, batch_size, forward, explained, explained / forward, peak_mb, done,
                        attribution_only=attribution_only)

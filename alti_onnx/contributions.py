@@ -210,12 +210,11 @@ def layer_contributions(
     @np.errstate(all="ignore")
     def contribution_rows(rows: tuple[int, int]) -> None:
         start, stop = rows
-        # One layout of the probabilities serves every pass: column j outermost, heads innermost.
-        columns = by_column(probs[:, start:stop].astype(dtype, copy=False))  # [S_j, rows, H]
+        rows_probs = np.ascontiguousarray(probs[:, start:stop], dtype=dtype)  # [H, rows, S_j]
         distance = np.empty((stop - start, seq_len), dtype=dtype)
-        manhattan_distances(columns, vectors, residual, np.ascontiguousarray(target[start:stop]), distance, start)
+        manhattan_distances(rows_probs, vectors, residual, np.ascontiguousarray(target[start:stop]), distance, start)
         if norms is not None:
-            squared = _squared_norms(columns, vectors, residual, start)
+            squared = _squared_norms(by_column(rows_probs), vectors, residual, start)  # [S_j, rows, H] there
             norms[start:stop] = normalize_rows(np.sqrt(squared) / scale[start:stop, None])
         own_norms = y_norms[start:stop, None]
         raw = own_norms - distance / scale[start:stop, None]

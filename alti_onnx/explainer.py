@@ -216,7 +216,8 @@ class Explainer:
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
             if len(kept) > 1 and tensors.probs.shape[-1] < _LONG:
                 return list(self._pool.map(one, range(len(kept))))
-            return [one(row, self._pool.map, workers) for row in range(len(kept))]
+            # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
+            return [one(row, self._pool.map, 4 * workers) for row in range(len(kept))]
 
     def _explanation(
         self,

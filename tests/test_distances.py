@@ -36,13 +36,21 @@ def test_kernel_equals_the_formula(case):
         probs = np.tril(probs)
     probs /= probs.sum(-1, keepdims=True)
     probs = probs.astype(dtype)
-    np.testing.assert_array_equal(by_column(probs), probs.transpose(2, 1, 0))
+    np.testing.assert_array_equal(by_column(probs), probs.transpose(2, 1, 0))  # the norm-based baseline's layout
     vectors = rng.standard_normal((seq, heads, width)).astype(dtype)
     residual = rng.standard_normal((seq, width)).astype(dtype)
     target = rng.standard_normal((seq, width)).astype(dtype)
 
     got = np.full((seq, seq), np.nan, dtype=dtype)
-    manhattan_distances(by_column(probs), vectors, residual, target, got)
+    manhattan_distances(probs, vectors, residual, target, got)
+    # the same by blocks of rows (first_row) and tiles of every size (each remainder of the tile)
+    for rows, tile in ((5, 4), (seq, 8), (3, 12)):
+        blocked = np.full((seq, seq), np.nan, dtype=dtype)
+        for start in range(0, seq, rows):
+            stop = min(start + rows, seq)
+            manhattan_distances(np.ascontiguousarray(probs[:, start:stop]), vectors, residual, target[start:stop],
+                                blocked[start:stop], start, tile)
+        np.testing.assert_array_equal(blocked, got)
 
     want = direct_distances(probs, vectors, residual, target)
     # Rounding scales with the magnitudes summed, not with the (possibly cancelling) distance.
@@ -62,7 +70,7 @@ def test_a_nan_in_the_inputs_reaches_the_distance():
     vectors[1, 2, 3] = np.nan
     target = np.zeros((2, 4), dtype=np.float32)
     got = np.zeros((2, 2), dtype=np.float32)
-    manhattan_distances(by_column(probs), vectors, np.zeros((2, 4), np.float32), target, got)
+    manhattan_distances(probs, vectors, np.zeros((2, 4), np.float32), target, got)
     assert np.isnan(got[:, 1]).all() and np.isfinite(got[:, 0]).all()
 
 
