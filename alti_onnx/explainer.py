@@ -159,25 +159,36 @@ class Explainer:
 
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
                      targets: list[int] | None) -> list[Explanation]:
-        """One onnxruntime run, each layer decomposed as soon as its tensors exist and then dropped."""
+        """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
+        at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
+        with whole layers while long ones hold one layer at a time."""
         rows = range(len(batch.lengths))
         kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
         layers: list[list[LayerContributions]] = [[] for _ in rows]
         stores = [LayerStore() for _ in rows] if not full else None
         causal = self.causal
+        pending: list[tuple[int, BlockTensors]] = []
 
-        def on_block(layer: int, tensors: BlockTensors) -> None:
+        def decompose_pending() -> None:
             nonlocal causal
             if causal is None:
-                causal = _causal_attention(tensors.probs, kept)
-            for row, computed in zip(rows, self._decompose(tensors, layer, kept, baselines, full)):
-                _require_finite(layer, computed, tensors, row, kept[row])
-                if check:
-                    self._self_check(layer, computed, batch.tokens[row])
-                if stores is not None:
-                    stores[row].append(computed.contributions)
-                    computed = LayerContributions(None, None, None, computed.reconstruction_error, computed.output_scale)
-                layers[row].append(computed)
+                causal = _causal_attention(pending[0][1].probs, kept)
+            for (layer, tensors), computed_rows in zip(pending, self._decompose(pending, kept, baselines, full)):
+                for row, computed in zip(rows, computed_rows):
+                    _require_finite(layer, computed, tensors, row, kept[row])
+                    if check:
+                        self._self_check(layer, computed, batch.tokens[row])
+                    if stores is not None:
+                        stores[row].append(computed.contributions)
+                        computed = LayerContributions(None, None, None, computed.reconstruction_error,
+                                                      computed.output_scale)
+                    layers[row].append(computed)
+            pending.clear()
+
+        def on_block(layer: int, tensors: BlockTensors) -> None:
+            pending.append((layer, tensors))
+            if sum(t.probs.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
+                decompose_pending()
 
         try:
             outputs = self._run(batch, on_block)
@@ -198,26 +209,30 @@ class Explainer:
                 ) from None
             raise
 
-    def _decompose(self, tensors: BlockTensors, layer: int, kept: list, baselines: bool,
-                   full: bool) -> list[LayerContributions]:
-        """One layer's contributions for every row of the batch: rows in parallel threads when the
-        texts are short, else each text's rows of S split into blocks run in parallel."""
-        block = self.blocks[layer]
+    def _decompose(self, pending: list[tuple[int, BlockTensors]], kept: list, baselines: bool,
+                   full: bool) -> list[list[LayerContributions]]:
+        """The contributions of each pending layer for every row of the batch: (layer, row) pairs in
+        parallel threads when there are enough of them or the texts are short, else each text's rows
+        of S split into blocks run in parallel."""
         workers = self._workers
 
-        def one(row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
+        def one(index: int, row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
+            layer, tensors = pending[index]
             keep = kept[row]
             return layer_contributions(
-                block, tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
+                self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
                 tensors.residual[row][keep], tensors.output[row][keep],
                 with_norms=baselines, with_attention=full, map_blocks=map_blocks, parts=parts,
             )
 
+        jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
-            if len(kept) > 1 and tensors.probs.shape[-1] < _LONG:
-                return list(self._pool.map(one, range(len(kept))))
-            # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
-            return [one(row, self._pool.map, 4 * workers) for row in range(len(kept))]
+            if len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
+                done = list(self._pool.map(lambda job: one(*job), jobs))
+            else:
+                # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
+                done = [one(index, row, self._pool.map, 4 * workers) for index, row in jobs]
+        return [done[index * len(kept):(index + 1) * len(kept)] for index in range(len(pending))]
 
     def _explanation(
         self,
@@ -282,8 +297,11 @@ class Explainer:
             )
 
 
-#: Texts at least this long have their rows split over the threads; shorter ones run a text per thread.
+#: Texts at least this long have their rows split over the threads; shorter ones run a text and layer per thread.
 _LONG = 256
+#: Attention probabilities (bytes) of the layers decomposed together: all of a short text's layers,
+#: one at a time for long texts or large batches.
+BUFFER_BYTES = 64 << 20
 
 
 def _require_finite(layer: int, computed: LayerContributions, t: BlockTensors, row: int, keep) -> None:
