@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -76,25 +77,37 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="export directory or .onnx file")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """List the attention blocks found in the graph, and every Softmax that is not one (with why)."""
+    """List the attention blocks found in the graph, and every Softmax that is not one (with why).
+
+    An encoder-decoder export directory lists its encoder's and its decoder's blocks."""
     from graph_rewrites import analyze_attention, load_model, unfuse
 
     from .explainer import locate_model
+    from .seq2seq import DECODER_FILE, ENCODER_FILE, is_seq2seq_export
 
     with user_errors():
-        path = locate_model(model).onnx
+        paths = [model / ENCODER_FILE, model / DECODER_FILE] if is_seq2seq_export(model) else [locate_model(model).onnx]
         # weights stay on disk (read memory-mapped where the analysis needs them): any size inspects
-        analysis = analyze_attention(unfuse(load_model(path, load_weights=False)), base_dir=path.parent)
+        analyses = {path: analyze_attention(unfuse(load_model(path, load_weights=False)), base_dir=path.parent)
+                    for path in paths}
     if as_json:
-        print(json.dumps({"blocks": [b.summary() for b in analysis.blocks],
-                          "unmatched_softmax": [u.summary() for u in analysis.unmatched]}, indent=2))
+        described = {path.name: {"blocks": [b.summary() for b in analysis.blocks],
+                                 "unmatched_softmax": [u.summary() for u in analysis.unmatched]}
+                     for path, analysis in analyses.items()}
+        print(json.dumps(described if len(paths) > 1 else described[paths[0].name], indent=2))
         return
-    table = Table(title=Text(f"{len(analysis.blocks)} attention blocks in {model}"))
-    for column in ("layer", "heads", "head size", "width", "kind", "probs", "values", "block output"):
+    for path, analysis in analyses.items():
+        _print_analysis(analysis, path if len(paths) > 1 else model)
+
+
+def _print_analysis(analysis, name: Path) -> None:
+    table = Table(title=Text(f"{len(analysis.blocks)} attention blocks in {name}"))
+    for column in ("layer", "heads", "head size", "width", "kind", "attends", "probs", "values", "block output"):
         table.add_column(column)
     for b in analysis.blocks:
         table.add_row(*(Text(str(cell)) for cell in (
-            b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind, b.probs, b.values, b.output,
+            b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind, "cross" if b.cross else "self", b.probs,
+            b.values, b.output,
         )))
     out.print(table)
     if analysis.unmatched:
@@ -150,6 +163,13 @@ def explain(
         bool, typer.Option("--attribution-only", help="--json holds the target's attribution, not every layer's "
                            "S x S matrices (for long inputs)")
     ] = False,
+    target_text: Annotated[
+        Optional[str], typer.Option("--target-text", help="encoder-decoder: the output to explain, teacher-forced "
+                                    "(default: the model's greedy output)")
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="encoder-decoder: most tokens generated without --target-text")
+    ] = 32,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -162,6 +182,14 @@ def explain(
             raise InputError("--attribution-only cannot go with --html or --png: they draw every layer's matrices")
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
+        if _is_seq2seq(explainer):
+            if target is not None or png_path is not None or html_path is not None:
+                raise InputError("--target, --html and --png are not for encoder-decoder models yet; "
+                                 "--json holds every matrix")
+            _explain_seq2seq(explainer, text, target_text, max_new_tokens, json_path, attribution_only)
+            return
+        if target_text is not None:
+            raise InputError("--target-text is for encoder-decoder exports (encoder_model.onnx + decoder_model.onnx)")
         explanation = explainer.explain(text, full=full, targets=None if target is None else [target])
         target = explanation.default_target if target is None else target
         attribution = _attribution(explanation, target)
@@ -234,6 +262,45 @@ def _attribution(explanation, target: int):
         raise InputError(str(exc)) from None
 
 
+def _is_seq2seq(explainer) -> bool:
+    from .seq2seq import Seq2SeqExplainer
+
+    return isinstance(explainer, Seq2SeqExplainer)
+
+
+def _explain_seq2seq(explainer, text: str, target_text: Optional[str], max_new_tokens: int,
+                     json_path: Optional[Path], attribution_only: bool) -> None:
+    """ALTI+ of a source and its output (given, or generated): a row per target token."""
+    explanation = explainer.explain(text, target_text, max_new_tokens=max_new_tokens)
+    if json_path is not None:
+        with _writing(json_path):
+            json_path.write_text(json.dumps(explanation.to_dict(attribution_only)))
+    print_seq2seq(explanation)
+    if json_path is not None:
+        out.print(escape(f"wrote {json_path}"), soft_wrap=True)
+
+
+def print_seq2seq(explanation, top: int = 3) -> None:
+    """Each target token with its source share (number and bar) and its most contributing source tokens."""
+    how = "generated" if explanation.generated else "teacher-forced"
+    table = Table(title=Text(f"ALTI+ source contributions ({how}; source: {' '.join(explanation.source_tokens)})"),
+                  title_justify="left")
+    table.add_column("pos", justify="right")
+    table.add_column("token")
+    table.add_column("source share", justify="right")
+    table.add_column("")
+    table.add_column("top source tokens")
+    attribution = explanation.source_attribution
+    for position, token in enumerate(explanation.target_tokens):
+        share = float(explanation.source_share[position])
+        order = np.argsort(-attribution[position], kind="stable")[:top]
+        best = ", ".join(f"{explanation.source_tokens[j]} {attribution[position, j]:.3f}" for j in order)
+        table.add_row(str(position), Text(token), f"{share:.4f}", Text("█" * round(20 * share), style="cyan"), Text(best))
+    out.print(table)
+    errors = explanation.reconstruction_errors
+    out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} blocks")
+
+
 def print_attribution(tokens: list[str], attribution, target: int, errors) -> None:
     """A table of tokens with their attribution to ``target`` as numbers and bars."""
     table = Table(title=Text(f"ALTI attribution to position {target} ({tokens[target]!r})"), title_justify="left")
@@ -262,7 +329,8 @@ def demo(
     with user_errors():
         model_dir = _default_model()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
-            png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False)
+            png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False,
+            target_text=None, max_new_tokens=32)
 
 
 @app.command()
@@ -399,10 +467,16 @@ def batch(
     ] = None,
     input_map: InputMapOption = None,
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="encoder-decoder: most tokens generated for a record "
+                          "without a 'target'")
+    ] = 32,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
-    Each input line gets one record in its place: the explanation, or an 'error' saying why not.
+    Each input line gets one record in its place: the explanation, or an 'error' saying why not. For an
+    encoder-decoder export a line may be {"text": SOURCE, "target": TARGET}: the target is explained
+    teacher-forced, and without one the model's greedy output.
     """
     from rich.progress import Progress
 
@@ -420,7 +494,7 @@ def batch(
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
                 on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size, max_new_tokens=max_new_tokens,
             )
         if summary.written and summary.failed == summary.written:
             raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")

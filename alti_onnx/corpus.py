@@ -23,6 +23,7 @@ from .corpus_input import CorpusRecord, read_records
 from .corpus_output import Job, corpus_output
 from .errors import InputError, RuntimeFailure, SelfCheckError
 from .explainer import Explainer
+from .seq2seq import Seq2SeqExplainer, Seq2SeqExplanation
 from .explanation import Explanation
 
 #: Token pairs one onnxruntime run may hold: its texts times the square of their padded length. The
@@ -61,11 +62,14 @@ def explain_corpus(
     full: bool = False,
     on_record: Callable[[int], None] | None = None,
     pairs_per_run: int = PAIRS_PER_RUN,
+    max_new_tokens: int = 32,
 ) -> CorpusSummary:
     """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
     of the same job stopped.
 
-    ``on_record`` is called with the number of records done so far (earlier runs included).
+    ``on_record`` is called with the number of records done so far (earlier runs included). An
+    encoder-decoder (``Seq2SeqExplainer``) explains each record's ``target`` teacher-forced, or its
+    greedy output (at most ``max_new_tokens``) where the record has none.
     """
     input_path = Path(input_path)
     require_corpus(input_path)
@@ -73,6 +77,8 @@ def explain_corpus(
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     options = {"full": full, "target": target, "input_map": dict(sorted(explainer.input_map.items())),
                "self_check_tolerance": explainer.self_check_tolerance}
+    if isinstance(explainer, Seq2SeqExplainer):
+        options.update(max_new_tokens=max_new_tokens, encoder=explainer.encoder_file_identity())
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
     with corpus_output(output_path, input_path, job) as out:
         records = read_records(input_path)
@@ -82,7 +88,7 @@ def explain_corpus(
         written = failed = 0
         first_error = None
         while chunk := list(islice(records, chunk_size)):
-            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full)
+            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens)
             out.write_chunk([_json_line(payload) for payload in payloads])
             for payload in payloads:
                 written += 1
@@ -123,8 +129,8 @@ def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[
 
 
 def _explain_chunk(
-    explainer: Explainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int, target: int | None,
-    full: bool,
+    explainer: Explainer | Seq2SeqExplainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
+    target: int | None, full: bool, max_new_tokens: int = 32,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
     payloads: dict[int, dict[str, object]] = {}
@@ -134,12 +140,23 @@ def _explain_chunk(
             payloads[record.index] = _error(record, record.error)
             continue
         try:
-            valid.append((explainer.encoder.token_count(record.text), record))
+            text_encoder = explainer.text if isinstance(explainer, Seq2SeqExplainer) else explainer.encoder
+            valid.append((text_encoder.token_count(record.text), record))
         except InputError as exc:
             payloads[record.index] = _error(record, f"line {record.line}: {exc}")
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
+        if isinstance(explainer, Seq2SeqExplainer):
+            for record in group:
+                payloads[record.index] = None  # type: ignore[assignment] - filled below, in the group's order
+            for subgroup in ([r for r in group if r.target is not None], [r for r in group if r.target is None]):
+                for record, outcome in zip(subgroup, _explain_pairs(explainer, subgroup, max_new_tokens)):
+                    payloads[record.index] = (
+                        _pair_record(record, outcome, full) if isinstance(outcome, Seq2SeqExplanation)
+                        else _error(record, f"line {record.line}: {outcome}")
+                    )
+            continue
         for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group], target, full)):
             payloads[record.index] = (
                 _record(record, outcome, target, full) if isinstance(outcome, Explanation)
@@ -157,6 +174,26 @@ def _explain_texts(explainer: Explainer, texts: list[str], target: int | None, f
         if len(texts) == 1:
             return [str(exc)]
     return [outcome for text in texts for outcome in _explain_texts(explainer, [text], target, full)]
+
+
+def _explain_pairs(explainer: Seq2SeqExplainer, records: list[CorpusRecord],
+                   max_new_tokens: int) -> list[Seq2SeqExplanation | str]:
+    """Each source's (and target's) ALTI+ explanation, or why it failed (a failed batch is run again pair by pair)."""
+    if not records:
+        return []
+    targets = None if records[0].target is None else [r.target for r in records]
+    try:
+        return explainer.explain_batch([r.text for r in records], targets, max_new_tokens=max_new_tokens)
+    except TEXT_ERRORS as exc:
+        if len(records) == 1:
+            return [str(exc)]
+    return [outcome for record in records for outcome in _explain_pairs(explainer, [record], max_new_tokens)]
+
+
+def _pair_record(record: CorpusRecord, explanation: Seq2SeqExplanation, full: bool) -> dict[str, object]:
+    """One encoder-decoder record: the tokens, each target token's source share and its attribution
+    to the source and the target prefix (the last layer's ALTI+ rows), and with ``full`` every matrix."""
+    return {"index": record.index, "id": record.id, **explanation.to_dict(attribution_only=not full)}
 
 
 def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool) -> dict[str, object]:

@@ -29,6 +29,7 @@ class CorpusRecord:
     text: str | None = None
     id: object = None
     error: str | None = None
+    target: str | None = None  #: an encoder-decoder's output to explain (``{"text": ..., "target": ...}``)
 
     @property
     def line(self) -> int:
@@ -97,17 +98,21 @@ def _record(index: int, raw: bytes, json_lines: bool) -> CorpusRecord:
         return CorpusRecord(index, id=value.get("id"), error=f"{where}: the object has no 'text'")
     if not isinstance(value["text"], str):
         return CorpusRecord(index, id=value.get("id"), error=f"{where}: 'text' must be a string, got {_kind(value['text'])}")
-    return _checked(index, value["text"], value.get("id"))
+    target = value.get("target")
+    if target is not None and not isinstance(target, str):
+        return CorpusRecord(index, id=value.get("id"), error=f"{where}: 'target' must be a string, got {_kind(target)}")
+    return _checked(index, value["text"], value.get("id"), target)
 
 
-def _checked(index: int, text: str, record_id: object) -> CorpusRecord:
+def _checked(index: int, text: str, record_id: object, target: str | None = None) -> CorpusRecord:
     """A text that is Unicode throughout (JSON can spell lone surrogates, which encode to nothing)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return CorpusRecord(index, id=record_id, error=f"line {index + 1}: the text holds a lone surrogate "
-                                                       f"(\\u{ord(text[exc.start]):04x}), not Unicode text")
-    return CorpusRecord(index, text, record_id)
+    for what, value in (("text", text), ("target", target or "")):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return CorpusRecord(index, id=record_id, error=f"line {index + 1}: the {what} holds a lone surrogate "
+                                                           f"(\\u{ord(value[exc.start]):04x}), not Unicode text")
+    return CorpusRecord(index, text, record_id, target=target)
 
 
 def _no_constants(name: str) -> object:

@@ -19,7 +19,6 @@ from .errors import (
     ModelPathError,
     NonFiniteError,
     RuntimeFailure,
-    SelfCheckError,
     TokenizerMismatchError,
 )
 from .model_files import read_json_object
@@ -28,6 +27,7 @@ from .layer_store import LayerStore
 from .prepared import PreparedModel, prepare
 from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, SegmentedSession
+from .self_check import check_layer
 from .text_inputs import Batch, TextEncoder
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
@@ -52,6 +52,9 @@ def locate_model(model: str | Path, tokenizer: str | Path | None = None) -> Mode
         onnx_path = path / "model.onnx"
         if not onnx_path.is_file():
             candidates = sorted(path.glob("*.onnx"))
+            if (path / "encoder_model.onnx").is_file():
+                raise ModelPathError(f"{path} is an encoder-decoder export without decoder_model.onnx: export it with "
+                                     "optimum's text2text-generation task")
             if len(candidates) != 1:
                 raise ModelPathError(f"no model.onnx in {path}")
             onnx_path = candidates[0]
@@ -75,6 +78,14 @@ class Explainer:
     positions); ``cache`` whether the prepared model (blocks found, graph split per layer) is kept
     under ``<cache>/prepared`` for the next run on the same file (on by default).
     """
+
+    def __new__(cls, model: str | Path, *args, **kwargs):
+        """An encoder-decoder export directory gets the ALTI+ explainer (``alti_onnx.seq2seq``)."""
+        from .seq2seq import Seq2SeqExplainer, is_seq2seq_export
+
+        if cls is Explainer and is_seq2seq_export(model):
+            return Seq2SeqExplainer(model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -277,24 +288,7 @@ class Explainer:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _self_check(self, layer: int, computed: LayerContributions, tokens: list[str]) -> None:
-        """The decomposition rebuilds the block output within the tolerance (relative to the
-        output's magnitude, at least 1), and every token receives some contribution (a row of zeros
-        would be normalized into nothing, silently)."""
-        error, scale = computed.reconstruction_error, max(1.0, computed.output_scale)
-        if not error <= self.self_check_tolerance * scale:
-            raise SelfCheckError(
-                f"self-check failed: layer {layer}'s decomposition differs from the model's block output "
-                f"by {error:.3g} (tolerance {self.self_check_tolerance * scale:.3g}); "
-                + (_INT8_HINT if self.int8 else "the graph is not what the block description says")
-            )
-        empty = np.flatnonzero(computed.contributions.sum(-1) == 0)
-        if len(empty):
-            token = tokens[empty[0]]
-            raise SelfCheckError(
-                f"self-check failed: in layer {layer}, token {empty[0]} ({token!r}) receives no positive "
-                f"contribution from any token (every one of its transformed vectors is as far from the block "
-                f"output as the output is from zero): a degenerate block, nothing to attribute"
-            )
+        check_layer(f"layer {layer}", computed, tokens, self.self_check_tolerance, self.int8)
 
 
 #: Texts at least this long have their rows split over the threads; shorter ones run a text and layer per thread.
@@ -317,11 +311,6 @@ def _require_finite(layer: int, computed: LayerContributions, t: BlockTensors, r
         )
 
 
-_INT8_HINT = (
-    "the model is dynamically quantized (int8 weights, activations quantized at run time), so the float "
-    "decomposition with the dequantized W_O misses the activation rounding; pass --self-check-tolerance 2e-2 "
-    "(API: self_check_tolerance=2e-2) to accept that error, or explain the float export"
-)
 
 
 #: config.json keys that give the number of transformer layers, by family.

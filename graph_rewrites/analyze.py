@@ -130,6 +130,7 @@ def _describe(layer: int, match: BlockMatch) -> AttentionBlock:
         num_heads=match.num_heads,
         head_size=match.head_size,
         kind=match.kind,
+        cross=match.cross,
         probs=match.probs.name,
         values=match.values.name,
         residual=match.residual.name,

@@ -105,6 +105,7 @@ class BlockMatch:
     num_heads: int
     head_size: int
     kind: BlockKind = "post"
+    cross: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,14 @@ def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
         return BlockMatch(**common, values=grouped, output=added.attention, norm_input=None, norm=pre, kind="parallel")
     if pre is not None and same(pre.input, added.residual):
         return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=pre, kind="pre")
+    if source is not None and not same(source, added.residual) and _independent_of(source, added.residual):
+        # Cross-attention: the values come from a memory (an encoder's output) that the residual
+        # stream does not feed; the block's norm is found as for self-attention.
+        norm = _post_norm(added.summed, width, required=False)
+        if norm is None or _carried_on(added.summed, norm):
+            return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=None, kind="pre",
+                              cross=True)
+        return BlockMatch(**common, values=grouped, output=norm.output, norm_input=added.summed, norm=norm, cross=True)
     if source is not None and not same(source, added.residual):
         raise StepFailed(
             "norm",
@@ -543,11 +552,30 @@ def _grouped_values(values: ir.Value) -> ir.Value:
     return unsqueeze.inputs[0]
 
 
-def _post_norm(summed: ir.Value, width: int) -> LayerNormMatch:
+def _independent_of(source: ir.Value, stream: ir.Value) -> bool:
+    """Whether ``source`` is computed without ``stream`` (walking back through every producer): the
+    values of a cross-attention block read an encoder's output, which no decoder tensor feeds."""
+    target, seen, todo = backward(stream), set(), [source]
+    while todo:
+        value = todo.pop()
+        if value is None or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if value is target or backward(value) is target:
+            return False
+        producer = value.producer()
+        if producer is not None:
+            todo.extend(producer.inputs)
+    return True
+
+
+def _post_norm(summed: ir.Value, width: int, required: bool = True) -> LayerNormMatch | None:
     value = summed
     while (norm := norm_reading(value, width, LAYER_NORM_OPS)) is None:
         users = consumers(value)
         if len(users) != 1 or not is_standard(users[0], "Identity", "Cast", "Dropout"):
+            if not required:
+                return None
             found = ", ".join(n.op_type for n in consumers(summed)) or "nothing"
             raise StepFailed(
                 "norm",

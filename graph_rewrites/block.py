@@ -33,6 +33,10 @@ class AttentionBlock:
     - ``output``: the block output: the norm's output (post), the residual sum (pre, sandwich), or
       the attention output before anything is added to it (parallel: no tensor holds x + a).
 
+    A cross-attention block (``cross``: an encoder-decoder's decoder) attends from the decoder's
+    residual stream [B, T, D] to a memory of J positions that the stream does not feed (the
+    encoder's output): ``probs`` is [B, H, T, J] and ``values`` [B, H_kv, J, head_size].
+
     ``norm_weight``/``norm_bias``/``norm_epsilon``/``norm_rms`` describe the norm the decomposition
     uses: post, the LayerNorm after the residual sum; sandwich, the norm on the attention output.
     For pre and parallel blocks they describe the norm before attention whose output feeds the
@@ -57,6 +61,7 @@ class AttentionBlock:
     norm_bias: np.ndarray | None = field(default=None, repr=False)
     norm_epsilon: float | None = None
     norm_rms: bool = False
+    cross: bool = False
 
     @property
     def norm_placement(self) -> str:
@@ -85,6 +90,7 @@ class AttentionBlock:
             "head_size": self.head_size,
             "hidden_size": self.hidden_size,
             "kind": self.kind,
+            "cross": self.cross,
             "norm_placement": self.norm_placement,
             "probs": self.probs,
             "values": self.values,

@@ -41,6 +41,7 @@ class LayerCapture:
     block_output: np.ndarray
     kind: str | None = None
     norm_rms: bool = False
+    cross: bool = False  #: a cross-attention block: probs [H, T, J] over a memory, the residual one more term per row
 
     @property
     def block_kind(self) -> str:
@@ -56,7 +57,7 @@ class ReferenceResult:
 
 def transformed_vectors(layer: LayerCapture) -> np.ndarray:
     """T[i, j] = sum_h A^h[i, j] (v^h_j @ W_O^h) + [i == j] x_j, shape [S, S, D]."""
-    heads, seq_len, _ = layer.probs.shape
+    heads, _, seq_len = layer.probs.shape  # seq_len: the positions the values belong to
     head_size = layer.out_weight.shape[0] // heads
     kv_heads = layer.values.shape[1] // head_size
     per_head = layer.values.reshape(seq_len, kv_heads, head_size).transpose(1, 0, 2)  # [H_kv, S, dh]
@@ -64,14 +65,23 @@ def transformed_vectors(layer: LayerCapture) -> np.ndarray:
     weight = layer.out_weight.reshape(heads, head_size, -1)  # the rows head h's slice multiplies
     projected = np.einsum("hjk,hkd->hjd", per_head, weight)  # v^h_j W_O^h, [H, S, D]
     transformed = np.einsum("hij,hjd->ijd", layer.probs, projected)
+    if layer.cross:  # T[t, J] = x_t: the residual is a column of its own
+        return np.concatenate([transformed, layer.x[:, None, :]], axis=1)
     transformed[np.arange(seq_len), np.arange(seq_len)] += layer.x
     return transformed
 
 
-def layer_contributions(layer: LayerCapture, keep: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def layer_contributions(layer: LayerCapture, keep: np.ndarray | None = None,
+                        keep_columns: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """C (rows normalized) and the self-check error max |y - y_model| of one block; positions where
-    ``keep`` is 0 (padding) neither contribute nor receive, and are left out of the error."""
+    ``keep`` is 0 (padding) neither contribute nor receive, and are left out of the error. A cross
+    block's columns are the memory positions (``keep_columns``) and, last, the residual."""
     keep = np.ones(len(layer.x), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if layer.cross:
+        memory = np.ones(layer.probs.shape[-1], dtype=bool) if keep_columns is None else np.asarray(keep_columns, bool)
+        keep_columns = np.concatenate([memory, [True]])
+    else:
+        keep_columns = keep
     transformed = transformed_vectors(layer)
     bias = np.zeros(transformed.shape[-1]) if layer.out_bias is None else layer.out_bias
     kind = layer.block_kind
@@ -93,7 +103,7 @@ def layer_contributions(layer: LayerCapture, keep: np.ndarray | None = None) -> 
         raise ValueError(f"unknown block kind {kind!r}")
     error = float(np.abs(output - layer.block_output)[keep].max())
     distance = np.abs(output[:, None, :] - final).sum(-1)  # ||y_i - T'[i, j]||_1
-    clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0) * keep[:, None] * keep[None, :]
+    clipped = np.maximum(np.abs(output).sum(-1)[:, None] - distance, 0.0) * keep[:, None] * keep_columns[None, :]
     totals = clipped.sum(-1, keepdims=True)
     return np.divide(clipped, totals, out=np.zeros_like(clipped), where=totals > 0), error
 
@@ -116,3 +126,38 @@ def reference_alti(layers: list[LayerCapture], keep: np.ndarray | None = None) -
     for k, matrix in enumerate(contributions):
         rollout[k] = matrix if k == 0 else matrix @ rollout[k - 1]
     return ReferenceResult(contributions, rollout, np.array([e for _, e in results]))
+
+
+@dataclass
+class Seq2SeqReference:
+    """ALTI+ of one (source, target prefix) pair, float64 (docs/alti.md, "Encoder-decoder models")."""
+
+    encoder: ReferenceResult  # contributions and rollout over the J source tokens
+    self_contributions: np.ndarray  # [L, T, T] the decoder's self-attention C^l
+    cross_contributions: np.ndarray  # [L, T, J + 1] X^l, the residual last
+    combined: np.ndarray  # [L, T, J + T] R^l, columns the source tokens then the target prefix
+    source_share: np.ndarray  # [T] sum of R^L's source columns
+    block_outputs_error: np.ndarray  # [2 L] self, cross, self, ... max |y_recomposed - y_model|
+
+
+def reference_alti_plus(encoder: list[LayerCapture], self_blocks: list[LayerCapture],
+                        cross_blocks: list[LayerCapture]) -> Seq2SeqReference:
+    """ALTI+ from each block's captured tensors, written from the equations (loops, no shortcuts)."""
+    encoded = reference_alti(encoder)
+    sources = encoded.rollout.shape[-1]
+    targets = len(self_blocks[0].x)
+    own = [layer_contributions(layer) for layer in self_blocks]
+    cross = [layer_contributions(layer) for layer in cross_blocks]
+    combined = np.zeros((len(self_blocks), targets, sources + targets))
+    previous = np.concatenate([np.zeros((targets, sources)), np.eye(targets)], axis=1)  # R^0
+    for layer, ((c_self, _), (x_cross, _)) in enumerate(zip(own, cross)):
+        for t in range(targets):
+            through_self = sum(c_self[t, k] * previous[k] for k in range(targets))  # S^l[t]
+            row = x_cross[t, sources] * through_self
+            for j in range(sources):
+                row[:sources] += x_cross[t, j] * encoded.rollout[-1][j]
+            combined[layer, t] = row
+        previous = combined[layer]
+    errors = np.array([e for pair in zip(own, cross) for _, e in pair])
+    return Seq2SeqReference(encoded, np.stack([c for c, _ in own]), np.stack([c for c, _ in cross]), combined,
+                            combined[-1][:, :sources].sum(-1), errors)

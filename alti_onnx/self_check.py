@@ -1,0 +1,36 @@
+"""The self-check every explanation runs per block: the decomposition rebuilds what the model computed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alti_onnx.contributions import LayerContributions
+from alti_onnx.errors import SelfCheckError
+
+INT8_HINT = (
+    "the model is dynamically quantized (int8 weights, activations quantized at run time), so the float "
+    "decomposition with the dequantized W_O misses the activation rounding; pass --self-check-tolerance 2e-2 "
+    "(API: self_check_tolerance=2e-2) to accept that error, or explain the float export"
+)
+
+
+def check_layer(where: str, computed: LayerContributions, tokens: list[str], tolerance: float,
+                int8: bool = False) -> None:
+    """The decomposition rebuilds the block output within ``tolerance`` (relative to the output's
+    magnitude, at least 1), and every token receives some contribution (a row of zeros would be
+    normalized into nothing, silently). ``where`` names the block ("layer 3")."""
+    error, scale = computed.reconstruction_error, max(1.0, computed.output_scale)
+    if not error <= tolerance * scale:
+        raise SelfCheckError(
+            f"self-check failed: {where}'s decomposition differs from the model's block output "
+            f"by {error:.3g} (tolerance {tolerance * scale:.3g}); "
+            + (INT8_HINT if int8 else "the graph is not what the block description says")
+        )
+    empty = np.flatnonzero(computed.contributions.sum(-1) == 0)
+    if len(empty):
+        token = tokens[empty[0]]
+        raise SelfCheckError(
+            f"self-check failed: in {where}, token {empty[0]} ({token!r}) receives no positive "
+            f"contribution from any token (every one of its transformed vectors is as far from the block "
+            f"output as the output is from zero): a degenerate block, nothing to attribute"
+        )

@@ -1,0 +1,215 @@
+"""ALTI+ on encoder-decoder exports, against the float64 reference recorded with each fixture
+(``models.reference_seq2seq``: hooks on the Hugging Face model, docs/alti.md "Encoder-decoder")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alti_onnx import Explainer
+from alti_onnx.alti_plus import combined_rollout
+from alti_onnx.errors import InputError, ModelPathError
+from alti_onnx.seq2seq import Seq2SeqExplainer
+from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.fixture_cases import FIXTURES, TOLERANCE
+
+#: fixture -> the kind of its blocks (post-LN: BART, Marian; pre-LN: M2M100, T5 with RMSNorm and relative bias)
+FAMILIES = {"bart": "post", "marian": "post", "m2m100": "pre", "t5": "pre"}
+FOLDERS = {name: FIXTURES / f"tiny-{name}-seq2seq" for name in FAMILIES}
+
+
+def _expected(folder: Path) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    texts = json.loads((folder / "texts.json").read_text())
+    with np.load(folder / "expected.npz") as npz:
+        pairs = [{key.rsplit("_", 1)[0]: npz[key] for key in npz.files if key.rsplit("_", 1)[1] == str(k)}
+                 for k in range(len(texts["sources"]))]
+    return texts, pairs
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    folder = FOLDERS[request.param]
+    return request.param, Explainer(folder, cache=False), *_expected(folder)
+
+
+def _same(actual, expected, what: str) -> None:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
+    error = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+    assert error < TOLERANCE, f"{what}: {error:.3g} from the reference"
+
+
+def test_blocks_are_found_by_structure(family):
+    name, explainer, _, _ = family
+    assert isinstance(explainer, Seq2SeqExplainer)
+    assert not any(b.cross for b in explainer.encoder_blocks)
+    assert [b.cross for b in explainer.self_blocks] == [False, False]
+    assert [b.cross for b in explainer.cross_blocks] == [True, True]
+    assert {b.kind for b in explainer.self_blocks + explainer.cross_blocks + explainer.encoder_blocks} == {FAMILIES[name]}
+
+
+def test_teacher_forced_equals_reference(family):
+    name, explainer, texts, pairs = family
+    for source, target, expected in zip(texts["sources"], texts["targets"], pairs):
+        result = explainer.explain(source, target)
+        assert result.target_ids == expected["labels"].tolist()
+        _same(result.encoder_contributions, expected["encoder_contributions"], f"{name} encoder")
+        _same(result.encoder_rollout, expected["encoder_rollout"], f"{name} encoder rollout")
+        _same(result.self_contributions, expected["self_contributions"], f"{name} decoder self-attention")
+        _same(result.cross_contributions, expected["cross_contributions"], f"{name} cross-attention")
+        _same(result.combined, expected["combined"], f"{name} ALTI+")
+        _same(result.source_share, expected["source_share"], f"{name} source share")
+        assert max(result.reconstruction_errors) < TOLERANCE
+
+
+def test_generation_equals_the_models_greedy_output_and_reference(family):
+    name, explainer, texts, pairs = family
+    for source, expected in zip(texts["sources"], pairs):
+        result = explainer.explain(source, max_new_tokens=8)
+        assert result.generated
+        assert result.target_ids == expected["generated"].tolist(), name
+        _same(result.cross_contributions, expected["generated_cross_contributions"], f"{name} generated cross")
+        _same(result.combined, expected["generated_combined"], f"{name} generated ALTI+")
+        _same(result.source_share, expected["generated_source_share"], f"{name} generated source share")
+
+
+def test_padded_batches_equal_each_pair_alone(family):
+    name, explainer, texts, pairs = family
+    forced = explainer.explain_batch(texts["sources"], texts["targets"])
+    generated = explainer.explain_batch(texts["sources"], max_new_tokens=8)
+    for k, expected in enumerate(pairs):
+        _same(forced[k].combined, expected["combined"], f"{name} padded batch, pair {k}")
+        _same(forced[k].cross_contributions, expected["cross_contributions"], f"{name} padded batch, pair {k}")
+        assert generated[k].target_ids == expected["generated"].tolist()
+        _same(generated[k].combined, expected["generated_combined"], f"{name} padded generation, pair {k}")
+
+
+def test_rows_are_distributions_and_the_prefix_is_causal(family):
+    _, explainer, texts, _ = family
+    result = explainer.explain(texts["sources"][1], texts["targets"][1])
+    sources = len(result.source_tokens)
+    for matrices in (result.cross_contributions, result.combined, result.self_contributions):
+        assert np.all(matrices >= 0)
+        np.testing.assert_allclose(matrices.sum(-1), 1.0, atol=1e-12)
+    prefix = result.combined[:, :, sources:]
+    assert np.all(np.triu(prefix, k=1) == 0)  # position t takes nothing from later target tokens
+    np.testing.assert_allclose(result.source_share + prefix[-1].sum(-1), 1.0, atol=1e-12)
+
+
+def test_the_with_past_export_is_read_from_its_plain_decoder():
+    folder = FIXTURES / "tiny-bart-seq2seq-past"
+    texts, pairs = _expected(folder)
+    result = Explainer(folder, cache=False).explain(texts["sources"][0], texts["targets"][0])
+    _same(result.combined, pairs[0]["combined"], "with-past export")
+
+
+def test_a_merged_decoder_alone_is_refused_with_the_export_to_use(tmp_path):
+    folder = tmp_path / "merged"
+    shutil.copytree(FOLDERS["bart"], folder)
+    (folder / "decoder_model.onnx").rename(folder / "decoder_model_merged.onnx")
+    with pytest.raises(ModelPathError, match="text2text-generation"):
+        Explainer(folder, cache=False)
+
+
+def test_bad_requests_are_one_line_errors():
+    explainer = Explainer(FOLDERS["bart"], cache=False)
+    with pytest.raises(InputError, match="max new tokens"):
+        explainer.explain("the cat sat", max_new_tokens=0)
+    with pytest.raises(InputError, match="2 sources but 1 targets"):
+        explainer.explain_batch(["the cat", "the dog"], ["the"])
+    with pytest.raises(InputError, match="empty|text"):
+        explainer.explain("", "the cat")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_combined_rollout_equals_the_equations_loop_by_loop(data):
+    """combined_rollout against R^l[t] = X_res[t] sum_k C[t, k] R^(l-1)[k] + sum_j X[t, j] R_enc[j], in loops."""
+    sources = data.draw(st.integers(1, 5))
+    targets = data.draw(st.integers(1, 5))
+    layers = data.draw(st.integers(1, 3))
+    seed = data.draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+
+    def stochastic(rows, columns, causal=False):
+        matrix = rng.random((rows, columns))
+        if causal:
+            matrix = np.tril(matrix)
+        return matrix / matrix.sum(-1, keepdims=True)
+
+    encoder = stochastic(sources, sources)
+    own = [stochastic(targets, targets, causal=True) for _ in range(layers)]
+    cross = [stochastic(targets, sources + 1) for _ in range(layers)]
+    result = combined_rollout(encoder, own, cross)
+    previous = np.hstack([np.zeros((targets, sources)), np.eye(targets)])
+    for layer in range(layers):
+        expected = np.zeros_like(previous)
+        for t in range(targets):
+            for k in range(targets):
+                expected[t] += cross[layer][t, sources] * own[layer][t, k] * previous[k]
+            for j in range(sources):
+                expected[t, :sources] += cross[layer][t, j] * encoder[j]
+        np.testing.assert_allclose(result[layer], expected, atol=1e-12)
+        previous = expected
+    np.testing.assert_allclose(result.sum(-1), 1.0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- CLI and batch
+def test_cli_explains_generated_and_given_targets(tmp_path):
+    folder = FOLDERS["t5"]
+    texts, pairs = _expected(folder)
+    result = run_cli("explain", folder, "--text", texts["sources"][0], "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "ALTI+ source contributions (generated" in result.stdout and "source share" in result.stdout
+    generated = Explainer(folder, cache=False).explain(texts["sources"][0], max_new_tokens=8)
+    assert f"{generated.source_share[0]:.4f}" in result.stdout
+    written = tmp_path / "pair.json"
+    result = run_cli("explain", folder, "--text", texts["sources"][1], "--target-text", texts["targets"][1],
+                     "--json", written)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(written.read_text())
+    assert payload["target_ids"] == pairs[1]["labels"].tolist()
+    _same(payload["combined"], pairs[1]["combined"], "CLI --json")
+    _same(payload["source_share"], pairs[1]["source_share"], "CLI --json source share")
+
+
+def test_cli_refuses_what_seq2seq_does_not_take():
+    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--target", "1"), "--target")
+    assert_one_line_error(run_cli("explain", FIXTURES / "tiny-gpt2", "--text", "the cat", "--target-text", "x"),
+                          "--target-text")
+
+
+def test_inspect_lists_both_halves_with_their_cross_blocks():
+    result = run_cli("inspect", FOLDERS["marian"], "--json")
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert [b["cross"] for b in described["decoder_model.onnx"]["blocks"]] == [False, True, False, True]
+    assert not any(b["cross"] for b in described["encoder_model.onnx"]["blocks"])
+
+
+def test_batch_records_equal_the_api_and_bad_lines_are_error_records(tmp_path):
+    folder = FOLDERS["bart"]
+    texts, pairs = _expected(folder)
+    lines = [{"text": texts["sources"][0], "target": texts["targets"][0], "id": "forced"},
+             {"text": texts["sources"][1]}, {"text": "the cat", "target": 7}, texts["sources"][2]]
+    corpus = tmp_path / "pairs.jsonl"
+    corpus.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output = tmp_path / "out.jsonl"
+    result = run_cli("batch", folder, "--input", corpus, "--output", output, "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert records[0]["id"] == "forced" and not records[0]["generated"]
+    _same(records[0]["attribution"], pairs[0]["combined"][-1], "batch teacher-forced")
+    assert records[1]["target_ids"] == pairs[1]["generated"].tolist()
+    _same(records[1]["attribution"], pairs[1]["generated_combined"][-1], "batch generated")
+    assert "'target' must be a string" in records[2]["error"]
+    assert records[3]["target_ids"] == pairs[2]["generated"].tolist()
+    again = run_cli("batch", folder, "--input", corpus, "--output", output, "--max-new-tokens", "8")
+    assert "0 records written" in again.stdout and output.read_text().count("\n") == 4
