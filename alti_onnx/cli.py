@@ -183,10 +183,11 @@ def explain(
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
         if _is_seq2seq(explainer):
-            if target is not None or png_path is not None or html_path is not None:
-                raise InputError("--target, --html and --png are not for encoder-decoder models yet; "
-                                 "--json holds every matrix")
-            _explain_seq2seq(explainer, text, target_text, max_new_tokens, json_path, attribution_only)
+            if target is not None or png_path is not None:
+                raise InputError("--target and --png are not for encoder-decoder models: the table, --json and "
+                                 "--html cover every target token")
+            _explain_seq2seq(explainer, text, target_text, max_new_tokens, json_path, attribution_only, html_path,
+                             model)
             return
         if target_text is not None:
             raise InputError("--target-text is for encoder-decoder exports (encoder_model.onnx + decoder_model.onnx)")
@@ -269,15 +270,22 @@ def _is_seq2seq(explainer) -> bool:
 
 
 def _explain_seq2seq(explainer, text: str, target_text: Optional[str], max_new_tokens: int,
-                     json_path: Optional[Path], attribution_only: bool) -> None:
+                     json_path: Optional[Path], attribution_only: bool, html_path: Optional[Path], model: Path) -> None:
     """ALTI+ of a source and its output (given, or generated): a row per target token."""
     explanation = explainer.explain(text, target_text, max_new_tokens=max_new_tokens)
+    written = []
     if json_path is not None:
         with _writing(json_path):
             json_path.write_text(json.dumps(explanation.to_dict(attribution_only)))
+        written.append(json_path)
+    if html_path is not None:
+        from .report.seq2seq_html import write_seq2seq_html
+
+        with _writing(html_path):
+            written.append(write_seq2seq_html(explanation, html_path, model=Path(model).name))
     print_seq2seq(explanation)
-    if json_path is not None:
-        out.print(escape(f"wrote {json_path}"), soft_wrap=True)
+    for path in written:
+        out.print(escape(f"wrote {path}"), soft_wrap=True)
 
 
 def print_seq2seq(explanation, top: int = 3) -> None:

@@ -179,3 +179,35 @@ def test_report_stays_usable_at_512_tokens(driver, tmp_path: Path) -> None:
     hover_cell(driver, 300, 200)
     text = driver.find_element("id", "tooltip").text
     assert "“tok300” [300] ← “tok200” [200]: " in text, text
+
+
+def test_seq2seq_report_draws_the_alti_plus_map_and_source_shares(driver, tmp_path):
+    """The encoder-decoder report: one bar per target token at its source share, the map after the
+    chosen decoder layer (cells read back equal the explanation), a redraw when the layer changes."""
+    from alti_onnx.report.seq2seq_html import write_seq2seq_html
+
+    explanation = Explainer(FIXTURES / "tiny-t5-seq2seq", cache=False).explain(
+        "a quick brown fox jumps over the lazy dog .", max_new_tokens=6)
+    page = write_seq2seq_html(explanation, tmp_path / "seq2seq.html", model="tiny-t5-seq2seq")
+    open_report(driver, page)
+    shares = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#shares .share')).map(b => Number(b.dataset.share))")
+    np.testing.assert_allclose(shares, explanation.source_share, atol=1e-6)
+    widths = driver.execute_script("return Array.from(document.querySelectorAll('#shares .share'))"
+                                   ".map(b => b.getBoundingClientRect().width / b.parentElement.getBoundingClientRect().width)")
+    np.testing.assert_allclose(widths, explanation.source_share, atol=0.01)  # drawn at their share of the track
+    color = driver.execute_script("return getComputedStyle(document.querySelector('#shares .share')).backgroundColor")
+    assert color.replace(" ", "") == "rgb(194,37,92)", color  # the accent, so the bars are seen
+    last = len(explanation.combined) - 1
+    assert driver.execute_script("return document.getElementById('heatmap').dataset.layer") == str(last)
+    for t, k in [(0, 0), (2, 3), (len(explanation.target_tokens) - 1, len(explanation.source_tokens))]:
+        value = driver.execute_script(f"return window.altiSeq2seq.value({t}, {k})")
+        assert abs(value - explanation.combined[-1][t, k]) < 1e-6
+    before = canvas_url(driver)
+    driver.execute_script("const s = document.getElementById('layer-select'); s.value = '0';"
+                          "s.dispatchEvent(new Event('change'))")
+    assert driver.execute_script("return document.getElementById('heatmap').dataset.layer") == "0"
+    assert canvas_url(driver) != before
+    value = driver.execute_script("return window.altiSeq2seq.value(1, 1)")
+    assert abs(value - explanation.combined[0][1, 1]) < 1e-6
+    full_page_screenshot(driver, tmp_path / "seq2seq.png")

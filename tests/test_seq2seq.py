@@ -174,6 +174,12 @@ def test_cli_explains_generated_and_given_targets(tmp_path):
                      "--json", written)
     assert result.returncode == 0, result.stderr
     payload = json.loads(written.read_text())
+    page = tmp_path / "pair.html"
+    result = run_cli("explain", folder, "--text", texts["sources"][1], "--target-text", texts["targets"][1],
+                     "--html", page)
+    assert result.returncode == 0 and f"wrote {page}" in result.stdout.replace("\n", "")
+    embedded = json.loads(page.read_text().split('id="alti-data">')[1].split("</script>")[0])
+    np.testing.assert_allclose(embedded["source_share"], pairs[1]["source_share"], atol=1e-6)
     assert payload["target_ids"] == pairs[1]["labels"].tolist()
     _same(payload["combined"], pairs[1]["combined"], "CLI --json")
     _same(payload["source_share"], pairs[1]["source_share"], "CLI --json source share")
@@ -181,6 +187,7 @@ def test_cli_explains_generated_and_given_targets(tmp_path):
 
 def test_cli_refuses_what_seq2seq_does_not_take():
     assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--target", "1"), "--target")
+    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--png", "x.png"), "--png")
     assert_one_line_error(run_cli("explain", FIXTURES / "tiny-gpt2", "--text", "the cat", "--target-text", "x"),
                           "--target-text")
 
