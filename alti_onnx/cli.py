@@ -170,6 +170,9 @@ def explain(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="encoder-decoder: most tokens generated without --target-text")
     ] = 32,
+    words: Annotated[
+        bool, typer.Option("--words", help="words instead of subword pieces (the table; --json adds the word keys)")
+    ] = False,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -194,9 +197,13 @@ def explain(
         explanation = explainer.explain(text, full=full, targets=None if target is None else [target])
         target = explanation.default_target if target is None else target
         attribution = _attribution(explanation, target)
+        by_word = explanation.words(target) if words else None
         if json_path is not None:
             with _writing(json_path):
-                json_path.write_text(explanation.to_json(target))
+                payload = explanation.to_dict(target)
+                if by_word is not None:
+                    payload.update(by_word.to_dict())
+                json_path.write_text(json.dumps(payload, allow_nan=False))
         written = _write_pictures(explanation, text, model, target, html_path, png_path)
     if explanation.prediction is not None:
         p = explanation.prediction
@@ -204,7 +211,11 @@ def explain(
     if explanation.next_token is not None:
         p = explanation.next_token
         out.print(Text(f"next token: {p.label!r} (id {p.index}, probability {p.probability:.4f})", style="bold"))
-    print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
+    if by_word is not None:
+        print_attribution(by_word.texts, by_word.attribution, by_word.target_word, explanation.reconstruction_error,
+                          unit="word")
+    else:
+        print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
     for path in written:
@@ -309,11 +320,12 @@ def print_seq2seq(explanation, top: int = 3) -> None:
     out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} blocks")
 
 
-def print_attribution(tokens: list[str], attribution, target: int, errors) -> None:
-    """A table of tokens with their attribution to ``target`` as numbers and bars."""
-    table = Table(title=Text(f"ALTI attribution to position {target} ({tokens[target]!r})"), title_justify="left")
+def print_attribution(tokens: list[str], attribution, target: int, errors, unit: str = "token") -> None:
+    """A table of tokens (or words) with their attribution to ``target`` as numbers and bars."""
+    where = "position" if unit == "token" else "the word"
+    table = Table(title=Text(f"ALTI attribution to {where} {target} ({tokens[target]!r})"), title_justify="left")
     table.add_column("pos", justify="right")
-    table.add_column("token")
+    table.add_column(unit)
     table.add_column("attribution", justify="right")
     table.add_column("")
     peak = float(max(attribution.max(), 1e-12))
@@ -338,7 +350,7 @@ def demo(
         model_dir = _default_model()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
             png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False,
-            target_text=None, max_new_tokens=32)
+            target_text=None, max_new_tokens=32, words=False)
 
 
 @app.command()
@@ -467,6 +479,8 @@ def batch(
     batch_size: Annotated[int, typer.Option(min=1, help="texts per onnxruntime run")] = 32,
     target: Annotated[Optional[int], typer.Option(help="position whose attribution is stored (default 0)")] = None,
     full: Annotated[bool, typer.Option(help="also store every layer's contributions and rollout")] = False,
+    words: Annotated[bool, typer.Option("--words", help="also store the word-level attribution (and, with --full, "
+                                        "matrices)")] = False,
     pairs_per_run: Annotated[
         int, typer.Option(min=1, help="token pairs per onnxruntime run (texts x padded length^2): bounds memory")
     ] = 32 * 128 * 128,  # corpus.PAIRS_PER_RUN (not imported here: the CLI starts without onnx)
@@ -502,7 +516,7 @@ def batch(
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
                 on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
-                chunk_size=chunk_size, max_new_tokens=max_new_tokens,
+                chunk_size=chunk_size, max_new_tokens=max_new_tokens, words=words,
             )
         if summary.written and summary.failed == summary.written:
             raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")

@@ -63,6 +63,7 @@ def explain_corpus(
     on_record: Callable[[int], None] | None = None,
     pairs_per_run: int = PAIRS_PER_RUN,
     max_new_tokens: int = 32,
+    words: bool = False,
 ) -> CorpusSummary:
     """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
     of the same job stopped.
@@ -76,7 +77,7 @@ def explain_corpus(
     if chunk_size is None:
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     options = {"full": full, "target": target, "input_map": dict(sorted(explainer.input_map.items())),
-               "self_check_tolerance": explainer.self_check_tolerance}
+               "self_check_tolerance": explainer.self_check_tolerance, "words": words}
     if isinstance(explainer, Seq2SeqExplainer):
         options.update(max_new_tokens=max_new_tokens, encoder=explainer.encoder_file_identity())
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
@@ -88,7 +89,7 @@ def explain_corpus(
         written = failed = 0
         first_error = None
         while chunk := list(islice(records, chunk_size)):
-            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens)
+            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words)
             out.write_chunk([_json_line(payload) for payload in payloads])
             for payload in payloads:
                 written += 1
@@ -130,7 +131,7 @@ def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[
 
 def _explain_chunk(
     explainer: Explainer | Seq2SeqExplainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
-    target: int | None, full: bool, max_new_tokens: int = 32,
+    target: int | None, full: bool, max_new_tokens: int = 32, words: bool = False,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
     payloads: dict[int, dict[str, object]] = {}
@@ -159,7 +160,7 @@ def _explain_chunk(
             continue
         for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group], target, full)):
             payloads[record.index] = (
-                _record(record, outcome, target, full) if isinstance(outcome, Explanation)
+                _record(record, outcome, target, full, words) if isinstance(outcome, Explanation)
                 else _error(record, f"line {record.line}: {outcome}")
             )
     return [payloads[r.index] for r in chunk]
@@ -196,12 +197,14 @@ def _pair_record(record: CorpusRecord, explanation: Seq2SeqExplanation, full: bo
     return {"index": record.index, "id": record.id, **explanation.to_dict(attribution_only=not full)}
 
 
-def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool) -> dict[str, object]:
+def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool,
+            words: bool = False) -> dict[str, object]:
     target = explanation.default_target if target is None else target
     try:
         attribution = explanation.attribution(target)
     except IndexError as exc:
         return _error(record, f"line {record.line}: {exc}")
+    by_word = explanation.words(target).to_dict() if words else {}
     payload: dict[str, object] = {
         "index": record.index,
         "id": record.id,
@@ -216,6 +219,7 @@ def _record(record: CorpusRecord, explanation: Explanation, target: int | None, 
     if full:
         payload["contributions"] = explanation.contributions.tolist()
         payload["rollout"] = explanation.rollout.tolist()
+    payload.update(by_word)
     return payload
 
 

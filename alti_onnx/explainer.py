@@ -262,6 +262,9 @@ class Explainer:
         row_outputs = {name: value[row] for name, value in outputs.items()}
         last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
         common = dict(
+            offsets=None if batch.offsets is None else batch.offsets[row],
+            word_ids=None if batch.word_ids is None else batch.word_ids[row],
+            text=None if batch.texts is None else batch.texts[row],
             tokens=batch.tokens[row],
             input_ids=[int(i) for i in batch.input_ids[row, keep]],
             reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),

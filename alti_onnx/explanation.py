@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .prediction import Prediction
+from .words import WordExplanation, group_words, words_matrix, words_vector
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Explanation:
     prediction: Prediction | None = None
     next_token: Prediction | None = None
     attributions: dict[int, np.ndarray] | None = field(default=None, repr=False)
+    #: each token's character span in ``text`` and its word id (None: a special token), from the tokenizer
+    offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
+    word_ids: list[int | None] | None = field(default=None, repr=False)
+    text: str | None = field(default=None, repr=False)
 
     @property
     def num_layers(self) -> int:
@@ -60,6 +65,24 @@ class Explanation:
             raise IndexError(f"target position {position} was not computed: explain with targets=[{position}] "
                              "(or full=True)")
         return found.copy()
+
+    def words(self, target: int | None = None) -> WordExplanation:
+        """The explanation over words instead of subword pieces (``alti_onnx.words``): contributions
+        and rollout averaged over a word's receiving pieces and summed over its contributing pieces,
+        the attribution to ``target`` (a token position, default the default target) summed per word."""
+        if self.word_ids is None or self.offsets is None:
+            raise ValueError("this explanation has no word ids (made from token ids, not text): words() needs the text")
+        target = self.default_target if target is None else target
+        words = group_words(self.tokens, self.word_ids, self.offsets, self.text)
+        position = target % len(self.tokens)
+        target_word = next(k for k, word in enumerate(words) if position in word.positions)
+        full = self.full
+        return WordExplanation(
+            words=words, target=position, target_word=target_word,
+            attribution=words_vector(self.attribution(target), words),
+            contributions=words_matrix(self.contributions, words) if full else None,
+            rollout=words_matrix(self.rollout, words) if full else None,
+        )
 
     def to_dict(self, target: int | None = None) -> dict[str, object]:
         """The JSON payload: every matrix for a full explanation, the attribution alone otherwise."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,10 @@ class Batch:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
     tokens: list[list[str]]
+    #: per row, each token's character span in its text, its word id (None for special tokens), the text
+    offsets: list[list[tuple[int, int]]] | None = None
+    word_ids: list[list[int | None]] | None = None
+    texts: list[str] | None = None
 
     @property
     def lengths(self) -> list[int]:
@@ -57,8 +61,11 @@ class Batch:
     def rows(self, rows: list[int]) -> Batch:
         """The batch of ``rows`` only, cut to their longest real length."""
         width = max(self.lengths[r] for r in rows)
+        def pick(values):
+            return None if values is None else [values[r] for r in rows]
+
         return Batch(self.input_ids[rows, :width], self.attention_mask[rows, :width], self.token_type_ids[rows, :width],
-                     [self.tokens[r] for r in rows])
+                     [self.tokens[r] for r in rows], pick(self.offsets), pick(self.word_ids), pick(self.texts))
 
     @property
     def position_ids(self) -> np.ndarray:
@@ -97,9 +104,11 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> Batch:
         """Tokenize with special tokens and pad on the right; reject empty, over-long and non-text inputs."""
         encodings = self._encodings(texts)
-        return Batch.padded(
+        batch = Batch.padded(
             [e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings], [list(e.tokens) for e in encodings]
         )
+        return replace(batch, offsets=[[tuple(o) for o in e.offsets] for e in encodings],
+                       word_ids=[list(e.word_ids) for e in encodings], texts=list(texts))
 
     def token_count(self, text: str) -> int:
         """How many tokens ``text`` is, with the same checks as ``encode``."""
