@@ -146,7 +146,8 @@ def explain(
     model: Annotated[Path, typer.Argument(help="export directory (model.onnx + tokenizer.json) or .onnx file")],
     text: Annotated[str, typer.Option("--text", "-t", help="the text to explain")],
     target: Annotated[
-        Optional[int], typer.Option(help="position whose attribution is shown (default 0; a decoder's last token)")
+        Optional[str], typer.Option(help="position whose attribution is shown, or 'mean' (default 0; a decoder's "
+                                    "last token; 'mean' for a mean-pooled sentence encoder)")
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the full explanation as JSON")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="tokenizer.json, if not beside the model")] = None,
@@ -184,6 +185,7 @@ def explain(
         if attribution_only and (html_path is not None or png_path is not None):
             raise InputError("--attribution-only cannot go with --html or --png: they draw every layer's matrices")
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
+        target = _target_option(target)
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
         if _is_seq2seq(explainer):
             if target is not None or png_path is not None:
@@ -195,7 +197,13 @@ def explain(
         if target_text is not None:
             raise InputError("--target-text is for encoder-decoder exports (encoder_model.onnx + decoder_model.onnx)")
         explanation = explainer.explain(text, full=full, targets=None if target is None else [target])
+        if target is None and explanation.default_target == "mean":
+            out.print(escape(f"target: the mean of all {len(explanation.tokens)} tokens (the model is mean-pooled: "
+                             f"{explainer.pooling.source.relative_to(explainer.files.onnx.parent)}; --target 0 for the "
+                             "first token)"), soft_wrap=True)
         target = explanation.default_target if target is None else target
+        if target == "mean" and (html_path is not None or png_path is not None):
+            raise InputError("--html and --png draw one position's attribution: give --target N with them")
         attribution = _attribution(explanation, target)
         by_word = explanation.words(target) if words else None
         if json_path is not None:
@@ -265,7 +273,17 @@ def _writing(path: Path) -> Iterator[None]:
         raise OutputPathError(f"cannot write {path}: {reason}") from None
 
 
-def _attribution(explanation, target: int):
+def _target_option(value: Optional[str]) -> int | str | None:
+    """--target: a token position (negative counts from the end) or 'mean'."""
+    if value is None or value == "mean":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--target takes a token position or 'mean', got {value!r}") from None
+
+
+def _attribution(explanation, target: int | str):
     from .errors import InputError
 
     try:
@@ -320,10 +338,17 @@ def print_seq2seq(explanation, top: int = 3) -> None:
     out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} blocks")
 
 
-def print_attribution(tokens: list[str], attribution, target: int, errors, unit: str = "token") -> None:
-    """A table of tokens (or words) with their attribution to ``target`` as numbers and bars."""
+def print_attribution(tokens: list[str], attribution, target: int | str, errors, unit: str = "token") -> None:
+    """A table of tokens (or words) with their attribution to ``target`` (a row, -1 or "mean": the
+    mean of all positions) as numbers and bars."""
     where = "position" if unit == "token" else "the word"
-    table = Table(title=Text(f"ALTI attribution to {where} {target} ({tokens[target]!r})"), title_justify="left")
+    if target == "mean" or target == -1 and unit == "word":
+        title = f"ALTI attribution to the mean of all {len(tokens)} {unit}s" if unit == "token" else \
+            "ALTI attribution (words) to the mean of all tokens"
+        target = None
+    else:
+        title = f"ALTI attribution to {where} {target} ({tokens[target]!r})"
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("pos", justify="right")
     table.add_column(unit)
     table.add_column("attribution", justify="right")
@@ -477,7 +502,8 @@ def batch(
         str, typer.Option("--output", help="results as JSON lines, resumed if a run of the same job left some; - for stdout")
     ],
     batch_size: Annotated[int, typer.Option(min=1, help="texts per onnxruntime run")] = 32,
-    target: Annotated[Optional[int], typer.Option(help="position whose attribution is stored (default 0)")] = None,
+    target: Annotated[Optional[str], typer.Option(help="position whose attribution is stored, or 'mean' (default 0; "
+                                                  "'mean' for a mean-pooled sentence encoder)")] = None,
     full: Annotated[bool, typer.Option(help="also store every layer's contributions and rollout")] = False,
     words: Annotated[bool, typer.Option("--words", help="also store the word-level attribution (and, with --full, "
                                         "matrices)")] = False,
@@ -508,6 +534,7 @@ def batch(
     streaming = output_path == "-" or (Path(output_path).exists() and not Path(output_path).is_file())
     report = err if streaming else out  # records may own stdout (-, /dev/stdout, a pipe)
     with user_errors():
+        target = _target_option(target)
         require_corpus(input_path)
         explainer = _explainer(model, input_map, self_check_tolerance)
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.

@@ -25,6 +25,7 @@ from .model_files import read_json_object
 from .explanation import Explanation
 from .layer_store import LayerStore
 from .prepared import PreparedModel, prepare
+from .pooling import MEAN, Pooling, declared_pooling
 from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, SegmentedSession
 from .self_check import check_layer
@@ -115,6 +116,9 @@ class Explainer:
         self.int8 = self.prepared.dynamically_quantized
         self.labels = class_labels(self.config)
         self.causal = _causal_from_config(self.config)
+        #: a sentence-transformers model's pooling, read from the files beside it: mean-pooled
+        #: encoders are explained for the mean of their positions unless a target is given
+        self.pooling: Pooling | None = declared_pooling(files.onnx.parent)
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
@@ -135,9 +139,15 @@ class Explainer:
     def tokenizer(self) -> Tokenizer:
         return self.encoder.tokenizer
 
+    @property
+    def mean_pooled(self) -> bool:
+        """Whether the model's files declare mean pooling (its default target is then "mean")."""
+        classifier = any("logits" in name for name in self.prepared.graph_outputs)  # a head reads one position
+        return self.pooling is not None and self.pooling.mode == "mean" and not self.causal and not classifier
+
     def explain(
         self, text: str | list[str], check: bool = True, baselines: bool = False, full: bool = True,
-        targets: list[int] | None = None,
+        targets: list[int | str] | None = None,
     ) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch.
 
@@ -145,7 +155,9 @@ class Explainer:
         With ``baselines`` the norm-based matrices (``Explanation.norm_based``) are computed too.
         With ``full=False`` only the attributions of ``targets`` (default: the default target) are
         kept, carried through the layers as row vectors: no L x S x S stack is held, which is what
-        long inputs need (``contributions``, ``rollout`` and ``attention`` are then None).
+        long inputs need (``contributions``, ``rollout`` and ``attention`` are then None). A target
+        is a token position or "mean" (the average of every position: the default for a model whose
+        files declare mean pooling, as sentence-transformers models do).
         """
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
@@ -155,7 +167,7 @@ class Explainer:
         return explanations[0] if isinstance(text, str) else explanations
 
     def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
-                      targets: list[int] | None = None) -> list[Explanation]:
+                      targets: list[int | str] | None = None) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
         model takes no attention mask: it would attend to the padding)."""
         lengths = batch.lengths
@@ -169,7 +181,7 @@ class Explainer:
         return explanations  # type: ignore[return-value]
 
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
-                     targets: list[int] | None) -> list[Explanation]:
+                     targets: list[int | str] | None) -> list[Explanation]:
         """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
         at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
         with whole layers while long ones hold one layer at a time."""
@@ -254,11 +266,11 @@ class Explainer:
         layers: list[LayerContributions],
         causal: bool | None,
         store: LayerStore | None,
-        targets: list[int] | None,
+        targets: list[int | str] | None,
     ) -> Explanation:
         causal = bool(causal)
         size = len(batch.tokens[row])
-        default_target = size - 1 if causal else 0
+        default_target: int | str = size - 1 if causal else MEAN if self.mean_pooled else 0
         row_outputs = {name: value[row] for name, value in outputs.items()}
         last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
         common = dict(
@@ -274,10 +286,12 @@ class Explainer:
             next_token=next_token(row_outputs, last, self._decode) if causal else None,
         )
         if store is not None:
-            wanted = [default_target] if targets is None else [t for t in targets if -size <= t < size]
-            positions = list(dict.fromkeys(t % size for t in wanted)) if size else []
-            found = store.rollout_rows(positions) if positions else np.zeros((0, size))
-            return Explanation(contributions=None, rollout=None, attributions=dict(zip(positions, found)), **common)
+            wanted = [default_target] if targets is None else list(targets)
+            positions = list(dict.fromkeys(t % size for t in wanted if t != MEAN and -size <= t < size)) if size else []
+            found = dict(zip(positions, store.rollout_rows(positions) if positions else np.zeros((0, size))))
+            if MEAN in wanted and size:
+                found[MEAN] = store.rollout_of(np.full((1, size), 1.0 / size))[0]
+            return Explanation(contributions=None, rollout=None, attributions=found, **common)
         contributions = np.stack([layer.contributions for layer in layers])
         return Explanation(
             contributions=contributions,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .pooling import MEAN
 from .prediction import Prediction
 from .words import WordExplanation, group_words, words_matrix, words_vector
 
@@ -32,7 +33,7 @@ class Explanation:
     contributions: np.ndarray | None
     rollout: np.ndarray | None
     reconstruction_error: np.ndarray
-    default_target: int = 0
+    default_target: int | str = 0  #: a position, or "mean" (a mean-pooled sentence encoder)
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     attention: np.ndarray | None = field(default=None, repr=False)
     norm_based: np.ndarray | None = field(default=None, repr=False)
@@ -53,9 +54,19 @@ class Explanation:
         """Whether every layer's matrices are here (not a target-only explanation)."""
         return self.rollout is not None
 
-    def attribution(self, position: int | None = None) -> np.ndarray:
-        """How much each input token contributes to the token at ``position`` after all layers."""
+    def attribution(self, position: int | str | None = None) -> np.ndarray:
+        """How much each input token contributes to the token at ``position`` after all layers; with
+        "mean", to the average of every position (the mean of the final rollout's rows: what a
+        mean-pooled sentence embedding is made of)."""
         position = self.default_target if position is None else position
+        if position == MEAN:
+            if self.rollout is not None:
+                return self.rollout[-1].mean(0)
+            if MEAN not in (self.attributions or {}):
+                raise IndexError("the mean target was not computed: explain with targets=['mean'] (or full=True)")
+            return self.attributions[MEAN].copy()
+        if not isinstance(position, (int, np.integer)) or isinstance(position, bool):
+            raise IndexError(f"a target is a token position or 'mean', got {position!r}")
         if not -len(self.tokens) <= position < len(self.tokens):
             raise IndexError(f"target position {position} is outside the {len(self.tokens)} tokens")
         if self.rollout is not None:
@@ -74,8 +85,8 @@ class Explanation:
             raise ValueError("this explanation has no word ids (made from token ids, not text): words() needs the text")
         target = self.default_target if target is None else target
         words = group_words(self.tokens, self.word_ids, self.offsets, self.text)
-        position = target % len(self.tokens)
-        target_word = next(k for k, word in enumerate(words) if position in word.positions)
+        position = target if target == MEAN else target % len(self.tokens)
+        target_word = -1 if target == MEAN else next(k for k, word in enumerate(words) if position in word.positions)
         full = self.full
         return WordExplanation(
             words=words, target=position, target_word=target_word,
@@ -92,7 +103,7 @@ class Explanation:
             payload["contributions"] = self.contributions.tolist()
             payload["rollout"] = self.rollout.tolist()
         payload.update({
-            "target": int(target),
+            "target": target if target == MEAN else int(target),
             "attribution": self.attribution(target).tolist(),
             "reconstruction_error": [float(e) for e in self.reconstruction_error],
         })

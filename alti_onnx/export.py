@@ -6,6 +6,7 @@ importing this module never pulls in PyTorch.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 __all__ = ["ExportError", "ExportUnavailableError", "export_model"]
@@ -59,6 +60,7 @@ def export_model(
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # optimum's and transformers' refusals
         lines = str(exc).strip().splitlines()
         raise ExportError(f"optimum could not export {model_dir}: {lines[0] if lines else type(exc).__name__}") from None
+    copy_pooling_files(Path(model_dir), out_dir)
     if not (out_dir / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
@@ -93,3 +95,17 @@ def _export_from_eager(model_dir: str | Path, out_dir: Path, task: str | None, l
         task, str(model_dir), framework="pt", library_name=library, device="cpu", attn_implementation="eager"
     )
     onnx_export_from_model(model, out_dir, task=task)
+
+
+#: A sentence-transformers model's description of its pooling, kept beside the export so that
+#: ``explain`` knows the sentence is the mean of the positions (alti_onnx.pooling).
+POOLING_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
+
+
+def copy_pooling_files(model_dir: Path, out_dir: Path) -> None:
+    """Copy the pooling description (``POOLING_FILES``) of a local model directory beside its export."""
+    for name in POOLING_FILES:
+        source = model_dir / name
+        if source.is_file() and not (out_dir / name).exists():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, out_dir / name)

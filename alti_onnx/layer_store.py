@@ -59,6 +59,13 @@ class LayerStore:
         size = self._shapes[0][1]
         rows = np.zeros((len(positions), size))
         rows[np.arange(len(positions)), list(positions)] = 1.0
+        return self.rollout_of(rows)
+
+    def rollout_of(self, rows: np.ndarray) -> np.ndarray:
+        """Row vectors [n, S] times C^L ... C^1: any weighting of the final rollout's rows (the mean row)."""
+        if not self._shapes:
+            raise ValueError("no layers stored")
+        rows = np.asarray(rows, dtype=np.float64)
         for layer in range(len(self._shapes) - 1, -1, -1):
             rows = self._times_layer(rows, layer)
         return rows

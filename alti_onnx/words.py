@@ -95,11 +95,11 @@ class WordExplanation:
     """An explanation at the level of words (see the module's docstring for the aggregation).
 
     ``attribution`` [W] is the words' attribution to the target position ``target`` (a token
-    position), which lies in word ``target_word``; ``contributions`` and ``rollout`` [L, W, W] are
+    position, or "mean"), which lies in word ``target_word`` (-1 for "mean"); ``contributions`` and ``rollout`` [L, W, W] are
     there when the explanation has every layer's matrices."""
 
     words: list[Word]
-    target: int
+    target: int | str
     target_word: int
     attribution: np.ndarray
     contributions: np.ndarray | None

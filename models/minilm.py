@@ -69,7 +69,12 @@ def build_minilm(cache_dir: str | Path | None = None) -> Path:
     # library="transformers": the plain BertModel graph (inputs input_ids, attention_mask,
     # token_type_ids; output last_hidden_state), like the tiny fixtures, rather than optimum's
     # sentence-transformers export (pooled outputs) that modules.json would otherwise select.
-    return exported(root, _NAME, hf_minilm_dir(root), task="feature-extraction", library="transformers")
+    onnx_dir = exported(root, _NAME, hf_minilm_dir(root), task="feature-extraction", library="transformers")
+    # exports made before alti_onnx.export kept the pooling files get them now (mean pooling: --target mean)
+    from alti_onnx.export import copy_pooling_files
+
+    copy_pooling_files(hf_minilm_dir(root), onnx_dir)
+    return onnx_dir
 
 
 def main(argv=None) -> None:
