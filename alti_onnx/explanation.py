@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -112,5 +113,75 @@ class Explanation:
             payload["next_token"] = {"id": token.index, "token": token.label, "probability": token.probability}
         return payload
 
+    def _repr_html_(self) -> str:
+        """The compact view notebooks show: tokens (or words) colored by attribution, the
+        prediction, the self-check and a small rollout heatmap (static HTML, no script, no network)."""
+        from .report.inline import inline_html
+
+        return inline_html(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Keep this explanation in one ``.npz`` file (the arrays, and its other fields as JSON),
+        to be read back with ``Explanation.load`` without recomputing. Returns the path written."""
+        path = Path(path)
+        arrays = {name: value for name in _ARRAYS if (value := getattr(self, name)) is not None}
+        arrays.update({f"attribution_{key}": row for key, row in (self.attributions or {}).items()})
+        arrays.update({f"output_{name}": value for name, value in self.outputs.items()})
+        meta = {
+            "format": SAVE_FORMAT, "tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids],
+            "default_target": self.default_target if self.default_target == MEAN else int(self.default_target),
+            "attribution_keys": [k if k == MEAN else int(k) for k in (self.attributions or {})] if self.attributions is not None else None,
+            "outputs": list(self.outputs),
+            "prediction": _prediction_meta(self.prediction), "next_token": _prediction_meta(self.next_token),
+            "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
+            "word_ids": self.word_ids, "text": self.text,
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        with open(path, "wb") as handle:  # np.savez would add '.npz' to a name without it
+            np.savez_compressed(handle, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Explanation:
+        """An explanation saved with ``save``."""
+        with np.load(Path(path), allow_pickle=False) as saved:
+            if "meta" not in saved.files:
+                raise ValueError(f"{path} is not a saved explanation (no metadata)")
+            meta = json.loads(saved["meta"].tobytes().decode("utf-8"))
+            if meta.get("format") != SAVE_FORMAT:
+                raise ValueError(f"{path} was saved in format {meta.get('format')!r}; this version reads {SAVE_FORMAT}")
+            arrays = {name: saved[name] for name in _ARRAYS if name in saved.files}
+            keys = meta["attribution_keys"]
+            attributions = None if keys is None else {k: saved[f"attribution_{k}"] for k in keys}
+            outputs = {name: saved[f"output_{name}"] for name in meta["outputs"]}
+        return cls(
+            tokens=meta["tokens"], input_ids=meta["input_ids"], contributions=arrays.get("contributions"),
+            rollout=arrays.get("rollout"), reconstruction_error=arrays["reconstruction_error"],
+            default_target=meta["default_target"], outputs=outputs, attention=arrays.get("attention"),
+            norm_based=arrays.get("norm_based"), prediction=_prediction_from(meta["prediction"]),
+            next_token=_prediction_from(meta["next_token"]), attributions=attributions,
+            offsets=None if meta["offsets"] is None else [tuple(o) for o in meta["offsets"]],
+            word_ids=meta["word_ids"], text=meta["text"],
+        )
+
     def to_json(self, target: int | None = None) -> str:
         return json.dumps(self.to_dict(target), allow_nan=False)  # strict JSON: explain never returns NaN
+
+
+#: The array fields ``save`` keeps, and the layout version it writes.
+_ARRAYS = ("contributions", "rollout", "reconstruction_error", "attention", "norm_based")
+SAVE_FORMAT = 1
+
+
+def _prediction_meta(prediction: Prediction | None) -> dict[str, object] | None:
+    if prediction is None:
+        return None
+    return {"index": int(prediction.index), "label": prediction.label, "probability": float(prediction.probability),
+            "probabilities": [float(p) for p in np.asarray(prediction.probabilities).ravel()]}
+
+
+def _prediction_from(meta: dict[str, object] | None) -> Prediction | None:
+    if meta is None:
+        return None
+    return Prediction(int(meta["index"]), str(meta["label"]), float(meta["probability"]),
+                      np.asarray(meta["probabilities"], dtype=np.float64))
