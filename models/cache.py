@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +90,13 @@ def load_eager(hf_dir: Path, model_class: str = "AutoModelForCausalLM"):
     import transformers
 
     return getattr(transformers, model_class).from_pretrained(str(hf_dir), attn_implementation="eager")
+
+
+def pip_download(requirement: str, destination: Path, *options: str) -> None:
+    """``pip download --no-deps`` of one requirement into ``destination``, its output kept to itself
+    (index lines are noise on a first run) and shown only when it fails."""
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *options, requirement,
+                           "-d", str(destination)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()
+        raise RuntimeError(f"pip download {requirement} failed:\n" + "\n".join(output[-20:]))

