@@ -208,3 +208,18 @@ def test_unsupported_fused_attention_is_refused_by_name():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, S, D])], [])
     with pytest.raises(UnsupportedFusedOpError, match="GroupQueryAttention"):
         unfuse(model)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("model", "variant"), [("minilm", "O2"), ("minilm", "O4"), ("gpt2", "O2"), ("llama", "O2")])
+def test_inspect_gives_every_layer_its_heads_on_optimized_exports(model: str, variant: str):
+    """inspect (weights left on disk) once showed None heads and head size after the first layer of an
+    O2 export: every layer must have the plain export's."""
+    from tests.cli_helpers import run_cli
+
+    plain = _plain(model)[0]
+    result = run_cli("inspect", _models()[model][1](variant), "--json")
+    assert result.returncode == 0, result.stderr
+    blocks = json.loads(result.stdout)["blocks"]
+    assert [(b["num_heads"], b["head_size"]) for b in blocks] == [(b.num_heads, b.head_size) for b in plain.blocks]
+    assert all(b["num_heads"] is not None and b["head_size"] is not None for b in blocks)
