@@ -11,17 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alti_onnx.block_kinds import kind_of
-from alti_onnx.contributions import (
-    LayerContributions,
-    _attention_rows,
-    _values_per_head,
-    head_outputs,
-    mixing_weight,
-    normalize_rows,
-    one_blas_thread,
-    row_blocks,
-)
+from alti_onnx.contributions import LayerContributions, block_terms, normalize_rows, one_blas_thread, row_blocks
 from alti_onnx.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
 
@@ -42,24 +32,11 @@ def cross_contributions(
     probabilities [T, J]."""
     probs = np.asarray(probs)
     exact = np.float64
-    kind = kind_of(block)
     num_heads, rows, columns = probs.shape
-    values = np.asarray(values, dtype=dtype)
-    residual = np.asarray(residual, dtype=exact)
-    per_head = _values_per_head(values, num_heads)
-
-    attention = np.empty((rows, block.hidden_size), dtype=exact)
-    for start, stop in row_blocks(rows, columns * num_heads * np.dtype(dtype).itemsize):
-        attention[start:stop] = _attention_rows(block, probs[:, start:stop].astype(dtype, copy=False), per_head)
-    recomposed = kind.output(block, attention, residual)
-    model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
-    error = float(np.max(np.abs(recomposed - model_output))) if rows else 0.0
-
-    vectors = head_outputs(mixing_weight(block, dtype), values, num_heads)  # v^h_j W~^h, [J, H, D]
-    scale = kind.row_scale(block, attention, residual)
-    carried = kind.residual_vectors(block, residual, scale)  # x~_t, [T, D]
-    target = recomposed * scale[:, None]  # s_t y_t
-    y_norms = np.abs(recomposed).sum(-1)
+    blocks = row_blocks(rows, columns * num_heads * np.dtype(dtype).itemsize)
+    terms = block_terms(block, probs, values, residual, block_output, dtype, blocks)
+    vectors, scale, target, y_norms = terms.vectors, terms.scale, terms.target, terms.y_norms
+    carried = terms.residual_vectors  # x~_t, [T, D]
 
     raw = np.empty((rows, columns + 1), dtype=exact)
     distance = np.empty((rows, columns), dtype=dtype)
@@ -72,8 +49,8 @@ def cross_contributions(
     raw[raw <= 8 * np.finfo(dtype).eps * y_norms[:, None]] = 0.0  # rounding noise, as in layer_contributions
     attention_sum = probs.sum(0, dtype=np.float64)
     raw[:, :columns][attention_sum == 0.0] = 0.0  # no head reads j (padding): exactly no contribution
-    return LayerContributions(normalize_rows(raw), None, attention_sum / num_heads, error,
-                              float(np.abs(model_output).max()) if rows else 0.0)
+    return LayerContributions(normalize_rows(raw), None, attention_sum / num_heads, terms.error,
+                              float(np.abs(terms.model_output).max()) if rows else 0.0)
 
 
 def combined_rollout(encoder_rollout: np.ndarray, self_contributions: list[np.ndarray],

@@ -178,30 +178,13 @@ def layer_contributions(
     """
     probs = np.asarray(probs)
     exact = np.float64
-    kind = kind_of(block)
     num_heads, seq_len, _ = probs.shape
-    values = np.asarray(values, dtype=dtype)
-    residual = np.asarray(residual, dtype=exact)
-    per_head = _values_per_head(values, num_heads)
     blocks = row_blocks(seq_len, seq_len * num_heads * np.dtype(dtype).itemsize, parts)
-
-    attention = np.empty((seq_len, block.hidden_size), dtype=exact)
-
-    @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another
-    def attention_rows(rows: tuple[int, int]) -> None:
-        start, stop = rows
-        attention[start:stop] = _attention_rows(block, probs[:, start:stop].astype(dtype, copy=False), per_head)
-
-    list(map_blocks(attention_rows, blocks))
-    recomposed = kind.output(block, attention, residual)
-    model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
-    error = float(np.max(np.abs(recomposed - model_output))) if seq_len else 0.0
-
-    vectors = head_outputs(mixing_weight(block, dtype), values, num_heads)  # v^h_j W~^h, [S_j, H, D]
-    scale = kind.row_scale(block, attention, residual)
-    residual = np.ascontiguousarray(kind.residual_vectors(block, residual, scale).astype(dtype))
-    target = (recomposed * scale[:, None]).astype(dtype)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
-    y_norms = np.abs(recomposed).sum(-1)
+    terms = block_terms(block, probs, values, residual, block_output, dtype, blocks, map_blocks)
+    vectors, scale, y_norms = terms.vectors, terms.scale, terms.y_norms
+    residual = np.ascontiguousarray(terms.residual_vectors.astype(dtype))
+    target = terms.target.astype(dtype)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
+    model_output, error = terms.model_output, terms.error
 
     contributions = np.empty((seq_len, seq_len), dtype=exact)
     norms = np.empty((seq_len, seq_len), dtype=exact) if with_norms else None
@@ -235,6 +218,54 @@ def layer_contributions(
     list(map_blocks(contribution_rows, blocks))
     output_scale = float(np.abs(model_output).max()) if seq_len else 0.0
     return LayerContributions(contributions, norms, averaged, error, output_scale)
+
+
+@dataclass(frozen=True)
+class BlockTerms:
+    """What the distances of one block are measured with (docs/alti.md, "One layer"): the per-token
+    head outputs v~ [S_j, H, D], the norm's per-row scale s_i, the recomposed output y and its
+    L1 norms, x~ for the residual terms, the target s_i y_i, the model's own y and the self-check."""
+
+    vectors: np.ndarray
+    scale: np.ndarray
+    recomposed: np.ndarray
+    y_norms: np.ndarray
+    residual_vectors: np.ndarray
+    target: np.ndarray
+    model_output: np.ndarray
+    error: float
+
+
+def block_terms(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray,
+                block_output: np.ndarray, dtype: type, blocks: list[tuple[int, int]],
+                map_blocks: MapBlocks = map) -> BlockTerms:
+    """The attention output a (rows in ``blocks``, through ``map_blocks``), y rebuilt from it for the
+    block's kind and checked against the model's, and the scaled terms the distances need. ``probs``
+    is [H, rows, S_j]: square for self-attention, rows over the memory for cross-attention."""
+    exact = np.float64
+    kind = kind_of(block)
+    num_heads, rows, _ = probs.shape
+    values = np.asarray(values, dtype=dtype)
+    residual = np.asarray(residual, dtype=exact)
+    per_head = _values_per_head(values, num_heads)
+    attention = np.empty((rows, block.hidden_size), dtype=exact)
+
+    @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another
+    def attention_rows(span: tuple[int, int]) -> None:
+        start, stop = span
+        attention[start:stop] = _attention_rows(block, probs[:, start:stop].astype(dtype, copy=False), per_head)
+
+    list(map_blocks(attention_rows, blocks))
+    recomposed = kind.output(block, attention, residual)
+    model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
+    error = float(np.max(np.abs(recomposed - model_output))) if rows else 0.0
+    scale = kind.row_scale(block, attention, residual)
+    return BlockTerms(
+        vectors=head_outputs(mixing_weight(block, dtype), values, num_heads),  # v^h_j W~^h, [S_j, H, D]
+        scale=scale, recomposed=recomposed, y_norms=np.abs(recomposed).sum(-1),
+        residual_vectors=kind.residual_vectors(block, residual, scale), target=recomposed * scale[:, None],
+        model_output=model_output, error=error,
+    )
 
 
 def _attention_rows(block: AttentionBlock, probs: np.ndarray, per_head: np.ndarray) -> np.ndarray:
