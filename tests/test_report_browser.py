@@ -211,3 +211,28 @@ def test_seq2seq_report_draws_the_alti_plus_map_and_source_shares(driver, tmp_pa
     value = driver.execute_script("return window.altiSeq2seq.value(1, 1)")
     assert abs(value - explanation.combined[0][1, 1]) < 1e-6
     full_page_screenshot(driver, tmp_path / "seq2seq.png")
+
+
+def test_words_switch_and_the_highlighted_text(driver, tmp_path):
+    """The words view: one chip per word at its summed attribution, the original text highlighted word
+    by word (its characters unchanged), and a click on a word targets its last piece."""
+    text = "the cats jumped over the lazy dogs ."
+    explanation = Explainer(FIXTURES / "tiny-bert", cache=False).explain(text)
+    page = write_html(explanation, tmp_path / "words.html", text=text, model="tiny-bert")
+    open_report(driver, page)
+    driver.execute_script("window.altiReport.setUnit('words')")
+    assert driver.execute_script("return [document.getElementById('tokens').hidden, document.getElementById('words').hidden]") == [True, False]
+    words = explanation.words()
+    chips = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#words .word')).map(s => [s.textContent, Number(s.dataset.value)])")
+    assert [c[0] for c in chips] == words.texts
+    np.testing.assert_allclose([c[1] for c in chips], words.attribution, rtol=1e-3)
+    shown = driver.execute_script("return document.getElementById('text-view').textContent")
+    assert shown == text
+    marks = driver.execute_script("return Array.from(document.querySelectorAll('#text-view mark')).map(m => m.textContent)")
+    assert marks == [w.text for w in words.words if w.end > w.start]
+    cats = words.texts.index("cats")
+    driver.execute_script(f"document.querySelectorAll('#words .word')[{cats}].click()")
+    assert driver.execute_script("return window.altiReport.target()") == words.words[cats].positions[-1]
+    driver.execute_script("window.altiReport.setUnit('tokens')")
+    assert driver.execute_script("return document.getElementById('tokens').hidden") is False

@@ -20,6 +20,9 @@ h2 { font-size: 16px; margin: 22px 0 4px; padding-top: 12px; border-top: 1px sol
 .prediction .probbar { display: inline-block; vertical-align: middle; width: 120px; height: 8px; margin-left: 8px; background: #eee; border-radius: 4px; overflow: hidden; }
 .prediction .probbar > span { display: block; height: 100%; background: var(--accent); }
 .tokens { display: flex; flex-wrap: wrap; gap: 3px 2px; max-height: 42vh; overflow: auto; padding: 6px 0; }
+.tokens[hidden], .controls[hidden] { display: none; }
+.text-view { line-height: 1.9; margin: 6px 0; max-height: 30vh; overflow: auto; white-space: pre-wrap; }
+.text-view mark { padding: 1px 0; border-radius: 2px; }
 .tok { display: inline-block; padding: 1px 5px; border-radius: 3px; border: 1px solid rgba(0,0,0,0.06); cursor: pointer; white-space: pre; font-size: 15px; }
 .tok:hover, .tok:focus { outline: 1px solid var(--ink); }
 .tok.target { outline: 2px solid var(--ink); outline-offset: 1px; font-weight: 700; }
@@ -124,6 +127,56 @@ JS = r"""
   el("token-scale-bar").style.background = gradient;
   el("matrix-scale-bar").style.background = gradient;
   function attribution() { return matrix("rollout").values.subarray(target * n, target * n + n); }
+  // ---- words: the same attribution summed over each word's pieces (docs/alti.md, "Words") ----
+  var words = data.words || null, unitSelect = el("unit-select"), wordsEl = el("words"), textEl = el("text-view");
+  var wordSpans = [];
+  if (words) {
+    words.forEach(function (w, k) {
+      var s = document.createElement("span");
+      s.className = "tok word"; s.textContent = w.text; s.setAttribute("data-word", k); s.setAttribute("role", "listitem");
+      s.tabIndex = 0; wordsEl.appendChild(s); wordSpans.push(s);
+    });
+  } else {
+    el("unit-control").hidden = true;
+  }
+  function wordValues(row) {
+    return words.map(function (w) { var t = 0; w.positions.forEach(function (i) { t += row[i]; }); return t; });
+  }
+  var wordMax = 0;
+  function renderWords(row) {
+    if (!words) return;
+    var values = wordValues(row), max = Math.max.apply(null, values.concat([0]));
+    wordMax = max;
+    wordSpans.forEach(function (s, k) {
+      var v = max > 0 ? values[k] / max : 0;
+      s.style.background = rgb(v); s.style.color = inkOn(v); s.setAttribute("data-value", fmt(values[k]));
+      s.classList.toggle("target", words[k].positions.indexOf(target) >= 0);
+    });
+    if (data.text === null || data.text === undefined) return;
+    textEl.textContent = "";  // the original text, each word's characters on its color
+    var at = 0;
+    words.map(function (w, k) { return [w, k]; }).filter(function (p) { return p[0].end > p[0].start; })
+      .sort(function (a, b) { return a[0].start - b[0].start; }).forEach(function (p) {
+        var w = p[0], k = p[1], v = max > 0 ? values[k] / max : 0;
+        if (w.start > at) textEl.appendChild(document.createTextNode(data.text.slice(at, w.start)));
+        var mark = document.createElement("mark");
+        mark.textContent = data.text.slice(w.start, w.end); mark.style.background = rgb(v); mark.style.color = inkOn(v);
+        mark.setAttribute("data-word", k); mark.setAttribute("data-value", fmt(values[k]));
+        textEl.appendChild(mark); at = w.end;
+      });
+    if (at < data.text.length) textEl.appendChild(document.createTextNode(data.text.slice(at)));
+  }
+  function showUnit() {
+    var byWord = words && unitSelect.value === "words";
+    tokensEl.hidden = byWord; wordsEl.hidden = !byWord;
+    renderTokens();
+  }
+  if (words) unitSelect.addEventListener("change", showUnit);
+  wordsEl.addEventListener("click", function (ev) {
+    var s = ev.target.closest(".word"); if (!s) return;
+    var positions = words[Number(s.getAttribute("data-word"))].positions;
+    setTarget(positions[positions.length - 1]);  // a word's last piece: where a decoder predicts from
+  });
   function renderTokens() {
     var row = attribution(), max = 0;
     for (var i = 0; i < n; i++) if (row[i] > max) max = row[i];
@@ -133,9 +186,10 @@ JS = r"""
       s.setAttribute("data-value", fmt(row[i]));
       s.classList.toggle("target", i === target);
     });
+    renderWords(row);
     el("attribution-title").textContent = "Attribution to position " + target + " (\u201c" + data.display[target] + "\u201d)" +
       (target === data.target ? (data.architecture === "decoder" ? ", the token that predicts the next one" : "") : "");
-    el("token-scale-max").textContent = fmt(max);
+    el("token-scale-max").textContent = fmt(words && unitSelect.value === "words" ? wordMax : max);
   }
   tokensEl.addEventListener("mousemove", function (ev) {
     var s = ev.target.closest(".tok"); if (!s) { hideTip(); return; }
@@ -304,12 +358,13 @@ JS = r"""
   }
   el("selfcheck-title").textContent = "Self-check: largest error " + worst.toExponential(2) + " over " + errors.length + " layers";
 
-  renderTokens();
+  showUnit();
   buildZoom();
   draw();
   document.body.setAttribute("data-ready", "1");
   window.altiReport = {
     data: data, matrix: matrix, draw: draw, setLayer: setLayer, setTarget: setTarget,
+    setUnit: function (unit) { unitSelect.value = unit; showUnit(); },
     geometry: function () { return geo; }, target: function () { return target; }
   };
 })();

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..explanation import Explanation
+from ..words import group_words
 from . import style
 from ._assets import CSS, JS
 
@@ -77,7 +78,17 @@ def report_data(
         "rollout": encode_matrix(explanation.rollout[-1]),
         "heat_stops": [list(stop) for stop in style.HEAT_STOPS],
         "accent": style.ACCENT,
+        "text": explanation.text if explanation.text is not None else text,
+        "words": _words(explanation),
     }
+
+
+def _words(explanation: Explanation) -> list[dict[str, Any]] | None:
+    """The explanation's words (text, character span, token positions), when its tokenizer said where they are."""
+    if explanation.word_ids is None or explanation.offsets is None:
+        return None
+    return [{"text": w.text, "start": w.start, "end": w.end, "positions": list(w.positions)}
+            for w in group_words(explanation.tokens, explanation.word_ids, explanation.offsets, explanation.text)]
 
 
 def _is_causal(contributions: np.ndarray) -> bool:
@@ -160,7 +171,10 @@ _PAGE = PAGE_START + """
 <section id="attribution-section">
   <h2 id="attribution-title">Attribution</h2>
   <p class="muted hint">Each token colored by how much it contributes to the target after all layers (the rollout row of the target). Click a token to make it the target.</p>
+  <p id="unit-control" class="controls"><label>show <select id="unit-select"><option value="tokens">tokens</option><option value="words">words</option></select></label></p>
   <div id="tokens" class="tokens" role="list"></div>
+  <div id="words" class="tokens" role="list" hidden></div>
+  <p id="text-view" class="text-view"></p>
   <div class="legend"><span id="token-scale-min">0</span><span class="bar" id="token-scale-bar"></span><span id="token-scale-max"></span></div>
 </section>
 <section id="matrix-section">
