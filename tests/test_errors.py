@@ -357,7 +357,7 @@ def test_bench_options(args: list[str], words: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("args, words", [
     (["explain", BERT], ("Missing option '--text'",)),
-    (["explain", BERT, "--text", "hi", "--target", "abc"], ("Invalid value for '--target'",)),
+    (["explain", BERT, "--text", "hi", "--target", "abc"], ("--target takes a token position or 'mean'", "'abc'")),
     (["batch", BERT, "--input", BERT / "texts.json", "--output", "x.jsonl", "--batch-size", "0"], ("'--batch-size'",)),
     (["no-such-command"], ("No such command 'no-such-command'",)),
     (["explain", BERT, "--text", "hi", "--no-such-option"], ("No such option",)),
