@@ -519,6 +519,13 @@ def batch(
         int, typer.Option("--max-new-tokens", min=1, help="encoder-decoder: most tokens generated for a record "
                           "without a 'target'")
     ] = 32,
+    ray: Annotated[
+        Optional[str], typer.Option("--ray", help="run on Ray: 'local' (a cluster on this machine, loopback only) or "
+                                    "a cluster's address; --output is then a directory of shards")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="with --ray: Explainers running at once")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(min=0, help="with --ray: CPUs each actor takes")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(min=0, help="with --ray: GPUs each actor takes")] = 0.0,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
@@ -526,6 +533,11 @@ def batch(
     encoder-decoder export a line may be {"text": SOURCE, "target": TARGET}: the target is explained
     teacher-forced, and without one the model's greedy output.
     """
+    if ray is not None:
+        _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
+                      target=target, full=full, words=words, max_new_tokens=max_new_tokens, pairs_per_run=pairs_per_run,
+                      self_check_tolerance=self_check_tolerance, input_map=input_map)
+        return
     from rich.progress import Progress
 
     from .corpus import explain_corpus, require_corpus
@@ -550,6 +562,46 @@ def batch(
     report.print(escape(
         f"{summary.written} records written to {'stdout' if output_path == '-' else output_path} ({summary.skipped} already "
         f"there, {summary.failed} with errors)"), soft_wrap=True)
+
+
+def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str, actors: int, cpus_per_actor: float,
+                  gpus_per_actor: float, **options) -> None:
+    """``batch --ray``: the corpus explained by Ray actors into shards (alti_onnx.distributed). A local
+    cluster runs in a network namespace of its own, whose only interface is loopback."""
+    import os
+    import subprocess
+    import sys
+
+    with user_errors():
+        if output_path == "-":
+            raise InputError("--ray writes a directory of shards (--output DIR), not standard output")
+        from .distributed import loopback_only_command, local_cluster, only_loopback, plan_shards, run_shards
+        from .model_inputs import parse_input_map
+
+        # checked (and the output claimed) before any cluster starts: bad input is one line, not Ray's logs
+        plan = plan_shards(model, input_path, output_path, self_check_tolerance=options.pop("self_check_tolerance"),
+                           input_map=parse_input_map(options.pop("input_map") or []),
+                           target=_target_option(options.pop("target")), **options)
+        if address == "local" and not only_loopback():
+            command = loopback_only_command(sys.argv)
+            if command is None:
+                raise InputError("--ray local needs Linux's unshare to keep Ray's servers on 127.0.0.1 (Ray itself "
+                                 "listens on every interface); start a cluster and pass its address instead")
+            raise typer.Exit(subprocess.run(command, check=False).returncode)
+        import ray
+
+        if address == "local":
+            local_cluster(num_cpus=os.cpu_count())
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            summary = run_shards(plan, actors, cpus_per_actor, gpus_per_actor)
+        finally:
+            ray.shutdown()
+        if summary.written and summary.failed == summary.written:
+            raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")
+    out.print(escape(f"{summary.written} records written to {output_path} in {summary.shards - summary.skipped} shards "
+                     f"({summary.skipped} shards already there, {summary.failed} records with errors)"), soft_wrap=True)
 
 
 def run(argv: list[str] | None = None) -> int:

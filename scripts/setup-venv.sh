@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment with the runtime, export and test extras.
+# Create (or reuse) the project's virtual environment with the runtime, export, test, plot and ray extras.
 # Usage: source-free; prints the venv path on stdout. ALTI_ONNX_VENV overrides the location.
 # pip's output goes to <venv>.install.log and is shown only when the install fails.
 set -euo pipefail
@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     python3 -m venv "$venv" &&
       "$venv/bin/python" -m pip install -q --upgrade pip &&
       # torch is pinned in the 'export' extra (2.13.0, CPU build) so no CUDA wheels are pulled in.
-      "$venv/bin/python" -m pip install -q -e "$root[export,test,plot]"
+      "$venv/bin/python" -m pip install -q -e "$root[export,test,plot,ray]"
   } > "$log" 2>&1; then
     echo "alti-onnx: the install failed; pip said:" >&2
     tail -n 30 "$log" >&2
