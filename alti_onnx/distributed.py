@@ -200,14 +200,30 @@ def explain_dataset(dataset, model: str | Path, *, actors: int = 1, batch_size: 
                     full: bool = False, words: bool = False, pairs_per_run: int = PAIRS_PER_RUN,
                     cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0):
     """A Ray Dataset of records (columns ``index`` and ``record``, the JSON line ``batch`` writes) from a
-    Dataset with a ``text`` column (and optionally ``id`` and ``target``); ``index`` is the row's
-    position in each batch it arrives in plus the ``index`` column when the dataset has one."""
+    Dataset with a ``text`` column (and optionally ``id``, ``target`` and ``index``), or from a path Ray
+    Data reads (``read_texts``). Without an ``index`` column a record's index is its row's position in
+    the batch it arrives in: give one to keep the corpus order."""
     options = {"batch_size": batch_size, "target": target, "full": full, "words": words,
                "pairs_per_run": pairs_per_run, "max_new_tokens": 32}
+    if isinstance(dataset, (str, Path)):
+        dataset = read_texts(dataset)
     return dataset.map_batches(_RecordMaker, fn_constructor_kwargs={"model": str(model), "options": options},
                                batch_size=CHUNK_SIZE if not full else FULL_CHUNK_SIZE, concurrency=actors,
                                batch_format="pyarrow",  # ids keep their JSON types (NumPy would make 0 and None floats)
                                num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=-1, max_task_retries=-1)
+
+
+def read_texts(path: str | Path):
+    """A Ray Dataset from a path Ray Data reads: JSON lines (objects with a ``text``), Parquet (a
+    ``text`` column), or plain text (one text a line, read into ``text``)."""
+    import ray.data
+
+    name = str(path).lower()
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return ray.data.read_json(str(path), lines=True) if not name.endswith(".json") else ray.data.read_json(str(path))
+    if name.endswith(".parquet") or Path(path).is_dir():
+        return ray.data.read_parquet(str(path))
+    return ray.data.read_text(str(path))
 
 
 class _RecordMaker:

@@ -141,6 +141,8 @@ local_cluster(num_cpus=2)
 rows = [dict(json.loads(line), index=k) for k, line in enumerate(open({str(texts)!r}))]
 rows = [dict(r, id=r.get("id")) for r in rows]
 out = explain_dataset(ray.data.from_items(rows[:512]), {str(MODEL)!r}, actors=1).take_all()
+from_path = explain_dataset({str(texts)!r}, {str(MODEL)!r}, actors=1).take_all()  # a path Ray Data reads
+print(len(from_path), sum("error" in json.loads(row["record"]) for row in from_path))
 print(json.dumps(sorted((row["index"], row["record"]) for row in out)))
 """)
     from alti_onnx.distributed import loopback_only_command
@@ -148,5 +150,7 @@ print(json.dumps(sorted((row["index"], row["record"]) for row in out)))
     done = subprocess.run(loopback_only_command([sys.executable, str(script)]), capture_output=True, text=True,
                           timeout=600, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
-    records = json.loads(done.stdout.strip().splitlines()[-1])
+    *_, counts, last = done.stdout.strip().splitlines()
+    assert counts == "1300 1"  # every line of the JSONL file, its one empty text an error record
+    records = json.loads(last)
     assert [r for _, r in records] == [line.rstrip("\n") for line in expected[:512]]
