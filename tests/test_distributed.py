@@ -45,9 +45,9 @@ def shards(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A corpus of 3 shards and batch's own records for it."""
+    """A corpus of 5 shards (2,100 texts) and batch's own records for it."""
     folder = tmp_path_factory.mktemp("ray")
-    texts = corpus(folder / "texts.jsonl", 1300)
+    texts = corpus(folder / "texts.jsonl", 2100)
     result = run_cli("batch", MODEL, "--input", texts, "--output", folder / "batch.jsonl")
     assert result.returncode == 0, result.stderr
     return texts, (folder / "batch.jsonl").read_text().splitlines(keepends=True)
@@ -58,9 +58,9 @@ def test_ray_records_equal_batch_records(job, tmp_path):
     out = tmp_path / "shards"
     result = run_cli("batch", MODEL, "--input", texts, "--output", out, "--ray", "local", "--actors", "2", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1300 records written" in result.stdout and "in 3 shards" in result.stdout
+    assert "2100 records written" in result.stdout and "in 5 shards" in result.stdout
     assert shards(out) == expected  # exact: the shards are batch's chunks, explained by batch's own code
-    assert sorted(json.loads(line)["index"] for line in shards(out)) == list(range(1300))
+    assert sorted(json.loads(line)["index"] for line in shards(out)) == list(range(2100))
     assert "error" in json.loads(shards(out)[7])
 
 
@@ -82,7 +82,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(job, tmp_path, attempt):
     assert process.returncode == 0, stderr[-2000:]
     lines = shards(out)
     assert lines == expected
-    assert len({json.loads(line)["index"] for line in lines}) == len(lines) == 1300
+    assert len({json.loads(line)["index"] for line in lines}) == len(lines) == 2100
     assert not glob.glob(str(out / "*.tmp"))  # no half-written shard left behind
 
 
@@ -101,11 +101,11 @@ def test_a_rerun_resumes_at_shard_granularity(job, tmp_path):
     assert 1 <= done_before
     result = run_cli("batch", MODEL, "--input", texts, "--output", out, "--ray", "local", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"in {3 - done_before} shards ({done_before} shards already there" in result.stdout
+    assert f"in {5 - done_before} shards ({done_before} shards already there" in result.stdout
     assert shards(out) == expected
     (out / "part-000001.jsonl").unlink()
     again = run_cli("batch", MODEL, "--input", texts, "--output", out, "--ray", "local", timeout=600)
-    assert "in 1 shards (2 shards already there" in again.stdout
+    assert "in 1 shards (4 shards already there" in again.stdout
     assert shards(out) == expected
 
 
@@ -151,6 +151,6 @@ print(json.dumps(sorted((row["index"], row["record"]) for row in out)))
                           timeout=600, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     *_, counts, last = done.stdout.strip().splitlines()
-    assert counts == "1300 1"  # every line of the JSONL file, its one empty text an error record
+    assert counts == "2100 1"  # every line of the JSONL file, its one empty text an error record
     records = json.loads(last)
     assert [r for _, r in records] == [line.rstrip("\n") for line in expected[:512]]
