@@ -49,6 +49,11 @@ def test_a_mean_pooled_encoder_is_explained_for_the_mean_of_its_positions(tmp_pa
     np.testing.assert_allclose(padded[0].attribution(), short.attribution(), atol=1e-6)
     assert len(padded[0].attribution()) == len(short.tokens)
     np.testing.assert_allclose(full.attribution(0), full.rollout[-1][0], atol=0)  # a position can still be asked for
+    from alti_onnx.report import report_data
+
+    with pytest.raises(ValueError, match="target=N"):
+        report_data(full)  # the report draws one position: it says so rather than failing on "mean"
+    assert report_data(full, target=0)["target"] == 0
 
 
 def test_other_poolings_and_plain_encoders_keep_the_first_position(tmp_path):

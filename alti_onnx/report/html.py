@@ -48,6 +48,9 @@ def report_data(
 ) -> dict[str, Any]:
     """The JSON the report embeds (also what the browser test and the unit tests read back)."""
     target = explanation.default_target if target is None else target
+    if target == "mean":
+        raise ValueError("the report draws one position's attribution (and lets the reader pick others): "
+                         "give target=N for a mean-pooled model")
     n = len(explanation.tokens)
     if not -n <= target < n:
         raise IndexError(f"target position {target} is outside the {n} tokens")
