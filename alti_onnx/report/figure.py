@@ -40,6 +40,8 @@ def plot_explanation(explanation: Explanation, target: int | None = None, size: 
                      title: str | None = None):
     """The figure (a matplotlib ``Figure``): attribution bars on the left, the rollout heatmap on the right."""
     target = explanation.default_target if target is None else target
+    if target == "mean":
+        raise ValueError("the figure marks one position's attribution: give target=N for a mean-pooled model")
     attribution = explanation.attribution(target)
     target %= len(explanation.tokens)
     labels = [display_token(t) for t in explanation.tokens]
