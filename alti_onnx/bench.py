@@ -140,7 +140,7 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
         return BenchResult(seq_len, batch_size, float("nan"), explained, float("nan"), _peak_mb(), done,
                            attribution_only=attribution_only, in_turns=False)
     plain = plain_session(explainer.files.onnx, providers)
-    feeds = {**explainer.session.inputs.feeds(batch), **explainer.session.empty_cache(batch_size)}
+    feeds = explainer.session.batch_feeds(batch)
     plain.run(None, feeds)  # the forward's warm-up
     (forward, explained), done = _median_seconds(
         [lambda: plain.run(None, feeds), explain], 0 if long_run else max(0, warmup - 1), repeats, budget_s

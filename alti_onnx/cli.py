@@ -220,8 +220,8 @@ def explain(
         p = explanation.next_token
         out.print(Text(f"next token: {p.label!r} (id {p.index}, probability {p.probability:.4f})", style="bold"))
     if by_word is not None:
-        print_attribution(by_word.texts, by_word.attribution, by_word.target_word, explanation.reconstruction_error,
-                          unit="word")
+        print_attribution(by_word.texts, by_word.attribution, "mean" if by_word.target == "mean" else by_word.target_word,
+                          explanation.reconstruction_error, unit="word")
     else:
         print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
     if json_path is not None:
@@ -339,15 +339,14 @@ def print_seq2seq(explanation, top: int = 3) -> None:
 
 
 def print_attribution(tokens: list[str], attribution, target: int | str, errors, unit: str = "token") -> None:
-    """A table of tokens (or words) with their attribution to ``target`` (a row, -1 or "mean": the
-    mean of all positions) as numbers and bars."""
-    where = "position" if unit == "token" else "the word"
-    if target == "mean" or target == -1 and unit == "word":
-        title = f"ALTI attribution to the mean of all {len(tokens)} {unit}s" if unit == "token" else \
-            "ALTI attribution (words) to the mean of all tokens"
+    """A table of tokens (or words) with their attribution to ``target`` (a row, or "mean": the mean
+    of all token positions) as numbers and bars."""
+    if target == "mean":
+        title = ("ALTI attribution (words) to the mean of all tokens" if unit == "word"
+                 else f"ALTI attribution to the mean of all {len(tokens)} tokens")
         target = None
     else:
-        title = f"ALTI attribution to {where} {target} ({tokens[target]!r})"
+        title = f"ALTI attribution to {'position' if unit == 'token' else 'the word'} {target} ({tokens[target]!r})"
     table = Table(title=Text(title), title_justify="left")
     table.add_column("pos", justify="right")
     table.add_column(unit)

@@ -148,9 +148,7 @@ def _explain_chunk(
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        if isinstance(explainer, Seq2SeqExplainer):
-            for record in group:
-                payloads[record.index] = None  # type: ignore[assignment] - filled below, in the group's order
+        if isinstance(explainer, Seq2SeqExplainer):  # pairs with a target and sources to generate from run apart
             for subgroup in ([r for r in group if r.target is not None], [r for r in group if r.target is None]):
                 for record, outcome in zip(subgroup, _explain_pairs(explainer, subgroup, max_new_tokens)):
                     payloads[record.index] = (

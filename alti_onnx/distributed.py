@@ -108,9 +108,7 @@ class ShardWriter:
         shards, written, failed, errors = [], [], [], []
         for shard, encoded in zip(batch["shard"], batch["records"]):
             records = [CorpusRecord(**item) for item in json.loads(encoded)]
-            payloads = _explain_chunk(self.explainer, records, self.options["batch_size"], self.options["pairs_per_run"],
-                                      self.options["target"], self.options["full"], self.options["max_new_tokens"],
-                                      self.options["words"])
+            payloads = _explained(self.explainer, records, self.options)
             _write_atomically(self.output / shard_name(int(shard)), [_json_line(p) for p in payloads])
             bad = [p for p in payloads if "error" in p]
             shards.append(int(shard))
@@ -246,10 +244,14 @@ class _RecordMaker:
         texts = column("text")
         indices = column("index") if "index" in columns else list(range(batch.num_rows))
         records = [CorpusRecord(int(i), t, r, target=g) for i, t, r, g in zip(indices, texts, column("id"), column("target"))]
-        o = self.options
-        payloads = _explain_chunk(self.explainer, records, o["batch_size"], o["pairs_per_run"], o["target"], o["full"],
-                                  o["max_new_tokens"], o["words"])
+        payloads = _explained(self.explainer, records, self.options)
         return pa.table({"index": [int(p["index"]) for p in payloads], "record": [_json_line(p) for p in payloads]})
+
+
+def _explained(explainer, records: list[CorpusRecord], options: dict) -> list[dict]:
+    """``batch``'s records for one chunk (its own code, so its numbers), with a job's options."""
+    return _explain_chunk(explainer, records, options["batch_size"], options["pairs_per_run"], options["target"],
+                          options["full"], options["max_new_tokens"], options["words"])
 
 
 def _claim(output_dir: Path, job: Job) -> None:

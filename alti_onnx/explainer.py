@@ -14,7 +14,6 @@ from graph_rewrites import AttentionAnalysis, AttentionBlock
 
 from .contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from .errors import (
-    InputError,
     LayerCountError,
     ModelPathError,
     NonFiniteError,
@@ -28,7 +27,7 @@ from .prepared import PreparedModel, prepare
 from .pooling import MEAN, Pooling, declared_pooling
 from .prediction import class_labels, classify, next_token
 from .runtime import BlockTensors, SegmentedSession
-from .self_check import check_layer
+from .self_check import check_layer, require_tolerance
 from .text_inputs import Batch, TextEncoder
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
@@ -97,8 +96,7 @@ class Explainer:
         input_map: dict[str, str] | None = None,
         cache: bool = True,
     ):
-        if not (isinstance(self_check_tolerance, (int, float)) and 0 < self_check_tolerance < float("inf")):
-            raise InputError(f"the self-check tolerance must be a positive number, got {self_check_tolerance!r}")
+        require_tolerance(self_check_tolerance)
         files = locate_model(model, tokenizer)
         self.files = files
         self.config = read_json_object(files.config, "config") if files.config.exists() else {}

@@ -104,7 +104,7 @@ class Explanation:
             payload["contributions"] = self.contributions.tolist()
             payload["rollout"] = self.rollout.tolist()
         payload.update({
-            "target": target if target == MEAN else int(target),
+            "target": _target_json(target),
             "attribution": self.attribution(target).tolist(),
             "reconstruction_error": [float(e) for e in self.reconstruction_error],
         })
@@ -129,8 +129,8 @@ class Explanation:
         arrays.update({f"output_{name}": value for name, value in self.outputs.items()})
         meta = {
             "format": SAVE_FORMAT, "tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids],
-            "default_target": self.default_target if self.default_target == MEAN else int(self.default_target),
-            "attribution_keys": [k if k == MEAN else int(k) for k in (self.attributions or {})] if self.attributions is not None else None,
+            "default_target": _target_json(self.default_target),
+            "attribution_keys": None if self.attributions is None else [_target_json(k) for k in self.attributions],
             "outputs": list(self.outputs),
             "prediction": _prediction_meta(self.prediction), "next_token": _prediction_meta(self.next_token),
             "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
@@ -171,6 +171,11 @@ class Explanation:
 #: The array fields ``save`` keeps, and the layout version it writes.
 _ARRAYS = ("contributions", "rollout", "reconstruction_error", "attention", "norm_based")
 SAVE_FORMAT = 1
+
+
+def _target_json(target: int | str) -> int | str:
+    """A target as JSON writes it: "mean", or a plain int (not a NumPy integer)."""
+    return target if target == MEAN else int(target)
 
 
 def _prediction_meta(prediction: Prediction | None) -> dict[str, object] | None:

@@ -146,17 +146,21 @@ class SegmentedSession:
     def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
         """Run the model on ``batch``, calling ``on_block(layer, tensors)`` for each block in layer
         order as soon as its tensors exist; returns the model's own outputs by name."""
-        return self.stream_feeds({**self.inputs.feeds(batch), **self.empty_cache(len(batch.input_ids))}, on_block)
+        return self.stream_feeds(self.batch_feeds(batch), on_block)
+
+    def batch_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every graph input for ``batch``: its token inputs and, for a KV-cache export, an empty cache."""
+        return {**self.inputs.feeds(batch), **self.empty_cache(len(batch.input_ids))}
 
     def stream_feeds(self, feeds: dict[str, np.ndarray],
                      on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
         """``stream`` from the graph inputs themselves (every one the graph declares, by name)."""
         live: dict[str, np.ndarray] = dict(feeds)
-        first = next(iter(live.values()))
-        batch_size, width = first.shape[0], first.shape[1] if first.ndim > 1 else 1
+        # token pairs of the run: rows x the longest sequence any [B, S] input (ids, masks) spans, squared
+        pairs = max((a.shape[0] * a.shape[1] ** 2 for a in live.values() if a.ndim == 2), default=0)
         outputs: dict[str, np.ndarray] = {}
         layer = 0
-        options = _returning_memory() if batch_size * width * width >= RETURN_MEMORY_FROM else None
+        options = _returning_memory() if pairs >= RETURN_MEMORY_FROM else None
         for number, (segment, session) in enumerate(zip(self.segments, self.sessions)):
             try:
                 results = session.run(segment.outputs, {name: live[name] for name in segment.inputs}, options)
@@ -177,9 +181,7 @@ class SegmentedSession:
     def run(self, batch: Batch) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
         """The model's own outputs by name, and every block's tensors in layer order (all of them
         kept: for tests and small inputs; ``stream`` keeps one layer at a time)."""
-        tensors: list[BlockTensors] = []
-        outputs = self.stream(batch, lambda layer, t: tensors.append(t))
-        return outputs, tensors
+        return self.run_feeds(self.batch_feeds(batch))
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
         """``run`` from the graph inputs themselves."""

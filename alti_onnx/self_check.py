@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 from alti_onnx.contributions import LayerContributions
-from alti_onnx.errors import SelfCheckError
+from alti_onnx.errors import InputError, SelfCheckError
 
 INT8_HINT = (
     "the model is dynamically quantized (int8 weights, activations quantized at run time), so the float "
     "decomposition with the dequantized W_O misses the activation rounding; pass --self-check-tolerance 2e-2 "
     "(API: self_check_tolerance=2e-2) to accept that error, or explain the float export"
 )
+
+
+def require_tolerance(tolerance: object) -> float:
+    """The self-check tolerance a caller gave, refused unless a positive, finite number."""
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
+        raise InputError(f"the self-check tolerance must be a positive number, got {tolerance!r}")
+    return float(tolerance)
 
 
 def check_layer(where: str, computed: LayerContributions, tokens: list[str], tolerance: float,

@@ -21,7 +21,7 @@ from alti_onnx.errors import InputError, ModelPathError, RuntimeFailure
 from alti_onnx.model_files import read_json_object
 from alti_onnx.prepared import prepare
 from alti_onnx.runtime import SegmentedSession, default_providers, session_options
-from alti_onnx.self_check import check_layer
+from alti_onnx.self_check import check_layer, require_tolerance
 from alti_onnx.text_inputs import Batch, TextEncoder
 from graph_rewrites import AttentionBlock
 
@@ -111,8 +111,7 @@ class Seq2SeqExplainer:
                  cache: bool = True):
         if input_map:
             raise InputError("--input-map is for single-graph models; an encoder-decoder export's inputs are optimum's")
-        if not (isinstance(self_check_tolerance, (int, float)) and 0 < self_check_tolerance < float("inf")):
-            raise InputError(f"the self-check tolerance must be a positive number, got {self_check_tolerance!r}")
+        require_tolerance(self_check_tolerance)
         folder = Path(model)
         if not is_seq2seq_export(folder):
             raise ModelPathError(f"{folder} is not an encoder-decoder export (no {ENCODER_FILE} and {DECODER_FILE})")
@@ -143,8 +142,8 @@ class Seq2SeqExplainer:
         #: what ``batch`` records as the model (the job it resumes must be the same model)
         self.files = ModelFiles(folder / DECODER_FILE, self.text_path, folder / "config.json")
         self.input_map: dict[str, str] = {}
-        self.start_id = _first_int(self.generation, self.config, "decoder_start_token_id")
-        self.eos_id = _first_int(self.generation, self.config, "eos_token_id")
+        self.start_id = _first_int("decoder_start_token_id", self.generation, self.config)
+        self.eos_id = _first_int("eos_token_id", self.generation, self.config)
         if self.start_id is None:
             raise InputError(f"{folder}: neither generation_config.json nor config.json gives decoder_start_token_id")
 
@@ -176,7 +175,7 @@ class Seq2SeqExplainer:
         if targets is None:
             labels = self._generate(memory, batch.attention_mask, max_new_tokens)
         else:
-            labels = [e.ids for e in self.text._encodings(list(targets))]
+            labels = self.text.token_ids(list(targets))
         decoder_ids = [[self.start_id, *row[:-1]] for row in labels]
         decoder_batch = Batch.padded(decoder_ids, self.text.pad_id)
         feeds = {**self.decoder.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
@@ -192,13 +191,13 @@ class Seq2SeqExplainer:
         rows = len(memory)
         sequences = np.full((rows, 1), self.start_id, dtype=np.int64)
         done = np.zeros(rows, dtype=bool)
-        forced_first = _first_int(self.generation, self.config, "forced_bos_token_id")
+        forced_first = _first_int("forced_bos_token_id", self.generation, self.config)
         banned = [ids[0] for ids in self.generation.get("bad_words_ids") or [] if isinstance(ids, list) and len(ids) == 1]
-        names = {i.name for i in self._plain_decoder.get_inputs()}
+        fixed = {self._memory: memory.astype(np.float32, copy=False)}
+        if self._memory_mask:
+            fixed[self._memory_mask] = mask
         for step in range(max_new_tokens):
-            feeds = {self.decoder.inputs.inputs[0].name: sequences, self._memory: memory.astype(np.float32, copy=False)}
-            if self._memory_mask in names:
-                feeds[self._memory_mask] = mask
+            feeds = {**self.decoder.inputs.feeds(Batch.padded(sequences.tolist(), self.text.pad_id)), **fixed}
             try:
                 logits = self._plain_decoder.run(None, feeds)[0][:, -1].astype(np.float64)
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
@@ -283,8 +282,9 @@ def _decoder_layers(blocks: list[AttentionBlock]) -> tuple[list[AttentionBlock],
 
 
 def _memory_inputs(declared) -> tuple[str, str | None]:
-    """The decoder input that takes the encoder's output (the float input of rank 3) and the one that
-    takes the source's mask (the other integer input of rank 2, beside the token ids)."""
+    """The decoder input that takes the encoder's output (its one float input of rank 3) and the one
+    that takes the source's mask (an integer input of rank 2 named as a mask, as optimum names it
+    ``encoder_attention_mask``; None when the decoder has none)."""
     floats = [d for d in declared if d.elem_type in (1, 10, 11) and d.dims is not None and len(d.dims) == 3]
     if len(floats) != 1:
         raise RuntimeFailure(
@@ -295,9 +295,8 @@ def _memory_inputs(declared) -> tuple[str, str | None]:
     return floats[0].name, masks[0].name if masks else None
 
 
-def _first_int(*sources_and_key) -> int | None:
+def _first_int(key: str, *sources: dict) -> int | None:
     """The first integer under ``key`` in the given JSON objects (a list's first element counts)."""
-    *sources, key = sources_and_key
     for source in sources:
         value = source.get(key)
         if isinstance(value, list) and value:

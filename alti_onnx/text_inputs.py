@@ -110,6 +110,10 @@ class TextEncoder:
         return replace(batch, offsets=[[tuple(o) for o in e.offsets] for e in encodings],
                        word_ids=[list(e.word_ids) for e in encodings], texts=list(texts))
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids (special tokens included, no padding), with the checks of ``encode``."""
+        return [e.ids for e in self._encodings(texts)]
+
     def token_count(self, text: str) -> int:
         """How many tokens ``text`` is, with the same checks as ``encode``."""
         return len(self._encodings([text])[0].ids)

@@ -66,7 +66,7 @@ def test_every_tokenizer_kind_gives_the_words_a_reader_sees(make):
     pieces = tokenizer.encode(TEXT).tokens
     assert len(words) < len(pieces)  # several words are split into many pieces and joined again
     long_word = next(w for w in words if w.text == "extraordinarily")
-    assert len(long_word.positions) >= 2 or make is byte_level_bpe and len(long_word.positions) >= 1
+    assert len(long_word.positions) >= 3  # one word of many pieces, joined
     for word in words:  # every span is the word's own text
         assert TEXT[word.start:word.end] == word.text
     covered = sorted(p for w in words for p in w.positions)

@@ -66,7 +66,7 @@ def report_data(
     return {
         "format": DATA_FORMAT,
         "model": model,
-        "text": text,
+        "text": explanation.text if explanation.text is not None else text,  # the words' spans index it
         "architecture": "decoder" if decoder else "encoder",
         "tokens": list(explanation.tokens),
         "display": [display_token(t) for t in explanation.tokens],
@@ -81,7 +81,6 @@ def report_data(
         "rollout": encode_matrix(explanation.rollout[-1]),
         "heat_stops": [list(stop) for stop in style.HEAT_STOPS],
         "accent": style.ACCENT,
-        "text": explanation.text if explanation.text is not None else text,
         "words": _words(explanation),
     }
 
