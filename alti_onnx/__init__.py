@@ -10,10 +10,10 @@ from typing import Any
 #: Public name -> the submodule that defines it, imported on first use: the console script starts
 #: (and answers --help, or a bad option) without loading onnxruntime, numba or the analysis.
 _EXPORTS = {
-    "layer_contributions": ".contributions",
-    "rollout": ".contributions",
+    "layer_contributions": ".decomposition.contributions",
+    "rollout": ".decomposition.contributions",
     "Explainer": ".explainer",
-    "Explanation": ".explanation",
+    "Explanation": ".results.explanation",
     **{name: ".errors" for name in (
         "AltiOnnxError", "InputError", "LayerCountError", "MissingTokenizerError", "ModelPathError", "NonFiniteError",
         "OutputPathError", "RuntimeFailure", "SelfCheckError", "TokenizerMismatchError",

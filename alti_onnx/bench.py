@@ -27,11 +27,11 @@ from tokenizers import Tokenizer
 
 from .errors import RuntimeFailure
 from .explainer import Explainer, locate_model
-from .model_files import read_json_object
-from .model_inputs import ModelInputs, parse_input_map
-from .prepared import prepare
-from .runtime import cache_inputs, default_providers, empty_cache, session_options
-from .text_inputs import Batch, TextEncoder
+from alti_onnx.runtime.model_files import read_json_object
+from alti_onnx.runtime.model_inputs import ModelInputs, parse_input_map
+from alti_onnx.runtime.prepared import prepare
+from alti_onnx.runtime.sessions import cache_inputs, default_providers, empty_cache, session_options
+from alti_onnx.runtime.text_inputs import Batch, TextEncoder
 
 LENGTHS = (32, 128, 512)
 BATCH_SIZES = (1, 32)

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from graph_rewrites import AttentionAnalysis, AttentionBlock
 
-from .contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
+from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from .errors import (
     LayerCountError,
     ModelPathError,
@@ -20,15 +20,15 @@ from .errors import (
     RuntimeFailure,
     TokenizerMismatchError,
 )
-from .model_files import read_json_object
-from .explanation import Explanation
-from .layer_store import LayerStore
-from .prepared import PreparedModel, prepare
-from .pooling import MEAN, Pooling, declared_pooling
-from .prediction import class_labels, classify, next_token
-from .runtime import BlockTensors, SegmentedSession
-from .self_check import check_layer, require_tolerance
-from .text_inputs import Batch, TextEncoder
+from alti_onnx.runtime.model_files import read_json_object
+from alti_onnx.results.explanation import Explanation
+from alti_onnx.decomposition.layer_store import LayerStore
+from alti_onnx.runtime.prepared import PreparedModel, prepare
+from alti_onnx.runtime.pooling import MEAN, Pooling, declared_pooling
+from alti_onnx.results.prediction import class_labels, classify, next_token
+from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
+from alti_onnx.decomposition.self_check import check_layer, require_tolerance
+from alti_onnx.runtime.text_inputs import Batch, TextEncoder
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
 DEFAULT_SELF_CHECK_TOLERANCE = 1e-3

@@ -98,7 +98,7 @@ def _export_from_eager(model_dir: str | Path, out_dir: Path, task: str | None, l
 
 
 #: A sentence-transformers model's description of its pooling, kept beside the export so that
-#: ``explain`` knows the sentence is the mean of the positions (alti_onnx.pooling).
+#: ``explain`` knows the sentence is the mean of the positions (alti_onnx.runtime.pooling).
 POOLING_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
 
 

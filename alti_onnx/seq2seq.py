@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from alti_onnx.alti_plus import combined_rollout, cross_contributions
-from alti_onnx.contributions import LayerContributions, layer_contributions, rollout
+from alti_onnx.decomposition.alti_plus import combined_rollout, cross_contributions
+from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, rollout
 from alti_onnx.explainer import DEFAULT_SELF_CHECK_TOLERANCE, ModelFiles
 from alti_onnx.errors import InputError, ModelPathError, RuntimeFailure
-from alti_onnx.model_files import read_json_object
-from alti_onnx.prepared import prepare
-from alti_onnx.runtime import SegmentedSession, default_providers, session_options
-from alti_onnx.self_check import check_layer, require_tolerance
-from alti_onnx.text_inputs import Batch, TextEncoder
+from alti_onnx.runtime.model_files import read_json_object
+from alti_onnx.runtime.prepared import prepare
+from alti_onnx.runtime.sessions import SegmentedSession, default_providers, session_options
+from alti_onnx.decomposition.self_check import check_layer, require_tolerance
+from alti_onnx.runtime.text_inputs import Batch, TextEncoder
 from graph_rewrites import AttentionBlock
 
 #: What optimum names the two halves of a text2text-generation export.

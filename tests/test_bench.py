@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from alti_onnx import Explainer
 import alti_onnx.bench as bench
 from alti_onnx.bench import _median_seconds, measure, measure_forward, synthetic_batch
-from alti_onnx.cli import app
+from alti_onnx.cli.app import app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
 

@@ -18,8 +18,8 @@ import pytest
 from block_graphs import EPS, HEAD_SIZE, HEADS, WIDTH, encoder_graph, inputs
 from onnx import TensorProto, helper, numpy_helper
 
-from alti_onnx.contributions import layer_contributions
-from alti_onnx.runtime import block_tensors, session_options
+from alti_onnx.decomposition.contributions import layer_contributions
+from alti_onnx.runtime.sessions import block_tensors, session_options
 from graph_rewrites import (
     UnmatchedAttentionError,
     analyze_attention,

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer
-from alti_onnx.cli import app
+from alti_onnx.cli.app import app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BERT = FIXTURES / "tiny-bert"
@@ -181,7 +181,7 @@ def test_input_map_reaches_the_explainer() -> None:
 
 
 def test_cli_default_tolerance_is_the_explainers() -> None:
-    from alti_onnx.cli import DEFAULT_TOLERANCE
+    from alti_onnx.cli.app import DEFAULT_TOLERANCE
     from alti_onnx.explainer import DEFAULT_SELF_CHECK_TOLERANCE
 
     assert DEFAULT_TOLERANCE == DEFAULT_SELF_CHECK_TOLERANCE

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from alti_onnx.corpus import explain_corpus, run_groups
+from alti_onnx.corpus.run import explain_corpus, run_groups
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
 WORDS = "the cat sat on mat and a dog ran".split()
@@ -102,7 +102,7 @@ def test_a_finished_output_is_left_alone(explainer, corpus, tmp_path):
 def test_cli_batch_writes_every_record_and_refuses_a_missing_input(corpus, tmp_path):
     from typer.testing import CliRunner
 
-    from alti_onnx.cli import app
+    from alti_onnx.cli.app import app
 
     output = tmp_path / "cli.jsonl"
     args = ["batch", str(FIXTURE), "--input", str(corpus), "--output", str(output), "--batch-size", "4"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from alti_onnx import Explainer
 from fixture_cases import DECODERS, FIXTURES, TOLERANCE, block_kind, load_expected
-from alti_onnx.cli import app
+from alti_onnx.cli.app import app
 from graph_rewrites import KVCacheExportError, find_attention_blocks, load_model
 from models.families import key_value_heads
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alti_onnx.distances import by_column, manhattan_distances
+from alti_onnx.decomposition.distances import by_column, manhattan_distances
 
 
 def direct_distances(probs, vectors, residual, target):
@@ -78,7 +78,7 @@ def test_without_a_writable_cache_folder_the_kernel_still_compiles(monkeypatch):
     """numba raises at decoration when no cache folder can be written; then compile per process."""
     import numba.core.caching as caching
 
-    from alti_onnx.distances import _compiled
+    from alti_onnx.decomposition.distances import _compiled
 
     if not hasattr(caching.CacheImpl, "_locator_classes"):
         pytest.skip("this numba version places its cache differently")

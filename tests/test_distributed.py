@@ -121,7 +121,7 @@ def test_an_output_that_is_not_this_jobs_is_refused(job, tmp_path):
 
 
 def test_a_local_cluster_refuses_to_start_outside_a_loopback_namespace():
-    from alti_onnx.distributed import local_cluster, only_loopback
+    from alti_onnx.corpus.distributed import local_cluster, only_loopback
     from alti_onnx.errors import InputError
 
     if only_loopback():
@@ -136,7 +136,7 @@ def test_explain_dataset_gives_batchs_records(job, tmp_path):
     script = tmp_path / "api.py"
     script.write_text(f"""
 import json, ray, ray.data
-from alti_onnx.distributed import explain_dataset, local_cluster
+from alti_onnx.corpus.distributed import explain_dataset, local_cluster
 local_cluster(num_cpus=2)
 rows = [dict(json.loads(line), index=k) for k, line in enumerate(open({str(texts)!r}))]
 rows = [dict(r, id=r.get("id")) for r in rows]
@@ -145,7 +145,7 @@ from_path = explain_dataset({str(texts)!r}, {str(MODEL)!r}, actors=1).take_all()
 print(len(from_path), sum("error" in json.loads(row["record"]) for row in from_path))
 print(json.dumps(sorted((row["index"], row["record"]) for row in out)))
 """)
-    from alti_onnx.distributed import loopback_only_command
+    from alti_onnx.corpus.distributed import loopback_only_command
 
     done = subprocess.run(loopback_only_command([sys.executable, str(script)]), capture_output=True, text=True,
                           timeout=600, cwd=Path(__file__).parents[1])

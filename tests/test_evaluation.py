@@ -290,7 +290,7 @@ def test_read_texts(tmp_path):
 def test_cli_evaluate(tmp_path):
     from typer.testing import CliRunner
 
-    from alti_onnx.cli import app
+    from alti_onnx.cli.app import app
 
     data = tmp_path / "s.txt"
     data.write_text("\n".join(SENTENCES[:4]) + "\n")

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alti_onnx import AltiOnnxError, Explainer
-from alti_onnx.cli import run
-from alti_onnx.corpus import explain_corpus
-from alti_onnx.corpus_input import read_records
+from alti_onnx.cli.app import run
+from alti_onnx.corpus.run import explain_corpus
+from alti_onnx.corpus.inputs import read_records
 from alti_onnx.report import write_html
 from fixture_cases import FIXTURES
 from graph_rewrites import GraphRewriteError

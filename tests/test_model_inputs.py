@@ -13,8 +13,8 @@ from fixture_cases import FIXTURES, assert_matches, load_expected, without_mask_
 from onnx import TensorProto, helper
 
 from alti_onnx import Explainer, InputError, LayerCountError
-from alti_onnx.model_inputs import ALIASES, ModelInputs, declared_inputs, parse_input_map
-from alti_onnx.text_inputs import Batch
+from alti_onnx.runtime.model_inputs import ALIASES, ModelInputs, declared_inputs, parse_input_map
+from alti_onnx.runtime.text_inputs import Batch
 
 BERT = FIXTURES / "tiny-bert"
 

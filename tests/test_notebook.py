@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from alti_onnx.explanation import Explanation
+from alti_onnx.results.explanation import Explanation
 from browser import BrowserUnavailable, find_browser, full_page_screenshot
 from tests.fixture_cases import FIXTURES
 

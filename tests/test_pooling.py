@@ -1,5 +1,5 @@
 """The mean target: a mean-pooled sentence encoder's sentence is the average of its positions, so its
-attribution is the mean of the final rollout's rows over the real tokens (alti_onnx.pooling)."""
+attribution is the mean of the final rollout's rows over the real tokens (alti_onnx.runtime.pooling)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer
-from alti_onnx.cli import _target_option as target_option
+from alti_onnx.cli.app import _target_option as target_option
 from alti_onnx.errors import InputError
-from alti_onnx.pooling import declared_pooling
+from alti_onnx.runtime.pooling import declared_pooling
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.fixture_cases import FIXTURES
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from fixture_cases import FIXTURES
 
-import alti_onnx.prepared as prepared_module
+import alti_onnx.runtime.prepared as prepared_module
 from alti_onnx import Explainer
-from alti_onnx.prepared import prepare
+from alti_onnx.runtime.prepared import prepare
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alti_onnx import Explainer, SelfCheckError
-from alti_onnx.contributions import layer_contributions, rollout
+from alti_onnx.decomposition.contributions import layer_contributions, rollout
 from graph_rewrites import AttentionBlock
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -32,8 +32,8 @@ from alti_onnx import (
     SelfCheckError,
     TokenizerMismatchError,
 )
-from alti_onnx.corpus import explain_corpus
-from alti_onnx.corpus_output import sidecar_of
+from alti_onnx.corpus.run import explain_corpus
+from alti_onnx.corpus.outputs import sidecar_of
 
 BERT = FIXTURES / "tiny-bert"
 CLASSIFIER = FIXTURES / "tiny-bert-classifier"

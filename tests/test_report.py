@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alti_onnx import Explainer, Explanation
-from alti_onnx.cli import app
+from alti_onnx.cli.app import app
 from alti_onnx.report import decode_matrix, display_token, render_html, report_data, style, write_html
 
 FIXTURES = Path(__file__).parent / "fixtures"

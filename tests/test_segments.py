@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graph_rewrites
 from alti_onnx import Explainer
-from alti_onnx.runtime import session_options
+from alti_onnx.runtime.sessions import session_options
 from graph_rewrites import GraphRewriteError, expose_tensors, inferred_types, split_model
 from graph_rewrites.segments import with_operator_types
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alti_onnx import Explainer
-from alti_onnx.alti_plus import combined_rollout
+from alti_onnx.decomposition.alti_plus import combined_rollout
 from alti_onnx.errors import InputError, ModelPathError
 from alti_onnx.seq2seq import Seq2SeqExplainer
 from tests.cli_helpers import assert_one_line_error, run_cli

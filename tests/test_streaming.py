@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alti_onnx import Explainer
-from alti_onnx.contributions import layer_contributions, row_blocks
-from alti_onnx.layer_store import LayerStore
+from alti_onnx.decomposition.contributions import layer_contributions, row_blocks
+from alti_onnx.decomposition.layer_store import LayerStore
 
 
 @pytest.fixture(scope="module", params=ENCODERS + DECODERS)
@@ -62,7 +62,7 @@ def test_layers_spilled_to_disk_give_the_rows_kept_in_memory():
         expected = expected @ matrix
     np.testing.assert_allclose(kept.rollout_rows([0, 36, 5]), expected, rtol=1e-13)
     np.testing.assert_allclose(spilled.rollout_rows([0, 36, 5]), expected, rtol=1e-13)
-    import alti_onnx.layer_store as store
+    import alti_onnx.decomposition.layer_store as store
 
     small_reads = LayerStore(memory_bytes=0)
     for matrix in layers:
@@ -85,7 +85,7 @@ def test_row_blocks_cover_every_row_once_in_bounded_multiples_of_four(seq_len, p
     assert all(size % 4 == 0 for size in sizes[:-1])
     if seq_len >= 4 * parts:
         assert len(blocks) >= parts
-    import alti_onnx.contributions as contributions
+    import alti_onnx.decomposition.contributions as contributions
 
     assert all(size * per_row <= max(contributions.BLOCK_BYTES, 4 * per_row) for size in sizes)
 
@@ -93,7 +93,7 @@ def test_row_blocks_cover_every_row_once_in_bounded_multiples_of_four(seq_len, p
 @pytest.mark.parametrize("arch", ["bert", "llama", "gemma3", "gpt-neox"])
 def test_row_blocked_contributions_equal_one_block(arch, monkeypatch):
     """Blocks of 4 rows (the smallest) against the whole S x S at once: the same numbers."""
-    import alti_onnx.contributions as contributions
+    import alti_onnx.decomposition.contributions as contributions
 
     explainer = Explainer(FIXTURES / f"tiny-{arch}")
     batch = explainer.encoder.encode(["the quick brown fox jumps over the lazy dog near the river"])

@@ -1,4 +1,4 @@
-"""Word-level explanations (alti_onnx.words): grouping pieces into words for WordPiece, byte-level BPE
+"""Word-level explanations (alti_onnx.results.words): grouping pieces into words for WordPiece, byte-level BPE
 and SentencePiece tokenizers, and the aggregation of docs/alti.md ("Words"), checked loop by loop."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from alti_onnx import Explainer
-from alti_onnx.words import Word, group_words, words_matrix, words_vector
+from alti_onnx.results.words import Word, group_words, words_matrix, words_vector
 from tests.fixture_cases import FIXTURES
 
 TEXT = "Unbelievably, the performances in Zürich were extraordinarily good — 10/10!"

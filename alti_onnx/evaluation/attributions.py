@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..contributions import rollout
-from ..explanation import Explanation
+from alti_onnx.decomposition.contributions import rollout
+from alti_onnx.results.explanation import Explanation
 from .metrics import Predict
 from .perturbation import without_tokens
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from alti_onnx.errors import InputError
 
 __all__ = ["Dataset", "read_texts"]
 

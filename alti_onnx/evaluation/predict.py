@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import InputError, RuntimeFailure
-from ..model_inputs import ModelInputs, declared_inputs
-from ..prediction import softmax
-from ..runtime import default_providers, session_options
-from ..text_inputs import Batch
+from alti_onnx.errors import InputError, RuntimeFailure
+from alti_onnx.runtime.model_inputs import ModelInputs, declared_inputs
+from alti_onnx.results.prediction import softmax
+from alti_onnx.runtime.sessions import default_providers, session_options
+from alti_onnx.runtime.text_inputs import Batch
 
 __all__ = ["OnnxClassifier"]
 

@@ -68,7 +68,7 @@ def write_report(result: EvaluationResult, out_dir: str | Path, title: str = "Fa
 
 def plot(result: EvaluationResult, path: str | Path, title: str = "Faithfulness") -> Path:
     """Both curves over the bins, one line per computed method, in the project's figure style."""
-    from ..report import style
+    from alti_onnx.report import style
 
     x = [b * 100 for b in result.bins]
     with style.rc():

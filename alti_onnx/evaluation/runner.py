@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..explainer import Explainer
-from ..explanation import Explanation
+from alti_onnx.errors import InputError
+from alti_onnx.explainer import Explainer
+from alti_onnx.results.explanation import Explanation
 from . import attributions as attr
 from .gradients import GRADIENT_METHODS, GradientModel, GradientsUnavailable
 from .metrics import FaithfulnessScores, faithfulness, perturbed_inputs

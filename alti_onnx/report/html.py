@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..explanation import Explanation
-from ..words import group_words
+from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.words import group_words
 from . import style
 from ._assets import CSS, JS
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..seq2seq import Seq2SeqExplanation
+from alti_onnx.seq2seq import Seq2SeqExplanation
 from . import style
 from ._assets import CSS
 from .html import PAGE_END, PAGE_START, _json_for_script, _styled, display_token, encode_matrix

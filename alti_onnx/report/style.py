@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import AltiOnnxError
+from alti_onnx.errors import AltiOnnxError
 
 #: Text and lines.
 INK = "#1f2328"

@@ -1,7 +1,7 @@
 """Run a command with the loopback interface up: the first step inside a fresh network namespace
 (``distributed.loopback_only_command``), where ``lo`` starts down and is the only interface.
 
-    python -m alti_onnx.loopback PROGRAM [ARGS...]
+    python -m alti_onnx.corpus.loopback PROGRAM [ARGS...]
 """
 
 from __future__ import annotations

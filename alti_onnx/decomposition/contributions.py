@@ -18,9 +18,9 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from alti_onnx.block_kinds import kind_of
-from alti_onnx.distances import by_column
-from alti_onnx.distances import manhattan_distances
+from alti_onnx.decomposition.block_kinds import kind_of
+from alti_onnx.decomposition.distances import by_column
+from alti_onnx.decomposition.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
 
 P = ParamSpec("P")

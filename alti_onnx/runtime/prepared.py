@@ -34,7 +34,7 @@ import numpy as np
 from graph_rewrites.block import AttentionAnalysis, AttentionBlock, UnmatchedSoftmax
 from graph_rewrites.paths import require_model_file
 
-from .defaults import cache_root
+from alti_onnx.defaults import cache_root
 from .model_inputs import DeclaredInput
 
 #: Prepared models kept in the cache: the most recently used; older entries are removed.

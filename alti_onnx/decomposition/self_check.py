@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alti_onnx.contributions import LayerContributions
+from alti_onnx.decomposition.contributions import LayerContributions
 from alti_onnx.errors import InputError, SelfCheckError
 
 INT8_HINT = (

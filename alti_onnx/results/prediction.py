@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NonFiniteError
+from alti_onnx.errors import NonFiniteError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .errors import InputError, MissingTokenizerError, ModelPathError
+from alti_onnx.errors import InputError, MissingTokenizerError, ModelPathError
 from .model_files import MAX_TOKENIZER_BYTES, read_json_object, require_regular
 
 #: Texts over max_length * CHARS_PER_TOKEN characters are refused before they are tokenized.

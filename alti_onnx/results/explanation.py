@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pooling import MEAN
+from alti_onnx.runtime.pooling import MEAN
 from .prediction import Prediction
 from .words import WordExplanation, group_words, words_matrix, words_vector
 
@@ -79,7 +79,7 @@ class Explanation:
         return found.copy()
 
     def words(self, target: int | None = None) -> WordExplanation:
-        """The explanation over words instead of subword pieces (``alti_onnx.words``): contributions
+        """The explanation over words instead of subword pieces (``alti_onnx.results.words``): contributions
         and rollout averaged over a word's receiving pieces and summed over its contributing pieces,
         the attribution to ``target`` (a token position, default the default target) summed per word."""
         if self.word_ids is None or self.offsets is None:
@@ -116,7 +116,7 @@ class Explanation:
     def _repr_html_(self) -> str:
         """The compact view notebooks show: tokens (or words) colored by attribution, the
         prediction, the self-check and a small rollout heatmap (static HTML, no script, no network)."""
-        from .report.inline import inline_html
+        from alti_onnx.report.inline import inline_html
 
         return inline_html(self)
 

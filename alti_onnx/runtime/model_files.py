@@ -7,7 +7,7 @@ import json
 import stat
 from pathlib import Path
 
-from .errors import ModelPathError
+from alti_onnx.errors import ModelPathError
 
 #: The largest JSON side file read (config.json, tokenizer_config.json).
 MAX_CONFIG_BYTES = 16 * 1024 * 1024

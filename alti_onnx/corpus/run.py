@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from .corpus_input import CorpusRecord, read_records
-from .corpus_output import Job, corpus_output
-from .errors import InputError, RuntimeFailure, SelfCheckError
-from .explainer import Explainer
-from .seq2seq import Seq2SeqExplainer, Seq2SeqExplanation
-from .explanation import Explanation
+from .inputs import CorpusRecord, read_records
+from .outputs import Job, corpus_output
+from alti_onnx.errors import InputError, RuntimeFailure, SelfCheckError
+from alti_onnx.explainer import Explainer
+from alti_onnx.seq2seq import Seq2SeqExplainer, Seq2SeqExplanation
+from alti_onnx.results.explanation import Explanation
 
 #: Token pairs one onnxruntime run may hold: its texts times the square of their padded length. The
 #: exposed attention probabilities (L * H * S^2 numbers per text) are what grows fastest with

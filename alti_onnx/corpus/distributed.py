@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
-from .corpus import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, _explain_chunk, _json_line, require_corpus
-from .corpus_input import CorpusRecord, read_records
-from .corpus_output import Job
-from .errors import InputError, OutputPathError
+from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, _explain_chunk, _json_line, require_corpus
+from .inputs import CorpusRecord, read_records
+from .outputs import Job
+from alti_onnx.errors import InputError, OutputPathError
 
 JOB_FILE = "_job.json"
 WORKERS_DIR = "_workers"  #: each actor's process id, a file each (tests kill one of them)
@@ -78,7 +78,7 @@ def loopback_only_command(argv: list[str]) -> list[str] | None:
     unshare = shutil.which("unshare")
     if unshare is None:
         return None
-    return [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", "alti_onnx.loopback", *argv]
+    return [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", "alti_onnx.corpus.loopback", *argv]
 
 
 def corpus_shards(path: Path, shard_size: int) -> Iterator[tuple[int, list[CorpusRecord]]]:
@@ -94,7 +94,7 @@ class ShardWriter:
     """A Ray Data actor: one Explainer, loaded once, explaining whole shards and writing each one."""
 
     def __init__(self, model: str, output: str, options: dict):
-        from .explainer import Explainer
+        from alti_onnx.explainer import Explainer
 
         self.output = Path(output)
         self.options = options
@@ -145,7 +145,7 @@ def plan_shards(
 ) -> ShardPlan:
     """Check the corpus and the model, claim ``output_dir`` for this job (or find it is this job's),
     and list the shards not written yet. Needs no Ray: bad input is refused before a cluster starts."""
-    from .explainer import locate_model
+    from alti_onnx.explainer import locate_model
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     require_corpus(input_path)
@@ -228,7 +228,7 @@ class _RecordMaker:
     """The actor behind ``explain_dataset``."""
 
     def __init__(self, model: str, options: dict):
-        from .explainer import Explainer
+        from alti_onnx.explainer import Explainer
 
         self.explainer = Explainer(model)
         self.options = options

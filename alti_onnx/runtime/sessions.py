@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .errors import RuntimeFailure
+from alti_onnx.errors import RuntimeFailure
 from .model_inputs import DeclaredInput, ModelInputs
 from .prepared import PreparedModel, SegmentFile
 from .text_inputs import Batch

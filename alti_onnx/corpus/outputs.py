@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputPathError
+from alti_onnx.errors import OutputPathError
 
 try:
     import fcntl

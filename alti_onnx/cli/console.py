@@ -19,6 +19,6 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, _interrupted)
-    from .cli import run
+    from .app import run
 
     sys.exit(run())

@@ -18,8 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .errors import USER_ERRORS, InputError, OutputPathError
-from .export import ExportError, ExportUnavailableError
+from alti_onnx.errors import USER_ERRORS, InputError, OutputPathError
+from alti_onnx.export import ExportError, ExportUnavailableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ALTI explanations for transformer models in ONNX.")
 out = Console()
@@ -62,7 +62,7 @@ def export(
     task: Annotated[Optional[str], typer.Option(help="optimum task, e.g. feature-extraction")] = None,
 ) -> None:
     """Export a Hugging Face checkpoint to ONNX with optimum (needs the 'export' extra)."""
-    from .export import export_model
+    from alti_onnx.export import export_model
 
     with user_errors():
         if not hf_model_dir.exists():
@@ -82,8 +82,8 @@ def inspect(
     An encoder-decoder export directory lists its encoder's and its decoder's blocks."""
     from graph_rewrites import analyze_attention, load_model, unfuse
 
-    from .explainer import locate_model
-    from .seq2seq import DECODER_FILE, ENCODER_FILE, is_seq2seq_export
+    from alti_onnx.explainer import locate_model
+    from alti_onnx.seq2seq import DECODER_FILE, ENCODER_FILE, is_seq2seq_export
 
     with user_errors():
         paths = [model / ENCODER_FILE, model / DECODER_FILE] if is_seq2seq_export(model) else [locate_model(model).onnx]
@@ -130,7 +130,7 @@ def instrument(
     from graph_rewrites import find_attention_blocks, load_model, save_model, unfuse
     from graph_rewrites import instrument as expose
 
-    from .explainer import locate_model
+    from alti_onnx.explainer import locate_model
 
     with user_errors():
         path = locate_model(model).onnx
@@ -235,13 +235,13 @@ def _write_pictures(explanation, text: str, model: Path, target: int, html_path:
     """The --html report and the --png figure (alti_onnx.report), when asked for."""
     written: list[Path] = []
     if html_path is not None:
-        from .report import write_html
+        from alti_onnx.report import write_html
 
         with _writing(html_path):
             name = Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
             written.append(write_html(explanation, html_path, text=text, model=name, target=target))
     if png_path is not None:
-        from .report import write_png
+        from alti_onnx.report import write_png
 
         with _writing(png_path):
             written.append(write_png(explanation, png_path, target=target))
@@ -250,8 +250,8 @@ def _write_pictures(explanation, text: str, model: Path, target: int, html_path:
 
 def _explainer(model: Path, input_map: Optional[list[str]], tolerance: float, **kwargs):
     """The Explainer the commands share, from the CLI's spelling of its options."""
-    from .explainer import Explainer
-    from .model_inputs import parse_input_map
+    from alti_onnx.explainer import Explainer
+    from alti_onnx.runtime.model_inputs import parse_input_map
 
     return Explainer(model, input_map=parse_input_map(input_map or []), self_check_tolerance=tolerance, **kwargs)
 
@@ -284,7 +284,7 @@ def _target_option(value: Optional[str]) -> int | str | None:
 
 
 def _attribution(explanation, target: int | str):
-    from .errors import InputError
+    from alti_onnx.errors import InputError
 
     try:
         return explanation.attribution(target)
@@ -293,7 +293,7 @@ def _attribution(explanation, target: int | str):
 
 
 def _is_seq2seq(explainer) -> bool:
-    from .seq2seq import Seq2SeqExplainer
+    from alti_onnx.seq2seq import Seq2SeqExplainer
 
     return isinstance(explainer, Seq2SeqExplainer)
 
@@ -308,7 +308,7 @@ def _explain_seq2seq(explainer, text: str, target_text: Optional[str], max_new_t
             json_path.write_text(json.dumps(explanation.to_dict(attribution_only)))
         written.append(json_path)
     if html_path is not None:
-        from .report.seq2seq_html import write_seq2seq_html
+        from alti_onnx.report.seq2seq_html import write_seq2seq_html
 
         with _writing(html_path):
             written.append(write_seq2seq_html(explanation, html_path, model=Path(model).name))
@@ -396,8 +396,8 @@ def evaluate(
     """Faithfulness of ALTI and the baselines: comprehensiveness and sufficiency (AOPC) on N sentences."""
     from importlib.util import find_spec
 
-    from .evaluation import evaluate as run_evaluation
-    from .evaluation import markdown_table, read_texts, write_report
+    from alti_onnx.evaluation import evaluate as run_evaluation
+    from alti_onnx.evaluation import markdown_table, read_texts, write_report
 
     with user_errors():
         if find_spec("matplotlib") is None:  # say so before the minutes of work, not after
@@ -421,7 +421,7 @@ def evaluate(
 def _default_model() -> Path:
     """The default model's export, from the cache: the repository's recipe builds it (scripts/demo.sh
     does, from a checkout); the package never imports the recipes."""
-    from .defaults import default_model_dir
+    from alti_onnx.defaults import default_model_dir
 
     if not (default_model_dir() / "model.onnx").exists():
         raise ExportUnavailableError(
@@ -433,7 +433,7 @@ def _default_model() -> Path:
 
 def _default_hf_model(model: Path) -> Optional[Path]:
     """The checkpoint of the default classifier when MODEL is its export (for the gradient baselines)."""
-    from .defaults import default_hf_model_dir, default_model_dir
+    from alti_onnx.defaults import default_hf_model_dir, default_model_dir
 
     try:
         is_default = Path(model).resolve() in (default_model_dir().resolve(), (default_model_dir() / "model.onnx").resolve())
@@ -455,8 +455,8 @@ def bench(
     ] = False,
 ) -> None:
     """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
-    from .bench import run_benchmark, to_json
-    from .model_inputs import parse_input_map
+    from alti_onnx.bench import run_benchmark, to_json
+    from alti_onnx.runtime.model_inputs import parse_input_map
 
     with user_errors():
         roles = parse_input_map(input_map or [])
@@ -539,8 +539,8 @@ def batch(
         return
     from rich.progress import Progress
 
-    from .corpus import explain_corpus, require_corpus
-    from .corpus_input import count_lines
+    from alti_onnx.corpus.run import explain_corpus, require_corpus
+    from alti_onnx.corpus.inputs import count_lines
 
     streaming = output_path == "-" or (Path(output_path).exists() and not Path(output_path).is_file())
     report = err if streaming else out  # records may own stdout (-, /dev/stdout, a pipe)
@@ -565,7 +565,7 @@ def batch(
 
 def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str, actors: int, cpus_per_actor: float,
                   gpus_per_actor: float, **options) -> None:
-    """``batch --ray``: the corpus explained by Ray actors into shards (alti_onnx.distributed). A local
+    """``batch --ray``: the corpus explained by Ray actors into shards (alti_onnx.corpus.distributed). A local
     cluster runs in a network namespace of its own, whose only interface is loopback."""
     import os
     import subprocess
@@ -574,8 +574,8 @@ def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str,
     with user_errors():
         if output_path == "-":
             raise InputError("--ray writes a directory of shards (--output DIR), not standard output")
-        from .distributed import loopback_only_command, local_cluster, only_loopback, plan_shards, run_shards
-        from .model_inputs import parse_input_map
+        from alti_onnx.corpus.distributed import loopback_only_command, local_cluster, only_loopback, plan_shards, run_shards
+        from alti_onnx.runtime.model_inputs import parse_input_map
 
         # checked (and the output claimed) before any cluster starts: bad input is one line, not Ray's logs
         plan = plan_shards(model, input_path, output_path, self_check_tolerance=options.pop("self_check_tolerance"),

@@ -1,0 +1,2 @@
+"""What an explanation is once computed: the explanation classes, their words view, predictions,
+and the one record (``record``) every command writes."""
