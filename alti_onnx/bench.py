@@ -25,12 +25,12 @@ import onnxruntime as ort
 
 from tokenizers import Tokenizer
 
-from .errors import RuntimeFailure
-from .explainer import Explainer, locate_model
-from alti_onnx.runtime.model_files import read_json_object
+from alti_onnx.errors import RuntimeFailure
+from alti_onnx.explainer import Explainer
+from alti_onnx.runtime.model_files import locate_model, read_config
 from alti_onnx.runtime.model_inputs import ModelInputs, parse_input_map
 from alti_onnx.runtime.prepared import prepare
-from alti_onnx.runtime.sessions import cache_inputs, default_providers, empty_cache, session_options
+from alti_onnx.runtime.sessions import cache_inputs, empty_cache, plain_session
 from alti_onnx.runtime.text_inputs import Batch, TextEncoder
 
 LENGTHS = (32, 128, 512)
@@ -155,7 +155,7 @@ def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers:
     do: nothing of the explanation is loaded (the prepared model's description gives the inputs)."""
     files = locate_model(model)
     prepared = prepare(files.onnx)
-    config = read_json_object(files.config, "config") if files.config.exists() else {}
+    config = read_config(files)
     encoder = TextEncoder(files.tokenizer, config)
     inputs = ModelInputs(prepared.graph_inputs, input_map, skip=cache_inputs(prepared.graph_inputs))
     batch = synthetic_batch(encoder.tokenizer, seq_len, batch_size)
@@ -164,11 +164,6 @@ def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers:
     plain = plain_session(files.onnx, providers)
     (forward,), _ = _median_seconds([lambda: plain.run(None, feeds)], 1, 3, budget_s=60.0, settle_s=2.0)
     return forward, _peak_mb()
-
-
-def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
-    """The model file as its users run it: one onnxruntime session, the package's options, nothing exposed."""
-    return ort.InferenceSession(str(onnx_path), session_options(), providers=providers or default_providers())
 
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,

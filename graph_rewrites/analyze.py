@@ -28,15 +28,18 @@ from .quantized import dequantize_constant_weights
 from .walk import describe
 
 
-def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None) -> AttentionAnalysis:
+def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None,
+                      inferred: onnx.ModelProto | None = None) -> AttentionAnalysis:
     """Every Softmax of ``model`` as a described block or an unmatched node with its reason.
 
     Weights kept in external data are read from ``base_dir`` (the model's folder) as the analysis
     needs them, so a model of any size is analysed without loading its weights into the proto.
+    ``inferred`` is ``with_inferred_shapes(model)`` when the caller has it already.
     """
     if base_dir is None:
         _require_weights(model)
-    inferred = _with_inferred_shapes(model)
+    if inferred is None:
+        inferred = with_inferred_shapes(model)
     shapes = _shapes_of(inferred) if inferred is not model else {}
     analysis = analysis_copy(model, shape_inference=inferred is model, value_info=inferred.graph.value_info,
                              base_dir=base_dir)
@@ -152,18 +155,16 @@ def _unmatched(miss: SoftmaxMiss) -> UnmatchedSoftmax:
 def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """The type (element type, and shape where known) of every tensor ONNX shape inference can tell,
     graph inputs and outputs included; computed without the weights' data."""
-    inferred = _with_inferred_shapes(model)
+    return inferred_types_of(with_inferred_shapes(model))
+
+
+def inferred_types_of(inferred: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """``inferred_types`` from a model shape inference has already run on."""
     infos = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Shapes ONNX shape inference can tell (symbolic dims become None); empty when it cannot run."""
-    inferred = _with_inferred_shapes(model)
-    return _shapes_of(inferred) if inferred is not model else {}
-
-
-def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy carrying what ONNX shape inference (with data propagation, so reshape targets built
     from Shape/Concat count) can tell, weights left out; ``model`` itself when inference cannot run."""
     try:

@@ -19,7 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 BERT = FIXTURES / "tiny-bert"
 TEXTS = json.loads((BERT / "texts.json").read_text())
 ROW = re.compile(r"^\s*│\s*(\d+)\s*│\s*(.*?)\s*│\s*(-?\d+\.\d{4})\s*│")
-JSON_KEYS = {"tokens", "input_ids", "contributions", "rollout", "target", "attribution", "reconstruction_error"}
+JSON_KEYS = {"record_version", "layout", "tokens", "input_ids", "contributions", "rollout", "target", "attribution",
+             "reconstruction_error"}
 
 runner = CliRunner()
 
@@ -112,7 +113,7 @@ def test_inspect_table() -> None:
 
 
 def _feeds(session: ort.InferenceSession, explainer: Explainer, text: str) -> dict[str, np.ndarray]:
-    batch = explainer.encoder.encode([text])
+    batch = explainer.text_encoder.encode([text])
     available = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
     return {i.name: available[i.name] for i in session.get_inputs()}
 

@@ -60,7 +60,7 @@ def test_kv_cache_export_is_explained_on_the_full_sequence(with_past):
 def test_kv_cache_export_keeps_its_outputs(with_past):
     _, onnx_dir = with_past
     explainer = Explainer(onnx_dir)
-    batch = explainer.encoder.encode(TEXTS)
+    batch = explainer.text_encoder.encode(TEXTS)
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
     feeds.update(explainer.session.empty_cache(len(TEXTS)))
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])

@@ -33,7 +33,7 @@ def case(request):
 
 def plain_logits(explainer: Explainer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The original model.onnx's logits for the padded batch, and the attention mask."""
-    batch = explainer.encoder.encode(texts)
+    batch = explainer.text_encoder.encode(texts)
     feeds = explainer.session.inputs.feeds(batch)
     session = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], feeds)
@@ -45,7 +45,7 @@ def test_blocks_are_of_the_familys_kind_with_grouped_values(case):
     assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind) for b in explainer.blocks] == [
         (layer, 4, 8, 32, block_kind(arch)) for layer in range(2)
     ]
-    batch = explainer.encoder.encode(texts[:2])
+    batch = explainer.text_encoder.encode(texts[:2])
     _, tensors = explainer.session.run(batch)
     assert tensors[0].values.shape == (2, kv_heads(arch), batch.input_ids.shape[1], 8)
 
@@ -85,7 +85,7 @@ def test_next_token_is_the_argmax_of_the_models_own_logits(case):
 def test_rewritten_model_keeps_original_outputs(case):
     _, explainer, texts, _ = case
     want, _ = plain_logits(explainer, texts)
-    batch = explainer.encoder.encode(texts)
+    batch = explainer.text_encoder.encode(texts)
     outputs, _ = explainer.session.run(batch)
     np.testing.assert_array_equal(outputs["logits"], want)
 

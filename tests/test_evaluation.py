@@ -168,7 +168,7 @@ def test_fixture_predictions_vary(explainer):
 
 
 def test_onnx_classifier_batches_match_single_runs(explainer, session):
-    clf = OnnxClassifier(FIXTURE / "model.onnx", explainer.encoder.pad_id, batch_size=3, providers=["CPUExecutionProvider"])
+    clf = OnnxClassifier(FIXTURE / "model.onnx", explainer.text_encoder.pad_id, batch_size=3, providers=["CPUExecutionProvider"])
     seqs = [e.input_ids for e in explainer.explain(SENTENCES)]
     seqs += [seqs[0], seqs[1][:3] + seqs[1][-1:]]
     probs = clf(seqs)
@@ -184,7 +184,7 @@ def test_onnx_classifier_of_a_model_without_mask_runs_one_length_at_a_time(expla
     from fixture_cases import without_mask_input
 
     folder = without_mask_input(FIXTURE, tmp_path / "no-mask")
-    clf = OnnxClassifier(folder / "model.onnx", explainer.encoder.pad_id, batch_size=4, providers=["CPUExecutionProvider"])
+    clf = OnnxClassifier(folder / "model.onnx", explainer.text_encoder.pad_id, batch_size=4, providers=["CPUExecutionProvider"])
     assert not clf.inputs.has_mask
     seqs = [e.input_ids for e in explainer.explain(SENTENCES)]
     assert len({len(s) for s in seqs}) > 2
@@ -222,7 +222,7 @@ def test_evaluate_matches_direct_computation(explainer, session, result):
 
 
 def test_leave_one_out_matches_direct_computation(explainer, session, result):
-    clf = OnnxClassifier(FIXTURE / "model.onnx", explainer.encoder.pad_id, providers=["CPUExecutionProvider"])
+    clf = OnnxClassifier(FIXTURE / "model.onnx", explainer.text_encoder.pad_id, providers=["CPUExecutionProvider"])
     loo = attr.leave_one_out(clf, result.input_ids, [[j in (0, len(s) - 1) for j in range(len(s))] for s in result.input_ids],
                              result.targets, result.full_probability)
     for ids, y, p, a in zip(result.input_ids, result.targets, result.full_probability, loo):

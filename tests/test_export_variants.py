@@ -237,7 +237,7 @@ def check_outputs_unchanged(model_dir: Path, explainer: Explainer) -> None:
     model = graph_rewrites.load_model(model_dir / "model.onnx")
     blocks = graph_rewrites.find_attention_blocks(model)
     instrumented = graph_rewrites.instrument(model, blocks)
-    batch = explainer.encoder.encode(list(TEXTS))
+    batch = explainer.text_encoder.encode(list(TEXTS))
     names = {i.name for i in model.graph.input}
     feeds = {
         name: array

@@ -61,7 +61,7 @@ def test_padded_batch_matches_the_frameworks_reference(case):
 def test_inputs_are_fed_in_the_dtype_the_graph_declares(case):
     name, explainer, texts, _ = case
     declared = {i.name: i.type.tensor_type.elem_type for i in onnx.load(FIXTURES / f"tiny-{name}" / "model.onnx").graph.input}
-    feeds = explainer.session.inputs.feeds(explainer.encoder.encode(texts[:2]))
+    feeds = explainer.session.inputs.feeds(explainer.text_encoder.encode(texts[:2]))
     assert set(feeds) == set(declared)
     for input_name, array in feeds.items():
         assert onnx.helper.np_dtype_to_tensor_dtype(array.dtype) == declared[input_name]
@@ -69,7 +69,7 @@ def test_inputs_are_fed_in_the_dtype_the_graph_declares(case):
 
 def test_the_instrumented_model_keeps_the_original_outputs(case):
     name, explainer, texts, _ = case
-    batch = explainer.encoder.encode(texts)
+    batch = explainer.text_encoder.encode(texts)
     plain = ort.InferenceSession(str(FIXTURES / f"tiny-{name}" / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = explainer.session.inputs.feeds(batch)
     want = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feeds)))

@@ -56,8 +56,10 @@ def test_attribution_is_last_rollout_row(case):
 
 def test_json_has_the_documented_keys_and_values(case):
     _, explainer, texts, expected = case
-    payload = json.loads(explainer.explain(texts[0]).to_json(target=1))
-    assert set(payload) == {"tokens", "input_ids", "contributions", "rollout", "target", "attribution", "reconstruction_error"}
+    explanation = explainer.explain(texts[0])
+    payload = json.loads(explanation.to_json(1))
+    assert set(payload) == {"record_version", "layout", "tokens", "input_ids", "contributions", "rollout", "target",
+                            "attribution", "reconstruction_error"} | ({"prediction"} if explanation.prediction else set())
     assert payload["target"] == 1
     np.testing.assert_allclose(payload["contributions"], expected[0]["contributions"], atol=TOLERANCE)
     np.testing.assert_allclose(payload["attribution"], expected[0]["rollout"][-1, 1], atol=TOLERANCE)

@@ -63,7 +63,7 @@ def test_padded_batch_matches_reference(explainer: Explainer, references: list) 
 
 
 def test_rewritten_model_keeps_original_outputs(explainer: Explainer) -> None:
-    batch = explainer.encoder.encode(TEXTS)
+    batch = explainer.text_encoder.encode(TEXTS)
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (want,) = plain.run(["last_hidden_state"], feeds)

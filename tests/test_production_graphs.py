@@ -110,7 +110,7 @@ def test_unfused_model_computes_the_fused_models_outputs(model: str, variant: st
     assert fused_ops(fused), "the variant should contain fused operators"
     unfused = unfuse(fused)
     assert not fused_ops(unfused)
-    batch = plain.encoder.encode(texts)
+    batch = plain.text_encoder.encode(texts)
     names = {i.name for i in fused.graph.input}
     feeds = {k: v for k, v in {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
              "token_type_ids": batch.token_type_ids, "position_ids": batch.position_ids}.items() if k in names}

@@ -38,7 +38,7 @@ def assert_matches_reference(explainer: Explainer, model, texts: list[str]) -> N
     wanted = [reference_alti(model, explainer.tokenizer.encode(text).ids) for text in texts]
     for want in wanted:  # the reference rebuilds the model's own blocks (float64 rounding of |y| up to 1e5)
         assert want.block_outputs_error.max() < 1e-6
-    batch = explainer.encoder.encode(texts)
+    batch = explainer.text_encoder.encode(texts)
     _, tensors = explainer.session.run(batch)
     singles = [explainer.explain(text) for text in texts]
     for row, (single, batched, want) in enumerate(zip(singles, explainer.explain(texts), wanted)):
@@ -89,7 +89,7 @@ def test_gemma3_blocks_are_sandwich_with_one_key_value_head(gemma3: Explainer) -
     assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind, b.norm_rms) for b in gemma3.blocks] == [
         (layer, 4, 256, 640, "sandwich", True) for layer in range(18)
     ]
-    _, tensors = gemma3.session.run(gemma3.encoder.encode(PROMPTS))
+    _, tensors = gemma3.session.run(gemma3.text_encoder.encode(PROMPTS))
     assert {t.values.shape[1] for t in tensors} == {1}
 
 

@@ -200,7 +200,7 @@ def test_seq2seq_report_draws_the_alti_plus_map_and_source_shares(driver, tmp_pa
     assert color.replace(" ", "") == "rgb(194,37,92)", color  # the accent, so the bars are seen
     last = len(explanation.combined) - 1
     assert driver.execute_script("return document.getElementById('heatmap').dataset.layer") == str(last)
-    for t, k in [(0, 0), (2, 3), (len(explanation.target_tokens) - 1, len(explanation.source_tokens))]:
+    for t, k in [(0, 0), (2, 3), (len(explanation.target_tokens) - 1, len(explanation.tokens))]:
         value = driver.execute_script(f"return window.altiSeq2seq.value({t}, {k})")
         assert abs(value - explanation.combined[-1][t, k]) < 1e-6
     before = canvas_url(driver)

@@ -91,7 +91,7 @@ def test_segments_compute_the_whole_models_numbers_bit_for_bit(arch):
     """The model's own outputs and every block tensor, per layer segment, equal one session of the
     whole model with the same tensors exposed (the same nodes, fused the same way)."""
     explainer = Explainer(FIXTURES / f"tiny-{arch}", cache=False)
-    batch = explainer.encoder.encode(["the quick brown fox jumps over the dog", "a cat"])
+    batch = explainer.text_encoder.encode(["the quick brown fox jumps over the dog", "a cat"])
     model = graph_rewrites.unfuse(graph_rewrites.load_model(explainer.files.onnx))
     originals = [o.name for o in model.graph.output]
     names = originals + [n for b in explainer.blocks for n in b.tensor_names()]

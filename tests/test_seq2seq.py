@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from alti_onnx import Explainer
 from alti_onnx.decomposition.alti_plus import combined_rollout
 from alti_onnx.errors import InputError, ModelPathError
-from alti_onnx.seq2seq import Seq2SeqExplainer
+from alti_onnx.explainer import EncoderDecoderExplainer
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.fixture_cases import FIXTURES, TOLERANCE
 
@@ -47,7 +47,7 @@ def _same(actual, expected, what: str) -> None:
 
 def test_blocks_are_found_by_structure(family):
     name, explainer, _, _ = family
-    assert isinstance(explainer, Seq2SeqExplainer)
+    assert isinstance(explainer, EncoderDecoderExplainer)
     assert not any(b.cross for b in explainer.encoder_blocks)
     assert [b.cross for b in explainer.self_blocks] == [False, False]
     assert [b.cross for b in explainer.cross_blocks] == [True, True]
@@ -65,7 +65,7 @@ def test_teacher_forced_equals_reference(family):
         _same(result.cross_contributions, expected["cross_contributions"], f"{name} cross-attention")
         _same(result.combined, expected["combined"], f"{name} ALTI+")
         _same(result.source_share, expected["source_share"], f"{name} source share")
-        assert max(result.reconstruction_errors) < TOLERANCE
+        assert max(result.reconstruction_error) < TOLERANCE
 
 
 def test_generation_equals_the_models_greedy_output_and_reference(family):
@@ -93,7 +93,7 @@ def test_padded_batches_equal_each_pair_alone(family):
 def test_rows_are_distributions_and_the_prefix_is_causal(family):
     _, explainer, texts, _ = family
     result = explainer.explain(texts["sources"][1], texts["targets"][1])
-    sources = len(result.source_tokens)
+    sources = len(result.tokens)
     for matrices in (result.cross_contributions, result.combined, result.self_contributions):
         assert np.all(matrices >= 0)
         np.testing.assert_allclose(matrices.sum(-1), 1.0, atol=1e-12)
@@ -185,8 +185,17 @@ def test_cli_explains_generated_and_given_targets(tmp_path):
     _same(payload["source_share"], pairs[1]["source_share"], "CLI --json source share")
 
 
-def test_cli_refuses_what_seq2seq_does_not_take():
-    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--target", "1"), "--target")
+def test_cli_target_picks_an_output_position_and_refuses_what_seq2seq_does_not_take(tmp_path):
+    folder = FOLDERS["t5"]
+    texts, pairs = _expected(folder)
+    written = tmp_path / "row.json"
+    result = run_cli("explain", folder, "--text", texts["sources"][1], "--target-text", texts["targets"][1],
+                     "--target", "1", "--json", written)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(written.read_text())
+    assert payload["target"] == 1 and payload["layout"] == "encoder-decoder"
+    _same(payload["attribution"], pairs[1]["combined"][-1][1], "CLI --target 1")
+    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--target", "99"), "outside")
     assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--png", "x.png"), "--png")
     assert_one_line_error(run_cli("explain", FIXTURES / "tiny-gpt2", "--text", "the cat", "--target-text", "x"),
                           "--target-text")

@@ -55,7 +55,7 @@ def test_prompt_matches_reference(explainer: Explainer, references: list) -> Non
     assert got.default_target == len(got.tokens) - 1
     # The residual stream reaches |y| ~ 2.5e4 (massive activations), so float32 rounding alone gives
     # absolute errors near 1e-3: the self-check is relative to each layer's largest |y|.
-    batch = explainer.encoder.encode([PROMPT])
+    batch = explainer.text_encoder.encode([PROMPT])
     _, tensors = explainer.session.run(batch)
     relative = [error / np.abs(t.output).max() for error, t in zip(got.reconstruction_error, tensors)]
     assert max(relative) < 1e-5
@@ -79,7 +79,7 @@ def test_next_token_is_the_models_own(explainer: Explainer, torch_model) -> None
 
 
 def test_rewritten_model_keeps_original_outputs(explainer: Explainer) -> None:
-    batch = explainer.encoder.encode([PROMPT, SHORT])
+    batch = explainer.text_encoder.encode([PROMPT, SHORT])
     feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
     plain = ort.InferenceSession(str(explainer.files.onnx), providers=["CPUExecutionProvider"])
     (want,) = plain.run(["logits"], feeds)

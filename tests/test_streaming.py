@@ -39,8 +39,10 @@ def test_target_only_equals_the_full_rollout_rows(fixture):
         assert repr(one.next_token) == repr(whole.next_token)
         with pytest.raises(IndexError, match="was not computed"):
             one.attribution(1)
-        assert set(one.to_dict()) == {"tokens", "input_ids", "target", "attribution", "reconstruction_error"} | (
-            {"next_token"} if whole.next_token is not None else set())
+        assert set(one.to_record(full=True)) == {"record_version", "layout", "tokens", "input_ids", "target",
+                                                 "attribution", "reconstruction_error"} | (
+            {"next_token"} if whole.next_token is not None else set()) | (
+            {"prediction"} if whole.prediction is not None else set())
 
 
 def test_target_only_of_each_text_alone_equals_it_padded(fixture):
@@ -96,7 +98,7 @@ def test_row_blocked_contributions_equal_one_block(arch, monkeypatch):
     import alti_onnx.decomposition.contributions as contributions
 
     explainer = Explainer(FIXTURES / f"tiny-{arch}")
-    batch = explainer.encoder.encode(["the quick brown fox jumps over the lazy dog near the river"])
+    batch = explainer.text_encoder.encode(["the quick brown fox jumps over the lazy dog near the river"])
     _, tensors = explainer.session.run(batch)
     for block, t in zip(explainer.blocks, tensors):
         args = (block, t.probs[0], t.values[0], t.residual[0], t.output[0])

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -80,16 +79,14 @@ def inspect(
     """List the attention blocks found in the graph, and every Softmax that is not one (with why).
 
     An encoder-decoder export directory lists its encoder's and its decoder's blocks."""
-    from graph_rewrites import analyze_attention, load_model, unfuse
+    from graph_rewrites import analyse_file
 
-    from alti_onnx.explainer import locate_model
-    from alti_onnx.seq2seq import DECODER_FILE, ENCODER_FILE, is_seq2seq_export
+    from alti_onnx.runtime.model_files import locate_model
 
     with user_errors():
-        paths = [model / ENCODER_FILE, model / DECODER_FILE] if is_seq2seq_export(model) else [locate_model(model).onnx]
+        paths = list(locate_model(model).graphs.values())
         # weights stay on disk (read memory-mapped where the analysis needs them): any size inspects
-        analyses = {path: analyze_attention(unfuse(load_model(path, load_weights=False)), base_dir=path.parent)
-                    for path in paths}
+        analyses = {path: analyse_file(path).analysis for path in paths}
     if as_json:
         described = {path.name: {"blocks": [b.summary() for b in analysis.blocks],
                                  "unmatched_softmax": [u.summary() for u in analysis.unmatched]}
@@ -127,17 +124,16 @@ def instrument(
     output: Annotated[Path, typer.Argument(help="where to write the rewritten .onnx")],
 ) -> None:
     """Write the model with every attention block's intermediates as extra outputs (fused operators unfused first)."""
-    from graph_rewrites import find_attention_blocks, load_model, save_model, unfuse
-    from graph_rewrites import instrument as expose
+    from graph_rewrites import analyse_file, save_model
 
-    from alti_onnx.explainer import locate_model
+    from alti_onnx.runtime.model_files import locate_model
 
     with user_errors():
         path = locate_model(model).onnx
-        original = unfuse(load_model(path, load_weights=False))
-        blocks = find_attention_blocks(original, base_dir=path.parent)
+        analysed = analyse_file(path)
+        blocks = analysed.blocks()
         with _writing(output):
-            save_model(expose(original, blocks), output, base_dir=path.parent)
+            save_model(analysed.instrumented(), output, base_dir=path.parent)
     out.print(escape(f"wrote {output}: {len(blocks)} blocks, {sum(len(b.tensor_names()) for b in blocks)} extra outputs"), soft_wrap=True)
 
 
@@ -187,65 +183,47 @@ def explain(
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         target = _target_option(target)
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
-        if _is_seq2seq(explainer):
-            if target is not None or png_path is not None:
-                raise InputError("--target and --png are not for encoder-decoder models: the table, --json and "
-                                 "--html cover every target token")
-            _explain_seq2seq(explainer, text, target_text, max_new_tokens, json_path, attribution_only, html_path,
-                             model)
-            return
-        if target_text is not None:
-            raise InputError("--target-text is for encoder-decoder exports (encoder_model.onnx + decoder_model.onnx)")
-        explanation = explainer.explain(text, full=full, targets=None if target is None else [target])
+        explanation = explainer.explain(text, target_text, full=full, targets=None if target is None else [target],
+                                        max_new_tokens=max_new_tokens)
         if target is None and explanation.default_target == "mean":
             out.print(escape(f"target: the mean of all {len(explanation.tokens)} tokens (the model is mean-pooled: "
-                             f"{explainer.pooling.source.relative_to(explainer.files.onnx.parent)}; --target 0 for the "
+                             f"{explainer.pooling.source.relative_to(explainer.files.folder)}; --target 0 for the "
                              "first token)"), soft_wrap=True)
-        target = explanation.default_target if target is None else target
-        if target == "mean" and (html_path is not None or png_path is not None):
-            raise InputError("--html and --png draw one position's attribution: give --target N with them")
-        attribution = _attribution(explanation, target)
-        by_word = explanation.words(target) if words else None
+        view = _checked(lambda: explanation.table(target, words=words))
         if json_path is not None:
             with _writing(json_path):
-                payload = explanation.to_dict(target)
-                if by_word is not None:
-                    payload.update(by_word.to_dict())
-                json_path.write_text(json.dumps(payload, allow_nan=False))
-        written = _write_pictures(explanation, text, model, target, html_path, png_path)
-    if explanation.prediction is not None:
-        p = explanation.prediction
-        out.print(Text(f"prediction: {p.label} (probability {p.probability:.4f})", style="bold"))
-    if explanation.next_token is not None:
-        p = explanation.next_token
-        out.print(Text(f"next token: {p.label!r} (id {p.index}, probability {p.probability:.4f})", style="bold"))
-    if by_word is not None:
-        print_attribution(by_word.texts, by_word.attribution, "mean" if by_word.target == "mean" else by_word.target_word,
-                          explanation.reconstruction_error, unit="word")
-    else:
-        print_attribution(explanation.tokens, attribution, target, explanation.reconstruction_error)
+                record = _checked(lambda: explanation.to_record(target, full=not attribution_only, words=words))
+                json_path.write_text(json.dumps(record, allow_nan=False))
+        written = _write_pictures(explanation, model, target, html_path, png_path)
+    print_table(view)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
     for path in written:
         out.print(escape(f"wrote {path}"), soft_wrap=True)
 
 
-def _write_pictures(explanation, text: str, model: Path, target: int, html_path: Optional[Path],
-                    png_path: Optional[Path]) -> list[Path]:
+def _write_pictures(explanation, model: Path, target, html_path: Optional[Path], png_path: Optional[Path]) -> list[Path]:
     """The --html report and the --png figure (alti_onnx.report), when asked for."""
     written: list[Path] = []
     if html_path is not None:
-        from alti_onnx.report import write_html
-
+        name = Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
+        page = _checked(lambda: explanation.report_html(model=name, target=target))
         with _writing(html_path):
-            name = Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
-            written.append(write_html(explanation, html_path, text=text, model=name, target=target))
+            html_path.write_text(page, encoding="utf-8")
+        written.append(html_path)
     if png_path is not None:
-        from alti_onnx.report import write_png
-
         with _writing(png_path):
-            written.append(write_png(explanation, png_path, target=target))
+            written.append(_checked(lambda: explanation.write_png(png_path, target=target)))
     return written
+
+
+def _checked(make):
+    """What ``make()`` returns; an IndexError or ValueError it raises (a target the explanation does not
+    have, a view its layout does not offer) is one InputError line."""
+    try:
+        return make()
+    except (IndexError, ValueError) as exc:
+        raise InputError(str(exc)) from None
 
 
 def _explainer(model: Path, input_map: Optional[list[str]], tolerance: float, **kwargs):
@@ -283,82 +261,19 @@ def _target_option(value: Optional[str]) -> int | str | None:
         raise InputError(f"--target takes a token position or 'mean', got {value!r}") from None
 
 
-def _attribution(explanation, target: int | str):
-    from alti_onnx.errors import InputError
-
-    try:
-        return explanation.attribution(target)
-    except IndexError as exc:
-        raise InputError(str(exc)) from None
-
-
-def _is_seq2seq(explainer) -> bool:
-    from alti_onnx.seq2seq import Seq2SeqExplainer
-
-    return isinstance(explainer, Seq2SeqExplainer)
-
-
-def _explain_seq2seq(explainer, text: str, target_text: Optional[str], max_new_tokens: int,
-                     json_path: Optional[Path], attribution_only: bool, html_path: Optional[Path], model: Path) -> None:
-    """ALTI+ of a source and its output (given, or generated): a row per target token."""
-    explanation = explainer.explain(text, target_text, max_new_tokens=max_new_tokens)
-    written = []
-    if json_path is not None:
-        with _writing(json_path):
-            json_path.write_text(json.dumps(explanation.to_dict(attribution_only)))
-        written.append(json_path)
-    if html_path is not None:
-        from alti_onnx.report.seq2seq_html import write_seq2seq_html
-
-        with _writing(html_path):
-            written.append(write_seq2seq_html(explanation, html_path, model=Path(model).name))
-    print_seq2seq(explanation)
-    for path in written:
-        out.print(escape(f"wrote {path}"), soft_wrap=True)
-
-
-def print_seq2seq(explanation, top: int = 3) -> None:
-    """Each target token with its source share (number and bar) and its most contributing source tokens."""
-    how = "generated" if explanation.generated else "teacher-forced"
-    table = Table(title=Text(f"ALTI+ source contributions ({how}; source: {' '.join(explanation.source_tokens)})"),
-                  title_justify="left")
-    table.add_column("pos", justify="right")
-    table.add_column("token")
-    table.add_column("source share", justify="right")
-    table.add_column("")
-    table.add_column("top source tokens")
-    attribution = explanation.source_attribution
-    for position, token in enumerate(explanation.target_tokens):
-        share = float(explanation.source_share[position])
-        order = np.argsort(-attribution[position], kind="stable")[:top]
-        best = ", ".join(f"{explanation.source_tokens[j]} {attribution[position, j]:.3f}" for j in order)
-        table.add_row(str(position), Text(token), f"{share:.4f}", Text("█" * round(20 * share), style="cyan"), Text(best))
+def print_table(view) -> None:
+    """An explanation's table (``results.base.TableView``): its rows, float cells drawn as bars."""
+    for line in view.headline:
+        out.print(Text(line, style="bold"))
+    table = Table(title=Text(view.title), title_justify="left")
+    for column in view.columns:
+        table.add_column(column, justify="right" if column in ("pos", "attribution", "source share") else "left")
+    for number, row in enumerate(view.rows):
+        cells = [Text("█" * max(0, round(view.bar_width * cell)), style="cyan") if isinstance(cell, float)
+                 else Text(cell) for cell in row]
+        table.add_row(*cells, style="bold" if number == view.highlight else "")
     out.print(table)
-    errors = explanation.reconstruction_errors
-    out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} blocks")
-
-
-def print_attribution(tokens: list[str], attribution, target: int | str, errors, unit: str = "token") -> None:
-    """A table of tokens (or words) with their attribution to ``target`` (a row, or "mean": the mean
-    of all token positions) as numbers and bars."""
-    if target == "mean":
-        title = ("ALTI attribution (words) to the mean of all tokens" if unit == "word"
-                 else f"ALTI attribution to the mean of all {len(tokens)} tokens")
-        target = None
-    else:
-        title = f"ALTI attribution to {'position' if unit == 'token' else 'the word'} {target} ({tokens[target]!r})"
-    table = Table(title=Text(title), title_justify="left")
-    table.add_column("pos", justify="right")
-    table.add_column(unit)
-    table.add_column("attribution", justify="right")
-    table.add_column("")
-    peak = float(max(attribution.max(), 1e-12))
-    for position, (token, value) in enumerate(zip(tokens, attribution)):
-        bar = "█" * max(0, round(30 * float(value) / peak))
-        style = "bold" if position == target else ""
-        table.add_row(str(position), Text(token), f"{value:.4f}", Text(bar, style="cyan"), style=style)
-    out.print(table)
-    out.print(f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} layers")
+    out.print(view.footer)
 
 
 @app.command()
@@ -461,7 +376,7 @@ def bench(
     with user_errors():
         roles = parse_input_map(input_map or [])
         seq_lens, sizes = _positive_ints(lengths, "--lengths"), _positive_ints(batch_sizes, "--batch-sizes")
-        limit = _explainer(model, input_map, DEFAULT_TOLERANCE).encoder.max_length  # one-line errors before any worker
+        limit = _explainer(model, input_map, DEFAULT_TOLERANCE).text_encoder.max_length  # one-line errors before any worker
         if limit is not None and max(seq_lens) > limit:
             raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
         if json_path is not None:

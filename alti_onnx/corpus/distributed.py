@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
-from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, _explain_chunk, _json_line, require_corpus
+from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, explain_chunk, require_corpus
 from .inputs import CorpusRecord, read_records
 from .outputs import Job
 from alti_onnx.errors import InputError, OutputPathError
+from alti_onnx.results.record import json_line
+from alti_onnx.runtime.model_files import locate_model, other_graph_identities
 
 JOB_FILE = "_job.json"
 WORKERS_DIR = "_workers"  #: each actor's process id, a file each (tests kill one of them)
@@ -109,7 +111,7 @@ class ShardWriter:
         for shard, encoded in zip(batch["shard"], batch["records"]):
             records = [CorpusRecord(**item) for item in json.loads(encoded)]
             payloads = _explained(self.explainer, records, self.options)
-            _write_atomically(self.output / shard_name(int(shard)), [_json_line(p) for p in payloads])
+            _write_atomically(self.output / shard_name(int(shard)), [json_line(p) for p in payloads])
             bad = [p for p in payloads if "error" in p]
             shards.append(int(shard))
             written.append(len(payloads))
@@ -145,14 +147,13 @@ def plan_shards(
 ) -> ShardPlan:
     """Check the corpus and the model, claim ``output_dir`` for this job (or find it is this job's),
     and list the shards not written yet. Needs no Ray: bad input is refused before a cluster starts."""
-    from alti_onnx.explainer import locate_model
-
     input_path, output_dir = Path(input_path), Path(output_dir)
     require_corpus(input_path)
     files = locate_model(model)
+    others = other_graph_identities(files)
     options = {"full": full, "target": target, "input_map": dict(sorted((input_map or {}).items())),
                "self_check_tolerance": self_check_tolerance, "words": words, "max_new_tokens": max_new_tokens,
-               "batch_size": batch_size, "pairs_per_run": pairs_per_run}
+               "batch_size": batch_size, "pairs_per_run": pairs_per_run, **({"graphs": others} if others else {})}
     shard_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     _claim(output_dir, Job.of(input_path, files.onnx, files.tokenizer, {**options, "shard_size": shard_size}))
     pending, skipped = [], 0
@@ -245,12 +246,12 @@ class _RecordMaker:
         indices = column("index") if "index" in columns else list(range(batch.num_rows))
         records = [CorpusRecord(int(i), t, r, target=g) for i, t, r, g in zip(indices, texts, column("id"), column("target"))]
         payloads = _explained(self.explainer, records, self.options)
-        return pa.table({"index": [int(p["index"]) for p in payloads], "record": [_json_line(p) for p in payloads]})
+        return pa.table({"index": [int(p["index"]) for p in payloads], "record": [json_line(p) for p in payloads]})
 
 
 def _explained(explainer, records: list[CorpusRecord], options: dict) -> list[dict]:
     """``batch``'s records for one chunk (its own code, so its numbers), with a job's options."""
-    return _explain_chunk(explainer, records, options["batch_size"], options["pairs_per_run"], options["target"],
+    return explain_chunk(explainer, records, options["batch_size"], options["pairs_per_run"], options["target"],
                           options["full"], options["max_new_tokens"], options["words"])
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from alti_onnx.errors import InputError, RuntimeFailure, SelfCheckError
+from alti_onnx.layouts.base import Explainer
+from alti_onnx.results.base import ExplanationBase
+from alti_onnx.results.record import Target, error_record, json_line
+
 from .inputs import CorpusRecord, read_records
 from .outputs import Job, corpus_output
-from alti_onnx.errors import InputError, RuntimeFailure, SelfCheckError
-from alti_onnx.explainer import Explainer
-from alti_onnx.seq2seq import Seq2SeqExplainer, Seq2SeqExplanation
-from alti_onnx.results.explanation import Explanation
 
 #: Token pairs one onnxruntime run may hold: its texts times the square of their padded length. The
 #: exposed attention probabilities (L * H * S^2 numbers per text) are what grows fastest with
@@ -58,7 +59,7 @@ def explain_corpus(
     output_path: Path | str,
     batch_size: int = 32,
     chunk_size: int | None = None,
-    target: int | None = None,
+    target: Target | None = None,
     full: bool = False,
     on_record: Callable[[int], None] | None = None,
     pairs_per_run: int = PAIRS_PER_RUN,
@@ -68,18 +69,16 @@ def explain_corpus(
     """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
     of the same job stopped.
 
-    ``on_record`` is called with the number of records done so far (earlier runs included). An
-    encoder-decoder (``Seq2SeqExplainer``) explains each record's ``target`` teacher-forced, or its
+    ``on_record`` is called with the number of records done so far (earlier runs included). A
+    record's ``target`` (an encoder-decoder's output) is explained teacher-forced, or the model's
     greedy output (at most ``max_new_tokens``) where the record has none.
     """
     input_path = Path(input_path)
     require_corpus(input_path)
     if chunk_size is None:
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
-    options = {"full": full, "target": target, "input_map": dict(sorted(explainer.input_map.items())),
-               "self_check_tolerance": explainer.self_check_tolerance, "words": words}
-    if isinstance(explainer, Seq2SeqExplainer):
-        options.update(max_new_tokens=max_new_tokens, encoder=explainer.encoder_file_identity())
+    options = {"full": full, "target": target, "words": words, "max_new_tokens": max_new_tokens,
+               **explainer.corpus_options()}
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
     with corpus_output(output_path, input_path, job) as out:
         records = read_records(input_path)
@@ -89,8 +88,8 @@ def explain_corpus(
         written = failed = 0
         first_error = None
         while chunk := list(islice(records, chunk_size)):
-            payloads = _explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words)
-            out.write_chunk([_json_line(payload) for payload in payloads])
+            payloads = explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words)
+            out.write_chunk([json_line(payload) for payload in payloads])
             for payload in payloads:
                 written += 1
                 if "error" in payload:
@@ -129,9 +128,9 @@ def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[
     return groups
 
 
-def _explain_chunk(
-    explainer: Explainer | Seq2SeqExplainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
-    target: int | None, full: bool, max_new_tokens: int = 32, words: bool = False,
+def explain_chunk(
+    explainer: Explainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
+    target: Target | None, full: bool, max_new_tokens: int = 32, words: bool = False,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
     payloads: dict[int, dict[str, object]] = {}
@@ -141,95 +140,42 @@ def _explain_chunk(
             payloads[record.index] = _error(record, record.error)
             continue
         try:
-            text_encoder = explainer.text if isinstance(explainer, Seq2SeqExplainer) else explainer.encoder
-            valid.append((text_encoder.token_count(record.text), record))
+            valid.append((explainer.text_encoder.token_count(record.text), record))
         except InputError as exc:
             payloads[record.index] = _error(record, f"line {record.line}: {exc}")
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        if isinstance(explainer, Seq2SeqExplainer):  # pairs with a target and sources to generate from run apart
-            for subgroup in ([r for r in group if r.target is not None], [r for r in group if r.target is None]):
-                for record, outcome in zip(subgroup, _explain_pairs(explainer, subgroup, max_new_tokens)):
-                    payloads[record.index] = (
-                        _pair_record(record, outcome, full) if isinstance(outcome, Seq2SeqExplanation)
-                        else _error(record, f"line {record.line}: {outcome}")
-                    )
-            continue
-        for record, outcome in zip(group, _explain_texts(explainer, [r.text for r in group], target, full)):
+        for record, outcome in zip(group, _explain_records(explainer, group, target, full, max_new_tokens)):
             payloads[record.index] = (
-                _record(record, outcome, target, full, words) if isinstance(outcome, Explanation)
+                _record(record, outcome, target, full, words) if isinstance(outcome, ExplanationBase)
                 else _error(record, f"line {record.line}: {outcome}")
             )
     return [payloads[r.index] for r in chunk]
 
 
-def _explain_texts(explainer: Explainer, texts: list[str], target: int | None, full: bool) -> list[Explanation | str]:
-    """Each text's explanation (every layer's matrices with ``full``, else the target's row alone), or
-    why it failed: a batch that fails is run again one text at a time."""
+def _explain_records(explainer: Explainer, records: list[CorpusRecord], target: Target | None, full: bool,
+                     max_new_tokens: int) -> list[ExplanationBase | str]:
+    """Each record's explanation (every layer's matrices with ``full``, else the target's row alone), or
+    why it failed: a batch that fails is run again one record at a time."""
+    targets = None if all(r.target is None for r in records) else [r.target for r in records]
     try:
-        return explainer.explain(texts, full=full, targets=None if target is None else [target])
-    except TEXT_ERRORS as exc:
-        if len(texts) == 1:
-            return [str(exc)]
-    return [outcome for text in texts for outcome in _explain_texts(explainer, [text], target, full)]
-
-
-def _explain_pairs(explainer: Seq2SeqExplainer, records: list[CorpusRecord],
-                   max_new_tokens: int) -> list[Seq2SeqExplanation | str]:
-    """Each source's (and target's) ALTI+ explanation, or why it failed (a failed batch is run again pair by pair)."""
-    if not records:
-        return []
-    targets = None if records[0].target is None else [r.target for r in records]
-    try:
-        return explainer.explain_batch([r.text for r in records], targets, max_new_tokens=max_new_tokens)
+        return explainer.explain([r.text for r in records], targets, full=full,
+                                 targets=None if target is None else [target], max_new_tokens=max_new_tokens)
     except TEXT_ERRORS as exc:
         if len(records) == 1:
             return [str(exc)]
-    return [outcome for record in records for outcome in _explain_pairs(explainer, [record], max_new_tokens)]
+    return [outcome for record in records
+            for outcome in _explain_records(explainer, [record], target, full, max_new_tokens)]
 
 
-def _pair_record(record: CorpusRecord, explanation: Seq2SeqExplanation, full: bool) -> dict[str, object]:
-    """One encoder-decoder record: the tokens, each target token's source share and its attribution
-    to the source and the target prefix (the last layer's ALTI+ rows), and with ``full`` every matrix."""
-    return {"index": record.index, "id": record.id, **explanation.to_dict(attribution_only=not full)}
-
-
-def _record(record: CorpusRecord, explanation: Explanation, target: int | None, full: bool,
-            words: bool = False) -> dict[str, object]:
-    target = explanation.default_target if target is None else target
+def _record(record: CorpusRecord, explanation: ExplanationBase, target: Target | None, full: bool,
+            words: bool) -> dict[str, object]:
     try:
-        attribution = explanation.attribution(target)
-    except IndexError as exc:
+        return {"index": record.index, "id": record.id, **explanation.to_record(target, full=full, words=words)}
+    except (IndexError, ValueError) as exc:
         return _error(record, f"line {record.line}: {exc}")
-    by_word = explanation.words(target).to_dict() if words else {}
-    payload: dict[str, object] = {
-        "index": record.index,
-        "id": record.id,
-        "tokens": explanation.tokens,
-        "input_ids": explanation.input_ids,
-        "target": target,
-        "attribution": attribution.tolist(),
-        "reconstruction_error": explanation.reconstruction_error.tolist(),
-    }
-    if explanation.prediction is not None:
-        payload["prediction"] = {"label": explanation.prediction.label, "probability": explanation.prediction.probability}
-    if full:
-        payload["contributions"] = explanation.contributions.tolist()
-        payload["rollout"] = explanation.rollout.tolist()
-    payload.update(by_word)
-    return payload
 
 
 def _error(record: CorpusRecord, message: str) -> dict[str, object]:
-    return {"index": record.index, "id": record.id, "line": record.line, "error": message}
-
-
-def _json_line(payload: dict[str, object]) -> str:
-    """Strict JSON (no NaN or Infinity); a record that cannot be becomes an error record."""
-    try:
-        return json.dumps(payload, allow_nan=False)
-    except ValueError:  # the ids come from strict JSON, so only the numbers can be at fault
-        line = int(payload["index"]) + 1
-        return json.dumps({"index": payload["index"], "id": payload["id"], "line": line,
-                           "error": f"line {line}: the explanation holds NaN or Infinity"})
+    return error_record(record.index, record.id, record.line, message)

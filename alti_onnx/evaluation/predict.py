@@ -19,7 +19,7 @@ import onnxruntime as ort
 from alti_onnx.errors import InputError, RuntimeFailure
 from alti_onnx.runtime.model_inputs import ModelInputs, declared_inputs
 from alti_onnx.results.prediction import softmax
-from alti_onnx.runtime.sessions import default_providers, session_options
+from alti_onnx.runtime.sessions import plain_session
 from alti_onnx.runtime.text_inputs import Batch
 
 __all__ = ["OnnxClassifier"]
@@ -41,10 +41,7 @@ class OnnxClassifier:
         batch_size: int = 64,
         input_map: dict[str, str] | None = None,
     ):
-        try:
-            self.session = ort.InferenceSession(str(model), session_options(), providers=providers or default_providers())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise RuntimeFailure(f"onnxruntime could not load {model}: {exc}") from None
+        self.session = plain_session(Path(model), providers)
         outputs = {o.name: o for o in self.session.get_outputs()}
         if "logits" not in outputs:
             raise InputError(f"{model} has no 'logits' output (outputs: {', '.join(outputs)}); evaluation needs a classifier")

@@ -174,7 +174,7 @@ def evaluate(
     ids, special, kept, skipped = _tokenize(explainer, list(texts))
     if not ids:
         raise InputError("no sentence left to evaluate (all empty or too long)")
-    classifier = OnnxClassifier(explainer.files.onnx, explainer.encoder.pad_id, batch_size=batch_size,
+    classifier = OnnxClassifier(explainer.files.onnx, explainer.text_encoder.pad_id, batch_size=batch_size,
                                 input_map=explainer.input_map)
     result_methods: dict[str, MethodResult] = {}
     ui = _Progress(progress)
@@ -244,7 +244,7 @@ def evaluate(
 
 def _tokenize(explainer: Explainer, texts: list[str]):
     """Ids and special-token masks of the sentences that can be evaluated; the others with a reason."""
-    limit = explainer.encoder.max_length
+    limit = explainer.text_encoder.max_length
     ids, special, kept, skipped = [], [], [], []
     encodings = explainer.tokenizer.encode_batch([t if t.strip() else " " for t in texts])
     for index, (text, enc) in enumerate(zip(texts, encodings)):

@@ -98,13 +98,13 @@ def _is_causal(contributions: np.ndarray) -> bool:
     return n > 1 and not np.any(np.triu(contributions[-1], 1))
 
 
-def _json_for_script(payload: dict[str, Any]) -> str:
+def json_for_script(payload: dict[str, Any]) -> str:
     """JSON that cannot close its <script> element or open a comment."""
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def _styled(source: str) -> str:
+def styled(source: str) -> str:
     """Fill the style placeholders (__INK__, __FONT_SANS__, ...) of the inline CSS or JS."""
     values = {
         "INK": style.INK, "MUTED": style.MUTED, "GRID": style.GRID, "ACCENT": style.ACCENT,
@@ -123,7 +123,7 @@ def render_html(
     """The report as one HTML string (no external resources)."""
     data = report_data(explanation, text=text, model=model, target=target)
     title = title or (f"ALTI explanation · {model}" if model else "ALTI explanation")
-    parts = {"TITLE": html.escape(title), "CSS": _styled(CSS), "JS": _styled(JS), "DATA": _json_for_script(data)}
+    parts = {"TITLE": html.escape(title), "CSS": styled(CSS), "JS": styled(JS), "DATA": json_for_script(data)}
     return re.sub(r"__(TITLE|CSS|JS|DATA)__", lambda m: parts[m[1]], _PAGE)
 
 

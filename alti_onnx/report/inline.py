@@ -79,3 +79,32 @@ def _heatmap(explanation) -> str:
         cells.append("<tr>" + "".join(row) + "</tr>")
     cells.append("</table>")
     return "".join(cells)
+
+
+def inline_seq2seq_html(explanation) -> str:
+    """The compact HTML of an encoder-decoder explanation (an ``alti_onnx.results.seq2seq.Seq2SeqExplanation``):
+    each output token with its source share and the source tokens colored by their attribution to it."""
+    attribution = explanation.source_attribution
+    peak = float(attribution.max()) if attribution.size else 0.0
+    peak = peak or 1.0
+    how = "generated" if explanation.generated else "teacher-forced"
+    parts = [f'<div class="alti-inline" style="font-family:{html.escape(style.css_font(style.FONT_SANS))};'
+             f'color:{style.INK};line-height:1.9;max-width:900px">',
+             f'<div style="color:{style.MUTED};font-size:12px">ALTI+ attribution of each output token ({how}) '
+             'to the source tokens</div>',
+             '<table class="alti-seq2seq" style="border-collapse:collapse;font-size:13px">']
+    for position, token in enumerate(explanation.target_tokens):
+        share = float(explanation.source_share[position])
+        chips = "".join(
+            f'<span class="alti-chip" data-attribution="{value:.6g}" title="{html.escape(source)}: {value:.4f}" '
+            f'style="background:{style.heat_color(value / peak)};color:{style.text_color_on(value / peak)};'
+            f'padding:1px 4px;margin:1px;border-radius:3px;white-space:pre">{html.escape(display_token(source))}</span>'
+            for source, value in zip(explanation.tokens, (float(v) for v in attribution[position])))
+        parts.append(f'<tr><th style="text-align:right;padding-right:6px;font-weight:normal">'
+                     f'{html.escape(display_token(token))}</th><td style="padding-right:6px;color:{style.MUTED}" '
+                     f'class="alti-share">{share:.3f}</td><td>{chips}</td></tr>')
+    parts.append("</table>")
+    error = float(np.max(explanation.reconstruction_error)) if len(explanation.reconstruction_error) else 0.0
+    parts.append(f'<div style="font-size:12px;color:{style.MUTED}">self-check: max reconstruction error {error:.2e} '
+                 f'over {len(explanation.reconstruction_error)} blocks</div></div>')
+    return "".join(parts)

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from alti_onnx.seq2seq import Seq2SeqExplanation
+from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from . import style
 from ._assets import CSS
-from .html import PAGE_END, PAGE_START, _json_for_script, _styled, display_token, encode_matrix
+from .html import PAGE_END, PAGE_START, json_for_script, styled, display_token, encode_matrix
 
 DATA_FORMAT = 1
 
@@ -27,13 +27,13 @@ def seq2seq_report_data(explanation: Seq2SeqExplanation, model: str | None = Non
         "format": DATA_FORMAT,
         "model": model,
         "generated": explanation.generated,
-        "source": [display_token(t) for t in explanation.source_tokens],
+        "source": [display_token(t) for t in explanation.tokens],
         "prefix": [display_token(t) for t in explanation.decoder_tokens],
         "targets": [display_token(t) for t in explanation.target_tokens],
         "layers": int(explanation.combined.shape[0]),
         "source_share": [float(s) for s in explanation.source_share],
         "combined": [encode_matrix(m) for m in explanation.combined],
-        "reconstruction_error": [float(e) for e in explanation.reconstruction_errors],
+        "reconstruction_error": [float(e) for e in explanation.reconstruction_error],
         "heat_stops": [[x, *(int(color[k:k + 2], 16) for k in (1, 3, 5))] for x, color in style.HEAT_STOPS],
         "accent": style.ACCENT,
     }
@@ -42,8 +42,8 @@ def seq2seq_report_data(explanation: Seq2SeqExplanation, model: str | None = Non
 def render_seq2seq_html(explanation: Seq2SeqExplanation, model: str | None = None) -> str:
     data = seq2seq_report_data(explanation, model)
     title = f"ALTI+ explanation · {model}" if model else "ALTI+ explanation"
-    parts = {"TITLE": html.escape(title), "CSS": _styled(CSS + _EXTRA_CSS), "JS": _styled(_JS),
-             "DATA": _json_for_script(data)}
+    parts = {"TITLE": html.escape(title), "CSS": styled(CSS + _EXTRA_CSS), "JS": styled(_JS),
+             "DATA": json_for_script(data)}
     return re.sub(r"__(TITLE|CSS|JS|DATA)__", lambda m: parts[m[1]], _PAGE)
 
 

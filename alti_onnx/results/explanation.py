@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from alti_onnx.runtime.pooling import MEAN
+from .base import ExplanationBase, TableView
 from .prediction import Prediction
+from .record import MEAN, RECORD_VERSION, Target, target_json
 from .words import WordExplanation, group_words, words_matrix, words_vector
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(ExplanationBase):
     """ALTI for one text. Row i = receiving token, column j = contributing token.
 
     ``contributions[l]`` is layer l's normalized contribution matrix, ``rollout[l]`` the product
@@ -45,6 +45,8 @@ class Explanation:
     offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
     word_ids: list[int | None] | None = field(default=None, repr=False)
     text: str | None = field(default=None, repr=False)
+
+    layout = "single-graph"
 
     @property
     def num_layers(self) -> int:
@@ -96,22 +98,80 @@ class Explanation:
             rollout=words_matrix(self.rollout, words) if full else None,
         )
 
-    def to_dict(self, target: int | None = None) -> dict[str, object]:
-        """The JSON payload: every matrix for a full explanation, the attribution alone otherwise."""
+    def to_record(self, target: Target | None = None, full: bool = False, words: bool = False) -> dict[str, object]:
+        """The one record (docs/records.md): tokens, the attribution to ``target`` and the self-check;
+        the prediction (a classifier's class, a decoder's next token); with ``full`` every layer's
+        matrices (when computed), with ``words`` the word-level view."""
         target = self.default_target if target is None else target
-        payload: dict[str, object] = {"tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids]}
-        if self.full:
-            payload["contributions"] = self.contributions.tolist()
-            payload["rollout"] = self.rollout.tolist()
-        payload.update({
-            "target": _target_json(target),
+        record: dict[str, object] = {
+            "record_version": RECORD_VERSION,
+            "layout": self.layout,
+            "tokens": list(self.tokens),
+            "input_ids": [int(i) for i in self.input_ids],
+            "target": target_json(target),
             "attribution": self.attribution(target).tolist(),
             "reconstruction_error": [float(e) for e in self.reconstruction_error],
-        })
-        if self.next_token is not None:  # decoders only, so encoders keep exactly the keys above
-            token = self.next_token
-            payload["next_token"] = {"id": token.index, "token": token.label, "probability": token.probability}
-        return payload
+        }
+        if self.prediction is not None:
+            p = self.prediction
+            record["prediction"] = {"index": int(p.index), "label": p.label, "probability": float(p.probability)}
+        if self.next_token is not None:
+            p = self.next_token
+            record["next_token"] = {"id": int(p.index), "token": p.label, "probability": float(p.probability)}
+        if full and self.full:
+            record["contributions"] = self.contributions.tolist()
+            record["rollout"] = self.rollout.tolist()
+        if words:
+            record.update(self.words(target).to_dict())
+        return record
+
+    def table(self, target: Target | None = None, words: bool = False) -> TableView:
+        """Each token (or word) with its attribution to ``target``, as numbers and bars."""
+        target = self.default_target if target is None else target
+        if words:
+            view = self.words(target)
+            units, values, unit = view.texts, view.attribution, "word"
+            shown = MEAN if view.target == MEAN else view.target_word
+        else:
+            units, values, unit, shown = list(self.tokens), self.attribution(target), "token", target
+        if shown == MEAN:
+            title = ("ALTI attribution (words) to the mean of all tokens" if words
+                     else f"ALTI attribution to the mean of all {len(units)} tokens")
+            highlight = None
+        else:
+            highlight = int(shown) % len(units)
+            title = f"ALTI attribution to {'the word' if words else 'position'} {shown} ({units[shown]!r})"
+        peak = float(max(values.max(), 1e-12))
+        errors = self.reconstruction_error
+        headline = []
+        if self.prediction is not None:
+            headline.append(f"prediction: {self.prediction.label} (probability {self.prediction.probability:.4f})")
+        if self.next_token is not None:
+            p = self.next_token
+            headline.append(f"next token: {p.label!r} (id {p.index}, probability {p.probability:.4f})")
+        return TableView(
+            title=title, columns=["pos", unit, "attribution", ""],
+            rows=[[str(k), u, f"{v:.4f}", max(0.0, float(v) / peak)] for k, (u, v) in enumerate(zip(units, values))],
+            footer=f"self-check: max reconstruction error {max(errors):.2e} over {len(errors)} layers",
+            highlight=highlight, headline=tuple(headline),
+        )
+
+    def report_html(self, model: str | None = None, target: Target | None = None) -> str:
+        from alti_onnx.report.html import render_html
+
+        return render_html(self, text=self.text, model=model, target=self._drawn_target(target))
+
+    def write_png(self, path: str | Path, target: Target | None = None) -> Path:
+        from alti_onnx.report import write_png
+
+        return write_png(self, path, target=self._drawn_target(target))
+
+    def _drawn_target(self, target: Target | None) -> int:
+        """The one position the report and the figure draw (they cannot draw the mean)."""
+        target = self.default_target if target is None else target
+        if target == MEAN:
+            raise ValueError("--html and --png draw one position's attribution: give --target N with them")
+        return int(target)
 
     def _repr_html_(self) -> str:
         """The compact view notebooks show: tokens (or words) colored by attribution, the
@@ -120,62 +180,38 @@ class Explanation:
 
         return inline_html(self)
 
-    def save(self, path: str | Path) -> Path:
-        """Keep this explanation in one ``.npz`` file (the arrays, and its other fields as JSON),
-        to be read back with ``Explanation.load`` without recomputing. Returns the path written."""
-        path = Path(path)
+    def _arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         arrays = {name: value for name in _ARRAYS if (value := getattr(self, name)) is not None}
         arrays.update({f"attribution_{key}": row for key, row in (self.attributions or {}).items()})
         arrays.update({f"output_{name}": value for name, value in self.outputs.items()})
         meta = {
-            "format": SAVE_FORMAT, "tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids],
-            "default_target": _target_json(self.default_target),
-            "attribution_keys": None if self.attributions is None else [_target_json(k) for k in self.attributions],
+            "tokens": list(self.tokens), "input_ids": [int(i) for i in self.input_ids],
+            "default_target": target_json(self.default_target),
+            "attribution_keys": None if self.attributions is None else [target_json(k) for k in self.attributions],
             "outputs": list(self.outputs),
             "prediction": _prediction_meta(self.prediction), "next_token": _prediction_meta(self.next_token),
             "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
             "word_ids": self.word_ids, "text": self.text,
         }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        with open(path, "wb") as handle:  # np.savez would add '.npz' to a name without it
-            np.savez_compressed(handle, **arrays)
-        return path
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> Explanation:
-        """An explanation saved with ``save``."""
-        with np.load(Path(path), allow_pickle=False) as saved:
-            if "meta" not in saved.files:
-                raise ValueError(f"{path} is not a saved explanation (no metadata)")
-            meta = json.loads(saved["meta"].tobytes().decode("utf-8"))
-            if meta.get("format") != SAVE_FORMAT:
-                raise ValueError(f"{path} was saved in format {meta.get('format')!r}; this version reads {SAVE_FORMAT}")
-            arrays = {name: saved[name] for name in _ARRAYS if name in saved.files}
-            keys = meta["attribution_keys"]
-            attributions = None if keys is None else {k: saved[f"attribution_{k}"] for k in keys}
-            outputs = {name: saved[f"output_{name}"] for name in meta["outputs"]}
+    def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Explanation:
+        keys = meta["attribution_keys"]
         return cls(
             tokens=meta["tokens"], input_ids=meta["input_ids"], contributions=arrays.get("contributions"),
             rollout=arrays.get("rollout"), reconstruction_error=arrays["reconstruction_error"],
-            default_target=meta["default_target"], outputs=outputs, attention=arrays.get("attention"),
-            norm_based=arrays.get("norm_based"), prediction=_prediction_from(meta["prediction"]),
-            next_token=_prediction_from(meta["next_token"]), attributions=attributions,
+            default_target=meta["default_target"], outputs={name: arrays[f"output_{name}"] for name in meta["outputs"]},
+            attention=arrays.get("attention"), norm_based=arrays.get("norm_based"),
+            prediction=_prediction_from(meta["prediction"]), next_token=_prediction_from(meta["next_token"]),
+            attributions=None if keys is None else {k: arrays[f"attribution_{k}"] for k in keys},
             offsets=None if meta["offsets"] is None else [tuple(o) for o in meta["offsets"]],
             word_ids=meta["word_ids"], text=meta["text"],
         )
 
-    def to_json(self, target: int | None = None) -> str:
-        return json.dumps(self.to_dict(target), allow_nan=False)  # strict JSON: explain never returns NaN
 
-
-#: The array fields ``save`` keeps, and the layout version it writes.
+#: The array fields ``save`` keeps.
 _ARRAYS = ("contributions", "rollout", "reconstruction_error", "attention", "norm_based")
-SAVE_FORMAT = 1
-
-
-def _target_json(target: int | str) -> int | str:
-    """A target as JSON writes it: "mean", or a plain int (not a NumPy integer)."""
-    return target if target == MEAN else int(target)
 
 
 def _prediction_meta(prediction: Prediction | None) -> dict[str, object] | None:

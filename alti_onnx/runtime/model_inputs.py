@@ -120,6 +120,11 @@ class ModelInputs:
             )
 
     @property
+    def ids_name(self) -> str:
+        """The graph input that takes the token ids."""
+        return next(i.name for i in self.inputs if i.role == "ids")
+
+    @property
     def has_mask(self) -> bool:
         """Whether the model takes an attention mask (without one, texts run unpadded, one length at a time)."""
         return any(i.role == "mask" for i in self.inputs)

@@ -11,8 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The attribution target that stands for mean pooling: the mean of the final rollout rows.
-MEAN = "mean"
 
 
 @dataclass(frozen=True)

@@ -119,21 +119,13 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
 
 def _build(source: Path, directory: Path) -> PreparedModel:
     """Analyse and split the model into ``directory`` (segments first, the manifest last)."""
-    from graph_rewrites import (
-        analyze_attention,
-        inferred_types,
-        is_dynamically_quantized,
-        load_model,
-        split_model,
-        token_embedding_rows,
-        unfuse,
-    )
+    from graph_rewrites import analyse_file, is_dynamically_quantized, token_embedding_rows
     from graph_rewrites.model_io import SharedWeights, external_data_files
 
-    from .model_inputs import declared_inputs
+    from alti_onnx.runtime.model_inputs import declared_inputs
 
-    model = unfuse(load_model(source, load_weights=False))
-    analysis = analyze_attention(model, base_dir=source.parent)
+    analysed = analyse_file(source)
+    model, analysis = analysed.model, analysed.analysis
     inputs = declared_inputs(model)
     external = external_data_files(model)
     prepared = PreparedModel(
@@ -150,9 +142,8 @@ def _build(source: Path, directory: Path) -> PreparedModel:
     )
     if analysis.missed or not analysis.blocks:
         return prepared
-    types = inferred_types(model)
     with SharedWeights(directory / _WEIGHTS) as weights:
-        for number, segment in enumerate(split_model(model, [b.tensor_names() for b in analysis.blocks], types)):
+        for number, segment in enumerate(analysed.segments()):
             if not external:  # inline weights go to the entry's weights.bin, each once
                 weights.externalize(segment.model)
             path = directory / f"segment_{number:03d}.onnx"

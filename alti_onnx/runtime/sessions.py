@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -71,6 +72,15 @@ def session_options() -> ort.SessionOptions:
     # graph states, and the decomposition would miss by ~1e-3. Level 1 keeps the fusion, in float32.
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     return options
+
+
+def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
+    """The model file as its users run it: one onnxruntime session, the package's options, nothing
+    exposed; a file onnxruntime cannot load is one RuntimeFailure line."""
+    try:
+        return ort.InferenceSession(str(onnx_path), session_options(), providers=providers or default_providers())
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise RuntimeFailure(f"onnxruntime could not load {onnx_path}: {_first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,10 @@ class SegmentedSession:
             self.read_later.insert(0, set(later))
             later.update(segment.inputs)
 
+    def close(self) -> None:
+        """Drop the onnxruntime sessions (their memory and threads go with them)."""
+        self.sessions = []
+
     def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
         """Run the model on ``batch``, calling ``on_block(layer, tensors)`` for each block in layer
         order as soon as its tensors exist; returns the model's own outputs by name."""
@@ -199,8 +213,10 @@ def empty_cache(cache: dict[str, tuple[int, int, type]], batch_size: int) -> dic
     return {name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype) for name, (heads, head_size, dtype) in cache.items()}
 
 
-#: ONNX element types (FLOAT, FLOAT16, DOUBLE) a KV cache is stored in.
-_FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
+#: ONNX element types as NumPy dtypes: the floats (FLOAT, FLOAT16, DOUBLE) a KV cache or an encoder's
+#: output is stored in, and the integers (INT32, INT64) token inputs are.
+FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
+INTEGER_TYPES = {6: np.int32, 7: np.int64}
 
 
 def cache_inputs(declared: list[DeclaredInput]) -> dict[str, tuple[int, int, type]]:
@@ -212,14 +228,14 @@ def cache_inputs(declared: list[DeclaredInput]) -> dict[str, tuple[int, int, typ
     found = {}
     for value in declared:
         dims = value.dims or ()
-        if value.elem_type not in _FLOAT_TYPES or len(dims) != 4:
+        if value.elem_type not in FLOAT_TYPES or len(dims) != 4:
             continue
         if not (isinstance(dims[1], int) and isinstance(dims[3], int)):
             raise RuntimeFailure(
                 f"input {value.name!r} looks like a KV cache with unknown head count or size; export the model "
                 "without past (alti-onnx export HF_DIR OUT --task text-generation)"
             )
-        found[value.name] = (dims[1], dims[3], _FLOAT_TYPES[value.elem_type])
+        found[value.name] = (dims[1], dims[3], FLOAT_TYPES[value.elem_type])
     return found
 
 

@@ -1,104 +1,36 @@
-"""ALTI+ on an optimum encoder-decoder export (``encoder_model.onnx`` + ``decoder_model.onnx``).
+"""An encoder-decoder export (``encoder_model.onnx`` + ``decoder_model.onnx``): ALTI+.
 
 The encoder runs as any encoder does; the decoder is fed the encoder's output and a target
 prefix, teacher-forced (a given target) or grown by greedy generation on the plain decoder
 (NumPy loop, onnxruntime only), then run once instrumented over the whole sequence. The math is
-``alti_plus`` (docs/alti.md, "Encoder-decoder models: ALTI+").
+``decomposition.alti_plus`` (docs/alti.md, "Encoder-decoder models: ALTI+").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from graph_rewrites import AttentionBlock
 
 from alti_onnx.decomposition.alti_plus import combined_rollout, cross_contributions
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, rollout
-from alti_onnx.explainer import DEFAULT_SELF_CHECK_TOLERANCE, ModelFiles
-from alti_onnx.errors import InputError, ModelPathError, RuntimeFailure
+from alti_onnx.decomposition.self_check import check_layer
+from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
+from alti_onnx.layouts.base import DEFAULT_SELF_CHECK_TOLERANCE, Explainer, require_texts
+from alti_onnx.results.record import Target
+from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.prepared import prepare
-from alti_onnx.runtime.sessions import SegmentedSession, default_providers, session_options
-from alti_onnx.decomposition.self_check import check_layer, require_tolerance
-from alti_onnx.runtime.text_inputs import Batch, TextEncoder
-from graph_rewrites import AttentionBlock
-
-#: What optimum names the two halves of a text2text-generation export.
-ENCODER_FILE, DECODER_FILE = "encoder_model.onnx", "decoder_model.onnx"
-#: Merged decoders (an If over the cache) are refused: the plain decoder is what ALTI+ reads.
-MERGED_DECODER_FILE = "decoder_model_merged.onnx"
+from alti_onnx.runtime.sessions import FLOAT_TYPES, INTEGER_TYPES, SegmentedSession, default_providers, plain_session
+from alti_onnx.runtime.text_inputs import Batch
 
 
-def is_seq2seq_export(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding an encoder-decoder export."""
-    path = Path(path)
-    return path.is_dir() and (path / ENCODER_FILE).is_file() and (
-        (path / DECODER_FILE).is_file() or (path / MERGED_DECODER_FILE).is_file())
-
-
-@dataclass(frozen=True)
-class Seq2SeqExplanation:
-    """ALTI+ of one source and one target (docs/alti.md). Target position t is the decoder's
-    input token ``decoder_tokens[t]``; its row explains the token it predicts, ``target_tokens[t]``.
-
-    - ``encoder_contributions`` [L_enc, J, J], ``encoder_rollout`` [L_enc, J, J];
-    - ``self_contributions`` [L_dec, T, T]: the decoder's self-attention;
-    - ``cross_contributions`` [L_dec, T, J + 1]: each encoder output and, last, the residual;
-    - ``combined`` [L_dec, T, J + T]: ALTI+'s rollout over [source tokens; decoder tokens];
-    - ``source_share`` [T]: the source's share of the last layer's row.
-    """
-
-    source_tokens: list[str]
-    decoder_tokens: list[str]
-    target_tokens: list[str]
-    target_ids: list[int]
-    generated: bool
-    encoder_contributions: np.ndarray
-    encoder_rollout: np.ndarray
-    self_contributions: np.ndarray
-    cross_contributions: np.ndarray
-    combined: np.ndarray
-    source_share: np.ndarray
-    reconstruction_errors: list[float]
-
-    @property
-    def source_attribution(self) -> np.ndarray:
-        """[T, J]: each target token's attribution to the source tokens (the last layer's source columns)."""
-        return self.combined[-1][:, : len(self.source_tokens)]
-
-    @property
-    def prefix_attribution(self) -> np.ndarray:
-        """[T, T]: each target token's attribution to the decoder's input tokens."""
-        return self.combined[-1][:, len(self.source_tokens):]
-
-    def to_dict(self, attribution_only: bool = False) -> dict[str, object]:
-        """JSON-ready: tokens, the source share, the last layer's combined rows, and (unless
-        ``attribution_only``) every layer's matrices."""
-        result: dict[str, object] = {
-            "source_tokens": self.source_tokens,
-            "decoder_tokens": self.decoder_tokens,
-            "target_tokens": self.target_tokens,
-            "target_ids": self.target_ids,
-            "generated": self.generated,
-            "source_share": self.source_share.tolist(),
-            "attribution": self.combined[-1].tolist(),
-            "reconstruction_errors": self.reconstruction_errors,
-        }
-        if not attribution_only:
-            result.update(
-                encoder_contributions=self.encoder_contributions.tolist(),
-                encoder_rollout=self.encoder_rollout.tolist(),
-                self_contributions=self.self_contributions.tolist(),
-                cross_contributions=self.cross_contributions.tolist(),
-                combined=self.combined.tolist(),
-            )
-        return result
-
-
-class Seq2SeqExplainer:
-    """ALTI+ for an optimum encoder-decoder export directory (Marian, BART, T5, M2M100, ...).
+class EncoderDecoderExplainer(Explainer):
+    """ALTI+ for an optimum encoder-decoder export directory (Marian, BART, T5, M2M100, ...):
+    ``Explainer(path)`` for a folder with encoder_model.onnx and decoder_model.onnx.
 
     ``explain(source, target)`` teacher-forces ``target`` (tokenized as the model's labels);
     without a target the model's greedy output (stopping at EOS or after ``max_new_tokens``) is
@@ -106,61 +38,66 @@ class Seq2SeqExplainer:
     cross-attention block.
     """
 
+    graph_roles = ("encoder", "decoder")
+
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
                  cache: bool = True):
         if input_map:
             raise InputError("--input-map is for single-graph models; an encoder-decoder export's inputs are optimum's")
-        require_tolerance(self_check_tolerance)
-        folder = Path(model)
-        if not is_seq2seq_export(folder):
-            raise ModelPathError(f"{folder} is not an encoder-decoder export (no {ENCODER_FILE} and {DECODER_FILE})")
-        if not (folder / DECODER_FILE).is_file():
-            raise ModelPathError(
-                f"{folder} has only {MERGED_DECODER_FILE} (the decoder with and without a cache merged under an If); "
-                f"export with optimum's text2text-generation task without --monolith, keeping {DECODER_FILE}"
-            )
-        self.folder = folder
-        self.config = read_json_object(folder / "config.json", "config") if (folder / "config.json").exists() else {}
-        generation = folder / "generation_config.json"
+        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
+        generation = self.files.folder / "generation_config.json"
         self.generation = read_json_object(generation, "generation config") if generation.exists() else {}
-        self.self_check_tolerance = self_check_tolerance
-        tokenizer_path = Path(tokenizer) if tokenizer is not None else folder / "tokenizer.json"
-        self.text_path = tokenizer_path / "tokenizer.json" if tokenizer_path.is_dir() else tokenizer_path
-        self.text = TextEncoder(self.text_path, self.config)
         providers = providers or default_providers()
-        encoder = prepare(folder / ENCODER_FILE, cache=cache)
-        decoder = prepare(folder / DECODER_FILE, cache=cache)
+        encoder = prepare(self.files.graphs["encoder"], cache=cache)
+        decoder = prepare(self.files.graphs["decoder"], cache=cache)
         self.encoder_blocks = encoder.analysis.require_complete()
-        blocks = decoder.analysis.require_complete()
-        self.self_blocks, self.cross_blocks = _decoder_layers(blocks)
+        self.self_blocks, self.cross_blocks = _decoder_layers(decoder.analysis.require_complete())
         memory, memory_mask = _memory_inputs(decoder.graph_inputs)
         self._memory, self._memory_mask = memory, memory_mask
-        self.encoder = SegmentedSession(encoder, providers)
-        self.decoder = SegmentedSession(decoder, providers, fed_by_caller=[n for n in (memory, memory_mask) if n])
-        self._plain_decoder = ort.InferenceSession(str(folder / DECODER_FILE), session_options(), providers=providers)
-        #: what ``batch`` records as the model (the job it resumes must be the same model)
-        self.files = ModelFiles(folder / DECODER_FILE, self.text_path, folder / "config.json")
-        self.input_map: dict[str, str] = {}
+        self.load_tokenizer()
+        self.encoder_session = SegmentedSession(encoder, providers)
+        self.decoder_session = SegmentedSession(decoder, providers, fed_by_caller=[n for n in (memory, memory_mask) if n])
+        self.check_prepared("encoder", encoder, self.encoder_session.inputs.ids_name)
+        self.check_prepared("decoder", decoder, self.decoder_session.inputs.ids_name)
+        self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
         self.start_id = _first_int("decoder_start_token_id", self.generation, self.config)
         self.eos_id = _first_int("eos_token_id", self.generation, self.config)
         if self.start_id is None:
-            raise InputError(f"{folder}: neither generation_config.json nor config.json gives decoder_start_token_id")
+            raise InputError(f"{self.files.folder}: neither generation_config.json nor config.json gives "
+                             "decoder_start_token_id")
 
-    @property
-    def tokenizer(self):
-        return self.text.tokenizer
-
-    def encoder_file_identity(self) -> dict[str, object]:
-        """The encoder file's path, size and modification time (the decoder is ``files.onnx``)."""
-        path = self.folder / ENCODER_FILE
-        stat = path.stat()
-        return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    def close(self) -> None:
+        self.encoder_session.close()
+        self.decoder_session.close()
+        self._plain_decoder = None
 
     # ------------------------------------------------------------------ API
-    def explain(self, source: str, target: str | None = None, max_new_tokens: int = 32) -> Seq2SeqExplanation:
-        """ALTI+ of ``source`` and ``target`` (teacher-forced), or of the model's greedy output."""
-        return self.explain_batch([source], None if target is None else [target], max_new_tokens)[0]
+    def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
+                full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
+                baselines: bool = False, max_new_tokens: int = 32) -> Seq2SeqExplanation | list[Seq2SeqExplanation]:
+        """ALTI+ of each source and its target (teacher-forced), or of the model's greedy output
+        (``target_text`` None, or None for that source). Every matrix is kept (``full`` and ``targets``
+        choose what ``to_record`` writes); the self-check is always enforced."""
+        self.refuse_options(baselines=baselines)
+        if not check:
+            raise InputError("an encoder-decoder's self-check cannot be turned off")
+        sources = require_texts(text)
+        if target_text is None or isinstance(target_text, str):
+            wanted = [target_text] * len(sources)
+        else:
+            wanted = list(target_text)
+        if len(wanted) != len(sources):
+            raise InputError(f"{len(sources)} sources but {len(wanted)} targets")
+        results: list[Seq2SeqExplanation | None] = [None] * len(sources)
+        for given in (True, False):  # pairs with a target and sources to generate from run apart
+            rows = [k for k, t in enumerate(wanted) if (t is not None) == given]
+            if rows:
+                found = self.explain_batch([sources[k] for k in rows], [wanted[k] for k in rows] if given else None,
+                                           max_new_tokens)
+                for k, explanation in zip(rows, found):
+                    results[k] = explanation
+        return results[0] if isinstance(text, str) else results  # type: ignore[return-value]
 
     def explain_batch(self, sources: list[str], targets: list[str] | None = None,
                       max_new_tokens: int = 32) -> list[Seq2SeqExplanation]:
@@ -169,19 +106,19 @@ class Seq2SeqExplainer:
             raise InputError(f"{len(sources)} sources but {len(targets)} targets")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max new tokens must be a positive integer, got {max_new_tokens!r}")
-        batch = self.text.encode(list(sources))
-        encoded, encoder_tensors = self.encoder.run(batch)
-        memory = next(iter(encoded.values())) if len(encoded) == 1 else encoded[self.encoder.original_outputs[0]]
+        batch = self.text_encoder.encode(list(sources))
+        encoded, encoder_tensors = self.encoder_session.run(batch)
+        memory = next(iter(encoded.values())) if len(encoded) == 1 else encoded[self.encoder_session.original_outputs[0]]
         if targets is None:
             labels = self._generate(memory, batch.attention_mask, max_new_tokens)
         else:
-            labels = self.text.token_ids(list(targets))
+            labels = self.text_encoder.token_ids(list(targets))
         decoder_ids = [[self.start_id, *row[:-1]] for row in labels]
-        decoder_batch = Batch.padded(decoder_ids, self.text.pad_id)
-        feeds = {**self.decoder.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
+        decoder_batch = Batch.padded(decoder_ids, self.text_encoder.pad_id)
+        feeds = {**self.decoder_session.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
         if self._memory_mask:
             feeds[self._memory_mask] = batch.attention_mask
-        _, decoder_tensors = self.decoder.run_feeds(feeds)
+        _, decoder_tensors = self.decoder_session.run_feeds(feeds)
         return [self._explanation(row, batch, labels[row], decoder_ids[row], encoder_tensors, decoder_tensors,
                                   generated=targets is None) for row in range(len(sources))]
 
@@ -197,7 +134,7 @@ class Seq2SeqExplainer:
         if self._memory_mask:
             fixed[self._memory_mask] = mask
         for step in range(max_new_tokens):
-            feeds = {**self.decoder.inputs.feeds(Batch.padded(sequences.tolist(), self.text.pad_id)), **fixed}
+            feeds = {**self.decoder_session.inputs.feeds(Batch.padded(sequences.tolist(), self.text_encoder.pad_id)), **fixed}
             try:
                 logits = self._plain_decoder.run(None, feeds)[0][:, -1].astype(np.float64)
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
@@ -208,7 +145,7 @@ class Seq2SeqExplainer:
             chosen = logits.argmax(-1)
             if step == 0 and forced_first is not None:
                 chosen[:] = forced_first
-            chosen[done] = self.text.pad_id
+            chosen[done] = self.text_encoder.pad_id
             sequences = np.concatenate([sequences, chosen[:, None]], axis=1)
             done |= chosen == self.eos_id
             if done.all():
@@ -254,14 +191,20 @@ class Seq2SeqExplainer:
             cross.append(computed.contributions)
         combined = combined_rollout(encoder_rollout[-1], own, cross)
         return Seq2SeqExplanation(
-            source_tokens=source_tokens, decoder_tokens=decoder_tokens,
-            target_tokens=[self._token(t) for t in labels], target_ids=list(labels), generated=generated,
-            encoder_contributions=encoder_stack, encoder_rollout=encoder_rollout, self_contributions=np.stack(own),
-            cross_contributions=np.stack(cross), combined=combined, source_share=combined[-1][:, :sources].sum(-1),
-            reconstruction_errors=errors,
+            tokens=source_tokens, input_ids=[int(i) for i in batch.input_ids[row, keep]],
+            decoder_tokens=decoder_tokens, target_tokens=[self._token(t) for t in labels], target_ids=list(labels),
+            generated=generated, encoder_contributions=encoder_stack, encoder_rollout=encoder_rollout,
+            self_contributions=np.stack(own), cross_contributions=np.stack(cross), combined=combined,
+            source_share=combined[-1][:, :sources].sum(-1), reconstruction_error=np.array(errors),
+            offsets=None if batch.offsets is None else batch.offsets[row][:sources],
+            word_ids=None if batch.word_ids is None else batch.word_ids[row][:sources],
+            text=None if batch.texts is None else batch.texts[row],
         )
 
     def _check(self, where: str, computed: LayerContributions, tokens: list[str], errors: list[float]) -> None:
+        if not (np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions))):
+            raise NonFiniteError(f"the model produced NaN or Inf in {where}: no explanation of this text is "
+                                 "meaningful (a float16 overflow, or NaN weights?)")
         check_layer(where, computed, tokens, self.self_check_tolerance)
         errors.append(computed.reconstruction_error)
 
@@ -285,12 +228,12 @@ def _memory_inputs(declared) -> tuple[str, str | None]:
     """The decoder input that takes the encoder's output (its one float input of rank 3) and the one
     that takes the source's mask (an integer input of rank 2 named as a mask, as optimum names it
     ``encoder_attention_mask``; None when the decoder has none)."""
-    floats = [d for d in declared if d.elem_type in (1, 10, 11) and d.dims is not None and len(d.dims) == 3]
+    floats = [d for d in declared if d.elem_type in FLOAT_TYPES and d.dims is not None and len(d.dims) == 3]
     if len(floats) != 1:
         raise RuntimeFailure(
             f"cannot tell which decoder input takes the encoder's output: {len(floats)} float inputs of rank 3"
         )
-    integers = [d for d in declared if d.elem_type in (6, 7) and d.dims is not None and len(d.dims) == 2]
+    integers = [d for d in declared if d.elem_type in INTEGER_TYPES and d.dims is not None and len(d.dims) == 2]
     masks = [d for d in integers if "mask" in d.name.lower()]
     return floats[0].name, masks[0].name if masks else None
 

@@ -1,0 +1,194 @@
+"""What every explainer shares, whatever the model's layout: finding its files, reading its config
+and tokenizer, the load-time checks, and the interface callers use.
+
+``Explainer(path)`` picks the layout from the graphs ``locate_model`` finds (one graph; encoder +
+decoder) among the layouts registered here by subclassing (``alti_onnx.layouts`` imports them all),
+so ``Explainer(path)`` is always an ``Explainer`` and callers never branch on which one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from graph_rewrites import AttentionAnalysis
+
+from alti_onnx.decomposition.self_check import require_tolerance
+from alti_onnx.errors import InputError, LayerCountError, ModelPathError, TokenizerMismatchError
+from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.record import Target
+from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
+from alti_onnx.runtime.prepared import PreparedModel
+from alti_onnx.runtime.text_inputs import TextEncoder
+
+#: Self-check tolerance, relative to the block output's magnitude (at least 1).
+DEFAULT_SELF_CHECK_TOLERANCE = 1e-3
+
+#: config.json keys that give the number of transformer layers, by family and graph role.
+LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+    "encoder": ("encoder_layers", "num_layers"),
+    "decoder": ("decoder_layers", "num_decoder_layers", "num_layers"),
+}
+
+#: config.json keys that name special token ids, which must exist in the tokenizer.
+SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "unk_token_id",
+                   "mask_token_id", "decoder_start_token_id")
+
+
+class Explainer(ABC):
+    """Explains an exported transformer with ALTI (ALTI+ for encoder-decoders), running only
+    onnxruntime and NumPy.
+
+    ``model`` is an optimum-style export directory or an .onnx file; ``tokenizer`` a tokenizer.json
+    (defaults to the one beside the model); ``providers`` onnxruntime execution providers (CUDA
+    when available, else CPU); ``self_check_tolerance`` the largest decomposition error accepted,
+    relative to the block output's magnitude (at least 1); ``input_map`` the role of graph inputs
+    whose names do not tell it (``{"in_1": "mask"}``; roles: ids, mask, segment, positions);
+    ``cache`` whether the prepared model (blocks found, graph split per layer) is kept under
+    ``<cache>/prepared`` for the next run on the same file (on by default).
+
+    Use it as a context manager, or call ``close()``, to release its threads and sessions at once.
+    """
+
+    #: The graph roles of the layout (keys of ``ModelFiles.graphs``) a subclass explains.
+    graph_roles: ClassVar[tuple[str, ...]] = ()
+    _layouts: ClassVar[list[type[Explainer]]] = []
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.graph_roles:
+            Explainer._layouts.append(cls)
+
+    def __new__(cls, model: str | Path, *args: object, **kwargs: object) -> Explainer:
+        if cls is Explainer:
+            roles = tuple(locate_model(model, kwargs.get("tokenizer")).graphs)  # type: ignore[arg-type]
+            found = [layout for layout in Explainer._layouts if layout.graph_roles == roles]
+            if not found:
+                raise ModelPathError(f"{model}: no layout explains a model of graphs {', '.join(roles)}")
+            cls = found[0]
+        return super().__new__(cls)
+
+    def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
+                 self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
+                 cache: bool = True):
+        require_tolerance(self_check_tolerance)
+        self.files: ModelFiles = locate_model(model, tokenizer)
+        self.config: dict = read_config(self.files)
+        #: the tokenizer, read once the graphs are known good (``load_tokenizer``): a file that is no
+        #: model is reported as such, not as a missing tokenizer beside it
+        self.text_encoder: TextEncoder | None = None
+        self.self_check_tolerance = self_check_tolerance
+        self.input_map: dict[str, str] = dict(input_map or {})
+        self.providers = providers
+        self.cache = cache
+
+    def load_tokenizer(self) -> TextEncoder:
+        self.text_encoder = TextEncoder(self.files.tokenizer, self.config)
+        return self.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.text_encoder.tokenizer
+
+    # ------------------------------------------------------------------ the interface
+    @abstractmethod
+    def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
+                full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
+                baselines: bool = False, max_new_tokens: int = 32) -> Explanation | list[Explanation]:
+        """Explain one text, or a list of texts run as one padded batch.
+
+        ``target_text`` (encoder-decoders) is the output explained teacher-forced, one per text
+        (None: the model's greedy output, at most ``max_new_tokens``). With ``full=False`` only the
+        attributions of ``targets`` (default: the default target) are kept. With ``check`` (the
+        default) a self-check error above the tolerance raises SelfCheckError; ``baselines`` also
+        computes the norm-based matrices.
+        """
+
+    def close(self) -> None:
+        """Release the threads and onnxruntime sessions (the explainer cannot be used after)."""
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def corpus_options(self) -> dict[str, object]:
+        """What, besides the corpus, the tokenizer and ``files.onnx``, makes a batch job this job:
+        the options the explainer was made with, and the identity of every other graph it reads."""
+        others = other_graph_identities(self.files)
+        return {"input_map": dict(sorted(self.input_map.items())), "self_check_tolerance": self.self_check_tolerance,
+                **({"graphs": others} if others else {})}
+
+    # ------------------------------------------------------------------ load-time checks, shared
+    def check_prepared(self, role: str, prepared: PreparedModel, ids_input: str | None) -> None:
+        """The checks every graph passes before it is used: as many blocks as config.json says the
+        model has layers, and a tokenizer whose ids all index the token embedding it feeds."""
+        check_layer_count(self.config, prepared.analysis, LAYER_COUNT_KEYS[role], role)
+        if ids_input is not None:
+            check_tokenizer_fits(prepared, ids_input, self.text_encoder, self.config, self.files)
+
+    def refuse_options(self, **options: object) -> None:
+        """One line for each option given that this layout has no use for (None, False and () are not given)."""
+        for name, value in options.items():
+            if value not in (None, False, ()):
+                raise InputError(f"{name} is not for {self.layout_name} models")
+
+    @property
+    def layout_name(self) -> str:
+        return " + ".join(self.graph_roles).replace("model", "single-graph")
+
+
+def require_texts(text: object) -> list[str]:
+    """The texts of ``explain(text)``: one string, or a non-empty sequence of strings."""
+    if isinstance(text, str):
+        return [text]
+    if isinstance(text, (bytes, bytearray, dict)) or not isinstance(text, Sequence):
+        raise InputError(f"explain() takes a text or a list of texts, got {type(text).__name__}")
+    texts = list(text)
+    if not texts:
+        raise InputError("explain() needs at least one text")
+    for item in texts:
+        if not isinstance(item, str):
+            raise InputError(f"explain() takes a text or a list of texts, got a list holding {type(item).__name__}")
+    return texts
+
+
+def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextEncoder, config: dict,
+                         files: ModelFiles) -> None:
+    """The tokenizer's ids must all index the model's token-embedding table, and the special token ids
+    config.json names must be tokens of it: else it is another model's tokenizer."""
+    vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
+    rows = prepared.embedding_rows.get(ids_input)
+    if rows is not None and vocabulary > rows:
+        raise TokenizerMismatchError(
+            f"{files.tokenizer} has {vocabulary} tokens but the token embedding of {prepared.source} has {rows} rows: "
+            "the tokenizer belongs to another model"
+        )
+    for key in SPECIAL_ID_KEYS:
+        token_id = config.get(key)
+        if isinstance(token_id, int) and not isinstance(token_id, bool) and not 0 <= token_id < vocabulary:
+            raise TokenizerMismatchError(
+                f"config.json's {key} is {token_id}, not a token of {files.tokenizer} ({vocabulary} tokens): "
+                "the tokenizer belongs to another model"
+            )
+
+
+def check_layer_count(config: dict, analysis: AttentionAnalysis, keys: tuple[str, ...], role: str = "model") -> None:
+    """When config.json says how many layers the graph has, it must have as many (self-attention) blocks."""
+    declared = next((config[k] for k in keys if isinstance(config.get(k), int) and not isinstance(config[k], bool)),
+                    None)
+    found = len([b for b in analysis.blocks if not b.cross])
+    if declared is None or declared == found:
+        return
+    graph = "the graph" if role == "model" else f"the {role}"
+    message = f"config.json says the {'model' if role == 'model' else role} has {declared} layers, but {graph} has " \
+              f"{found} attention blocks"
+    if analysis.unmatched:
+        first = analysis.unmatched[0]
+        message += (f"; {len(analysis.unmatched)} Softmax node(s) are not blocks, the first {first.node} "
+                    f"(step '{first.step}': {first.reason})")
+    raise LayerCountError(message)

@@ -1,0 +1,301 @@
+"""A model in one graph (an encoder, a decoder, a classifier): ALTI from one onnxruntime run.
+
+The prepared model runs segment by segment (``runtime.sessions``); each layer's block tensors are
+decomposed as they arrive (``decomposition``) and dropped, a few layers at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from graph_rewrites import AttentionAnalysis, AttentionBlock
+
+from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
+from alti_onnx.decomposition.layer_store import LayerStore
+from alti_onnx.decomposition.self_check import check_layer
+from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
+from alti_onnx.layouts.base import (
+    DEFAULT_SELF_CHECK_TOLERANCE,
+    LAYER_COUNT_KEYS,
+    Explainer,
+    check_layer_count,
+    check_tokenizer_fits,
+    require_texts,
+)
+from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.prediction import class_labels, classify, next_token
+from alti_onnx.results.record import MEAN, Target
+from alti_onnx.runtime.pooling import Pooling, declared_pooling
+from alti_onnx.runtime.prepared import PreparedModel, prepare
+from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
+from alti_onnx.runtime.text_inputs import Batch
+
+
+class SingleGraphExplainer(Explainer):
+    """ALTI of a model in one graph: ``Explainer(path)`` for an export with one .onnx file."""
+
+    graph_roles = ("model",)
+
+    def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
+                 self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
+                 cache: bool = True):
+        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
+        # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs,
+        # split into one segment per layer.
+        self.prepared: PreparedModel = prepare(self.files.onnx, cache=cache)
+        self.analysis: AttentionAnalysis = self.prepared.analysis
+        self.blocks: list[AttentionBlock] = self.analysis.require_complete()
+        check_layer_count(self.config, self.analysis, LAYER_COUNT_KEYS["model"])
+        self.load_tokenizer()
+        self.session = self._open_session(providers, cache)
+        check_tokenizer_fits(self.prepared, self.session.inputs.ids_name, self.text_encoder, self.config, self.files)
+        self.int8 = self.prepared.dynamically_quantized
+        self.labels = class_labels(self.config)
+        self.causal = _causal_from_config(self.config)
+        #: a sentence-transformers model's pooling, read from the files beside it: mean-pooled
+        #: encoders are explained for the mean of their positions unless a target is given
+        self.pooling: Pooling | None = declared_pooling(self.files.folder)
+        # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
+        self._workers = os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=self._workers)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.session.close()
+
+    def _open_session(self, providers: list[str] | None, cache: bool) -> SegmentedSession:
+        """The onnxruntime sessions; a cached entry onnxruntime cannot load (damaged on disk) is
+        discarded and the model prepared again, once."""
+        try:
+            return SegmentedSession(self.prepared, providers, self.input_map)
+        except RuntimeFailure:
+            if not self.prepared.cached:
+                raise
+        self.prepared.discard()
+        self.prepared = prepare(self.files.onnx, cache=cache)
+        return SegmentedSession(self.prepared, providers, self.input_map)
+
+    @property
+    def mean_pooled(self) -> bool:
+        """Whether the model's files declare mean pooling (its default target is then "mean")."""
+        classifier = any("logits" in name for name in self.prepared.graph_outputs)  # a head reads one position
+        return self.pooling is not None and self.pooling.mode == "mean" and not self.causal and not classifier
+
+    def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
+                full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
+                baselines: bool = False, max_new_tokens: int = 32) -> Explanation | list[Explanation]:
+        """Explain one text, or a list of texts run as one padded batch (``Explainer.explain``).
+
+        With ``full=False`` only the attributions of ``targets`` (default: the default target) are
+        kept, carried through the layers as row vectors: no L x S x S stack is held, which is what
+        long inputs need (``contributions``, ``rollout`` and ``attention`` are then None). A target
+        is a token position or "mean" (the average of every position: the default for a model whose
+        files declare mean pooling, as sentence-transformers models do).
+        """
+        if target_text is not None:
+            raise InputError("--target-text (target_text) is for encoder-decoder exports (encoder_model.onnx + "
+                             "decoder_model.onnx)")
+        texts = require_texts(text)
+        explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,
+                                          targets=None if targets is None else list(targets))
+        return explanations[0] if isinstance(text, str) else explanations
+
+    def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
+                      targets: list[int | str] | None = None) -> list[Explanation]:
+        """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
+        model takes no attention mask: it would attend to the padding)."""
+        lengths = batch.lengths
+        if self.session.inputs.has_mask or len(set(lengths)) <= 1:
+            return self._explain_run(batch, check, baselines, full, targets)
+        explanations: list[Explanation | None] = [None] * len(lengths)
+        for length in sorted(set(lengths)):
+            rows = [row for row, n in enumerate(lengths) if n == length]
+            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets)):
+                explanations[row] = explanation
+        return explanations  # type: ignore[return-value]
+
+    def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
+                     targets: list[int | str] | None) -> list[Explanation]:
+        """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
+        at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
+        with whole layers while long ones hold one layer at a time."""
+        rows = range(len(batch.lengths))
+        kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
+        layers: list[list[LayerContributions]] = [[] for _ in rows]
+        stores = [LayerStore() for _ in rows] if not full else None
+        causal = self.causal
+        pending: list[tuple[int, BlockTensors]] = []
+
+        def decompose_pending() -> None:
+            nonlocal causal
+            if causal is None:
+                causal = _causal_attention(pending[0][1].probs, kept)
+            for (layer, tensors), computed_rows in zip(pending, self._decompose(pending, kept, baselines, full)):
+                for row, computed in zip(rows, computed_rows):
+                    _require_finite(layer, computed, tensors, row, kept[row])
+                    if check:
+                        self._self_check(layer, computed, batch.tokens[row])
+                    if stores is not None:
+                        stores[row].append(computed.contributions)
+                        computed = LayerContributions(None, None, None, computed.reconstruction_error,
+                                                      computed.output_scale)
+                    layers[row].append(computed)
+            pending.clear()
+
+        def on_block(layer: int, tensors: BlockTensors) -> None:
+            pending.append((layer, tensors))
+            if sum(t.probs.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
+                decompose_pending()
+
+        try:
+            outputs = self._run(batch, on_block)
+            return [self._explanation(batch, row, kept[row], outputs, layers[row], causal,
+                                      None if stores is None else stores[row], targets) for row in rows]
+        finally:
+            for store in stores or []:
+                store.close()
+
+    def _run(self, batch: Batch, on_block) -> dict[str, np.ndarray]:
+        try:
+            return self.session.stream(batch, on_block)
+        except RuntimeFailure as exc:
+            if self.text_encoder.max_length is None:  # nothing told us the limit, so the text may be too long
+                raise RuntimeFailure(
+                    f"the text may be longer than the model takes ({batch.input_ids.shape[1]} tokens, and no "
+                    f"config.json or tokenizer_config.json beside the model gives the limit): {exc}"
+                ) from None
+            raise
+
+    def _decompose(self, pending: list[tuple[int, BlockTensors]], kept: list, baselines: bool,
+                   full: bool) -> list[list[LayerContributions]]:
+        """The contributions of each pending layer for every row of the batch: (layer, row) pairs in
+        parallel threads when there are enough of them or the texts are short, else each text's rows
+        of S split into blocks run in parallel."""
+        workers = self._workers
+
+        def one(index: int, row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
+            layer, tensors = pending[index]
+            keep = kept[row]
+            return layer_contributions(
+                self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
+                tensors.residual[row][keep], tensors.output[row][keep],
+                with_norms=baselines, with_attention=full, map_blocks=map_blocks, parts=parts,
+            )
+
+        jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
+        with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
+            if len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
+                done = list(self._pool.map(lambda job: one(*job), jobs))
+            else:
+                # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
+                done = [one(index, row, self._pool.map, 4 * workers) for index, row in jobs]
+        return [done[index * len(kept):(index + 1) * len(kept)] for index in range(len(pending))]
+
+    def _explanation(
+        self,
+        batch: Batch,
+        row: int,
+        keep: slice | np.ndarray,
+        outputs: dict[str, np.ndarray],
+        layers: list[LayerContributions],
+        causal: bool | None,
+        store: LayerStore | None,
+        targets: list[int | str] | None,
+    ) -> Explanation:
+        causal = bool(causal)
+        size = len(batch.tokens[row])
+        default_target: int | str = size - 1 if causal else MEAN if self.mean_pooled else 0
+        row_outputs = {name: value[row] for name, value in outputs.items()}
+        last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
+        common = dict(
+            offsets=None if batch.offsets is None else batch.offsets[row],
+            word_ids=None if batch.word_ids is None else batch.word_ids[row],
+            text=None if batch.texts is None else batch.texts[row],
+            tokens=batch.tokens[row],
+            input_ids=[int(i) for i in batch.input_ids[row, keep]],
+            reconstruction_error=np.array([layer.reconstruction_error for layer in layers]),
+            default_target=default_target,
+            outputs=row_outputs,
+            prediction=None if causal else classify(row_outputs, self.labels),
+            next_token=next_token(row_outputs, last, self._decode) if causal else None,
+        )
+        if store is not None:
+            wanted = [default_target] if targets is None else list(targets)
+            positions = list(dict.fromkeys(t % size for t in wanted if t != MEAN and -size <= t < size)) if size else []
+            found = dict(zip(positions, store.rollout_rows(positions) if positions else np.zeros((0, size))))
+            if MEAN in wanted and size:
+                found[MEAN] = store.rollout_of(np.full((1, size), 1.0 / size))[0]
+            return Explanation(contributions=None, rollout=None, attributions=found, **common)
+        contributions = np.stack([layer.contributions for layer in layers])
+        return Explanation(
+            contributions=contributions,
+            rollout=rollout(contributions),
+            attention=np.stack([layer.attention for layer in layers]),
+            norm_based=np.stack([layer.norms for layer in layers]) if layers[0].norms is not None else None,
+            **common,
+        )
+
+    def _decode(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _self_check(self, layer: int, computed: LayerContributions, tokens: list[str]) -> None:
+        check_layer(f"layer {layer}", computed, tokens, self.self_check_tolerance, self.int8)
+
+
+#: Texts at least this long have their rows split over the threads; shorter ones run a text and layer per thread.
+_LONG = 256
+#: Attention probabilities (bytes) of the layers decomposed together: all of a short text's layers,
+#: one at a time for long texts or large batches.
+BUFFER_BYTES = 64 << 20
+
+
+def _require_finite(layer: int, computed: LayerContributions, t: BlockTensors, row: int, keep) -> None:
+    """NaN or Inf anywhere in a block's tensors makes its decomposition error non-finite: refuse the
+    explanation (NaN would otherwise be normalized into zero rows), naming the tensor."""
+    if not (np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions))):
+        parts = {"attention probabilities": t.probs[row][:, keep][:, :, keep], "values": t.values[row][:, keep],
+                 "block input": t.residual[row][keep], "block output": t.output[row][keep]}
+        bad = [name for name, array in parts.items() if not np.all(np.isfinite(array))] or ["decomposition"]
+        raise NonFiniteError(
+            f"the model produced NaN or Inf in layer {layer} ({', '.join(bad)}): no explanation of this text is "
+            "meaningful (a float16 overflow, or NaN weights?)"
+        )
+
+
+
+
+def _causal_from_config(config: dict) -> bool | None:
+    """A causal language model by config.json's architectures (``*ForCausalLM``, ``*LMHeadModel``);
+    None when the config does not say, and the attention itself has to tell."""
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not architectures:
+        return None
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+def _causal_attention(probs: np.ndarray, kept: list) -> bool:
+    """Causal when no row attends to a later real token (the first block's probabilities are
+    lower-triangular) and some row has two tokens to tell by: a decoder without a config saying so
+    (an encoder's Softmax is positive everywhere unmasked)."""
+    seen = False
+    for row, keep in enumerate(kept):
+        square = probs[row][:, keep][:, :, keep]
+        if square.shape[-1] < 2:
+            continue
+        if np.any(np.triu(square, k=1)):
+            return False
+        seen = True
+    return seen
+
+
+def _kept_positions(mask: np.ndarray) -> slice | np.ndarray:
+    """The unpadded positions of one row: a slice when they are contiguous (a view, no copy)."""
+    positions = np.flatnonzero(mask)
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
