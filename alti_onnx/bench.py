@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-
 from tokenizers import Tokenizer
 
 from alti_onnx.errors import RuntimeFailure

@@ -16,17 +16,11 @@ Each step accepts every spelling by what it computes:
   subgraph produced it: transposed, cast, dequantized), or a dynamic-int8 MatMulInteger;
 - probs and values with the heads folded into the batch axis ([B*H, S, S] x [B*H, S, dh], DeBERTa,
   BLOOM) are followed the same way; the context's merge then starts from ``[B*H, S, dh]``;
-- residual add and norm (the canonical LayerNormalization / RMSNormalization that ``norm_forms``
-  rewrote every spelling into): the block's kind comes from what surrounds the residual Add
-  (docs/alti.md, "Block kinds"), never from one layer's norm alone:
-
-  * sandwich: a norm of the attention output alone before the Add with x (Gemma 2 and 3);
-  * parallel: the attention output added with another branch of the same x before or after x
-    joins (GPT-NeoX, Phi-2, Falcon); no tensor holds x + a, so the block exposes a itself;
-  * pre-LN: values projected from a norm of x (v = n(x) W_V + b_V), or values from x and a residual
-    sum that goes on down the stream past the norm feeding the MLP (ModernBERT's first layer);
-    the block's output is the residual sum;
-  * post-LN: values projected from x and a sum read only by the LayerNorm whose output is y.
+- residual add: past a reshape back to [B, S, D], the bias Add and a norm of a alone, the Add with
+  the residual x; what surrounds it (the norm after it, whether the values come from a norm of x,
+  from x, or from a memory) is read by the declared residual forms of ``residual_forms``
+  (sandwich, parallel, pre-LN, cross-attention, pre-LN without a norm, post-LN), which give the
+  block's kind (docs/alti.md, "Block kinds"), never from one layer's norm alone.
 
 Every Softmax ends as a block or as a ``SoftmaxMiss`` with the furthest step reached, and whether it
 looks like attention (its scores are a product of two activations, or its output multiplies one).
@@ -42,9 +36,10 @@ import onnx_ir as ir
 
 from .block import STEPS, BlockKind
 from .errors import KVCacheExportError, QuantizedWeightsError
-from .layer_norm import LAYER_NORM_OPS, LayerNormMatch, norm_reading, read_norm
+from .layer_norm import LayerNormMatch, norm_reading, read_norm
 from .layout import COPY, Axes
 from .quantized import dequantized_input, dynamic_int8_matmul
+from .residual_forms import FormMatch, Surroundings, carried_on, read_form
 from .traced_shapes import Shapes, dims, partial_ints, traced_dim
 from .walk import (
     backward,
@@ -62,7 +57,6 @@ from .walk import (
     same,
     split_constant,
 )
-
 
 QUANTIZED_OPS = frozenset(
     {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "DequantizeLinear"}
@@ -140,40 +134,20 @@ def match_block(softmax: ir.Node, shapes: Shapes) -> BlockMatch:
     pre = _norm_of(source, width)
     expected = pre.input if pre is not None else source  # the residual input x, as the value path sees it
     added = _residual_add(projection, width, expected)
-    common = dict(softmax=softmax, probs=probs, residual=added.residual, out_proj_weight=weight,
-                  out_proj_bias=added.bias, num_heads=heads, head_size=head_size)
-    grouped = _grouped_values(values)
-    if added.attention_norm is not None:  # y = x + n(a)
-        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=added.attention_norm,
-                          kind="sandwich")
-    if added.parallel:  # y = x + a + mlp(n'(x)): no tensor holds x + a; the block exposes a
-        return BlockMatch(**common, values=grouped, output=added.attention, norm_input=None, norm=pre, kind="parallel")
-    if pre is not None and same(pre.input, added.residual):
-        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=pre, kind="pre")
-    if source is not None and not same(source, added.residual) and _independent_of(source, added.residual):
-        # Cross-attention: the values come from a memory (an encoder's output) that the residual
-        # stream does not feed; the block's norm is found as for self-attention.
-        norm = _post_norm(added.summed, width, required=False)
-        if norm is None or _carried_on(added.summed, norm):
-            return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=None, kind="pre",
-                              cross=True)
-        return BlockMatch(**common, values=grouped, output=norm.output, norm_input=added.summed, norm=norm, cross=True)
-    if source is not None and not same(source, added.residual):
-        raise StepFailed(
-            "norm",
-            added.summed.producer(),
-            "the values are projected neither from the residual input (post-LN) nor from a LayerNorm or RMSNorm "
-            "of it (pre-LN)",
-        )
-    norm = _post_norm(added.summed, width)
-    if _carried_on(added.summed, norm):
-        # The sum itself goes on down the residual stream (the norm only feeds the MLP): a pre-LN
-        # block whose attention reads x without a norm (ModernBERT's first layer), not post-LN.
-        return BlockMatch(**common, values=grouped, output=added.summed, norm_input=None, norm=None, kind="pre")
-    return BlockMatch(**common, values=values, output=norm.output, norm_input=added.summed, norm=norm)
+    found = read_form(Surroundings(
+        values=values, grouped=_grouped_values(values), source=source, pre=pre, residual=added.residual,
+        summed=added.summed, attention=added.attention, attention_norm=added.attention_norm, parallel=added.parallel,
+        width=width,
+    ))
+    if not isinstance(found, FormMatch):
+        raise StepFailed("norm", added.summed.producer(),
+                         "no residual form fits: " + "; ".join(f"{name}: {reason}" for name, reason in found))
+    return BlockMatch(softmax=softmax, probs=probs, residual=added.residual, out_proj_weight=weight,
+                      out_proj_bias=added.bias, num_heads=heads, head_size=head_size, values=found.values,
+                      output=found.output, norm_input=found.norm_input, norm=found.norm, kind=found.kind,
+                      cross=found.cross)
 
 
-# --------------------------------------------------------------------------- softmax, probs x values
 def _softmax(node: ir.Node) -> None:
     axis = int_attr(node, "axis", -1)
     if axis != -1 and axis != (rank(node.inputs[0]) or 0) - 1:
@@ -438,7 +412,7 @@ def _residual_add(projection: _Projection, width: int, expected: ir.Value | None
                     return _ResidualAdd(backward(expected), joined, bias, value, parallel=True)
             return _ResidualAdd(backward(other), add.outputs[0], bias, attention, attention_norm)
         norm = norm_reading(value, width) if attention_norm is None else None
-        if norm is not None and not _carried_on(value, norm):  # a norm of a alone, before the residual add
+        if norm is not None and not carried_on(value, norm):  # a norm of a alone, before the residual add
             attention_norm, value = norm, norm.output
             continue
         users = consumers(value)
@@ -525,19 +499,6 @@ def _norm_of(source: ir.Value | None, width: int) -> LayerNormMatch | None:
     return read_norm(backward(source).producer(), width)
 
 
-def _carried_on(summed: ir.Value, norm: LayerNormMatch) -> bool:
-    """Whether ``summed`` is read by more than the norm (and the pass-through ops on the way to it):
-    the un-normalized sum goes on down the residual stream."""
-    value, norm_node = summed, norm.output.producer()
-    while True:
-        users = consumers(value)
-        if any(user is not norm_node and not is_standard(user, "Identity", "Cast", "Dropout") for user in users):
-            return True
-        if len(users) != 1 or users[0] is norm_node:
-            return False
-        value = users[0].outputs[0]
-
-
 def _grouped_values(values: ir.Value) -> ir.Value:
     """The [B, H_kv, S, dh] values before grouped-query heads are repeated to [B, H, S, dh].
 
@@ -550,41 +511,6 @@ def _grouped_values(values: ir.Value) -> ir.Value:
     if unsqueeze is None or reduce_axes(unsqueeze) != [2]:
         return values
     return unsqueeze.inputs[0]
-
-
-def _independent_of(source: ir.Value, stream: ir.Value) -> bool:
-    """Whether ``source`` is computed without ``stream`` (walking back through every producer): the
-    values of a cross-attention block read an encoder's output, which no decoder tensor feeds."""
-    target, seen, todo = backward(stream), set(), [source]
-    while todo:
-        value = todo.pop()
-        if value is None or id(value) in seen:
-            continue
-        seen.add(id(value))
-        if value is target or backward(value) is target:
-            return False
-        producer = value.producer()
-        if producer is not None:
-            todo.extend(producer.inputs)
-    return True
-
-
-def _post_norm(summed: ir.Value, width: int, required: bool = True) -> LayerNormMatch | None:
-    value = summed
-    while (norm := norm_reading(value, width, LAYER_NORM_OPS)) is None:
-        users = consumers(value)
-        if len(users) != 1 or not is_standard(users[0], "Identity", "Cast", "Dropout"):
-            if not required:
-                return None
-            found = ", ".join(n.op_type for n in consumers(summed)) or "nothing"
-            raise StepFailed(
-                "norm",
-                summed.producer(),
-                f"expected a LayerNorm of the residual sum (post-LN block), or values projected from a norm of the "
-                f"residual input (pre-LN block); found {found} after the sum",
-            )
-        value = users[0].outputs[0]
-    return norm
 
 
 # --------------------------------------------------------------------------- every Softmax

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -13,6 +13,10 @@ from .errors import PatternNotFoundError, UnmatchedAttentionError
 #: (pre), before attention and on the attention output before the residual add (sandwich), or
 #: before attention and an MLP that run side by side, both added to the residual (parallel).
 BlockKind = Literal["post", "pre", "sandwich", "parallel"]
+#: The kinds as values: what the residual forms produce (``residual_forms.FORMS``, held equal by a
+#: test) and what the decomposition has one strategy for. Kept here, away from onnx-ir, so that a
+#: cached start imports no graph code.
+BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
 
 #: The steps of the attention-block pattern, in the order the matcher takes them.
 STEPS = ("softmax", "probs x values", "head merge", "output projection", "residual add", "norm")
@@ -64,11 +68,6 @@ class AttentionBlock:
     cross: bool = False
 
     @property
-    def norm_placement(self) -> str:
-        """'post' for a post-LN block, 'pre' for every kind whose norm comes before attention."""
-        return "post" if self.kind == "post" else "pre"
-
-    @property
     def hidden_size(self) -> int:
         return int(self.out_proj_weight.shape[1])
 
@@ -91,7 +90,6 @@ class AttentionBlock:
             "hidden_size": self.hidden_size,
             "kind": self.kind,
             "cross": self.cross,
-            "norm_placement": self.norm_placement,
             "probs": self.probs,
             "values": self.values,
             "residual": self.residual,

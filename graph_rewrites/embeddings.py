@@ -11,6 +11,8 @@ from collections import defaultdict
 
 import onnx
 
+from .domains import is_default_domain
+
 #: Ops an id passes through on its way to the embedding lookup.
 _ID_OPS = frozenset({"Cast", "Identity", "Add", "Sub", "Mul", "Where", "Clip", "Max", "Min", "Mod", "Abs",
                      "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand"})
@@ -38,7 +40,7 @@ def token_embedding_rows(model: onnx.ModelProto, ids_input: str) -> int | None:
                 rows = _lookup_rows(node, position, tables)
                 if rows is not None:
                     found.add(rows)
-                elif node.op_type in _ID_OPS and node.domain in ("", "ai.onnx"):
+                elif node.op_type in _ID_OPS and is_default_domain(node.domain):
                     following.extend(o for o in node.output if o not in seen)
                     seen.update(node.output)
         frontier = following
@@ -47,7 +49,7 @@ def token_embedding_rows(model: onnx.ModelProto, ids_input: str) -> int | None:
 
 def _lookup_rows(node: onnx.NodeProto, position: int, tables: dict[str, list[int]]) -> int | None:
     """The rows of the table ``node`` looks ids up in, when it reads them at ``position``."""
-    if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and position == 1:
+    if node.op_type == "Gather" and is_default_domain(node.domain) and position == 1:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         dims = tables.get(node.input[0])
         return dims[0] if axis == 0 and dims is not None and len(dims) == 2 else None

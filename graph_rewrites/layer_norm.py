@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from .domains import DEFAULT_SPELLINGS
 from .walk import constant, consumers, int_attr, rank
 
 LAYER_NORM_OPS = frozenset({"LayerNormalization"})
 RMS_NORM_OPS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization"})
-_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_DOMAINS = (*DEFAULT_SPELLINGS, "com.microsoft")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnxscript.rewriter import pattern
 
+from .domains import is_default_domain
+
 #: The domain of the statistics ops that exist only on the analysis copy.
 DOMAIN = "graph_rewrites.norm"
 CANONICAL_NORMS = ("LayerNormalization", "RMSNormalization")
@@ -395,7 +397,7 @@ def _width_check(rule, x: ir.Value) -> pattern.MatchResult:
 def _centered_input(centered: ir.Value) -> ir.Value | None:
     """x when ``centered`` is ``Sub(x, Mean(x))``."""
     sub = centered.producer()
-    if sub is None or sub.op_type != "Sub" or sub.domain not in ("", "ai.onnx"):
+    if sub is None or sub.op_type != "Sub" or not is_default_domain(sub.domain):
         return None
     x, mean = sub.inputs
     return x if _is_mean_of(mean, x) else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from .domains import canonical_domain
 from .errors import GraphRewriteError
 
 
@@ -145,7 +146,7 @@ def with_operator_types(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]
         untyped = [name for name in node.output if name and name not in types]
         if not untyped:
             continue
-        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        domain = canonical_domain(node.domain)
         if domain in ("", "ai.onnx.ml"):
             types.update(_node_types(node, domain, opsets, types))
             continue

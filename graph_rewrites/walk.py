@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import onnx_ir as ir
+
+from .domains import is_default_domain
 
 #: Ops that hand an activation through unchanged at inference time.
 PASSTHROUGH_OPS = frozenset({"Identity", "Dropout", "Cast"})
@@ -15,7 +15,7 @@ SHAPE_READERS = frozenset({"Shape", "Size"})
 
 def is_standard(node: ir.Node, *op_types: str) -> bool:
     """True when ``node`` is one of ``op_types`` from the default ONNX domain."""
-    return node.domain in ("", "ai.onnx") and node.op_type in op_types
+    return is_default_domain(node.domain) and node.op_type in op_types
 
 
 def produced_by(value: ir.Value | None, *op_types: str) -> ir.Node | None:
@@ -124,6 +124,3 @@ def describe(node: ir.Node, graph: ir.Graph | None = None) -> str:
         label += f" '{node.name}'"
     return label
 
-
-def nodes_of(graph: ir.Graph, op_type: str) -> Iterable[ir.Node]:
-    return (n for n in graph if is_standard(n, op_type))

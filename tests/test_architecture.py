@@ -165,3 +165,13 @@ def test_a_plain_export_is_converted_to_ir_once_per_load(monkeypatch):
     list(analysed.segments())
     assert analysed.blocks()
     assert counts == {"from_proto": 1, "to_proto": 0}, counts
+
+
+def test_the_residual_forms_produce_exactly_the_kinds_the_math_knows():
+    from graph_rewrites.block import BLOCK_KINDS
+    from graph_rewrites.residual_forms import FORM_KINDS, FORMS
+
+    from alti_onnx.decomposition.block_kinds import KINDS
+
+    assert set(FORM_KINDS) == set(BLOCK_KINDS) == set(KINDS)
+    assert len({form.name for form in FORMS}) == len(FORMS)

@@ -56,7 +56,7 @@ def _run(model: onnx.ModelProto, blocks, feeds) -> dict[str, np.ndarray]:
 def test_each_form_is_read_as_the_graph_computes_it(form):
     model, truth = encoder_graph(**form)
     blocks = find_attention_blocks(model)
-    assert [(b.num_heads, b.head_size, b.hidden_size, b.norm_placement) for b in blocks] == [(HEADS, HEAD_SIZE, WIDTH, "post")] * 2
+    assert [(b.num_heads, b.head_size, b.hidden_size, b.kind) for b in blocks] == [(HEADS, HEAD_SIZE, WIDTH, "post")] * 2
     for block, want in zip(blocks, truth):
         np.testing.assert_allclose(block.out_proj_weight, want.out_weight, atol=1e-7, rtol=0)
         np.testing.assert_allclose(block.out_proj_bias, want.out_bias, atol=1e-7, rtol=0)
@@ -155,3 +155,21 @@ def test_a_softmax_that_is_not_attention_is_set_aside_with_its_reason():
     (other,) = analysis.unmatched
     assert other.node == "Softmax node 'class_softmax'" and other.step == "probs x values" and not other.attention_like
     assert len(find_attention_blocks(model)) == 2
+
+
+def test_a_residual_sum_no_form_reads_records_every_forms_reason():
+    """A post-LN layer whose norm after the residual sum is replaced by a Relu: no residual form fits,
+    and the miss names each form with its own reason, in the declared order."""
+    from graph_rewrites.residual_forms import FORMS
+
+    model, _ = encoder_graph(layers=1)
+    norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    norm.op_type = "Relu"
+    del norm.input[1:]
+    del norm.attribute[:]
+    (miss,) = analyze_attention(model).missed
+    assert miss.step == "norm" and miss.reason.startswith("no residual form fits: ")
+    named = [part.split(": ", 1)[0] for part in miss.reason.removeprefix("no residual form fits: ").split("; ")]
+    assert named == [form.name for form in FORMS]
+    assert "post-LN: expected a LayerNorm of the residual sum" in miss.reason
+    assert "pre-LN: the values are not projected from a LayerNorm or RMSNorm" in miss.reason

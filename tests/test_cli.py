@@ -103,7 +103,7 @@ def test_inspect_json() -> None:
         assert block["num_heads"] == 4
         assert block["head_size"] == 8
         assert block["hidden_size"] == 32
-        assert block["norm_placement"] == "post"
+        assert block["kind"] == "post"
 
 
 def test_inspect_table() -> None:

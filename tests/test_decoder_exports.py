@@ -50,7 +50,7 @@ def test_kv_cache_export_is_explained_on_the_full_sequence(with_past):
     hf_dir, onnx_dir = with_past
     explainer = Explainer(onnx_dir)
     assert explainer.session.cache_inputs, "the export should take past keys and values"
-    assert all(b.norm_placement == "pre" for b in explainer.blocks) and len(explainer.blocks) == 2
+    assert all(b.kind == "pre" for b in explainer.blocks) and len(explainer.blocks) == 2
     assert_matches_reference(explainer, hf_dir)
     # the same weights as the committed no-cache fixture: the same numbers
     npz = np.load(FIXTURES / "tiny-llama" / "expected.npz")
@@ -77,7 +77,7 @@ def test_qwen2_with_qkv_biases_matches_reference(tmp_path):
     assert model.model.layers[0].self_attn.v_proj.bias is not None
     assert model.model.layers[0].self_attn.v_proj.bias.abs().max() > 0.05  # randomized, so the test is sharp
     explainer = Explainer(export_model(hf_dir, tmp_path / "onnx", task="text-generation"))
-    assert [(b.num_heads, b.head_size, b.norm_placement, b.out_proj_bias is None) for b in explainer.blocks] == [
+    assert [(b.num_heads, b.head_size, b.kind, b.out_proj_bias is None) for b in explainer.blocks] == [
         (4, 8, "pre", True)
     ] * 2
     assert_matches_reference(explainer, hf_dir)

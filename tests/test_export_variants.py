@@ -201,7 +201,7 @@ def check_blocks(model_dir: Path, tiny: TinyModel, decomposed_norm: bool) -> Non
         assert "LayerNormalization" not in op_types
         assert {"ReduceMean", "Sqrt", "Div"} <= op_types
     for block, (dense, norm) in zip(blocks, _torch_layers(tiny)):
-        assert block.norm_placement == "post"
+        assert block.kind == "post"
         assert block.num_heads == 4 and block.head_size == 8
         if decomposed_norm:  # the block output is the decomposition's last op (the beta Add)
             assert producers[block.output] == "Add"

@@ -41,7 +41,7 @@ def case(request):
 def test_every_block_is_found_and_no_softmax_is_left_over(case):
     _, explainer, _, expected = case
     assert len(explainer.blocks) == len(expected[0]["contributions"]) == 2
-    assert [(b.num_heads, b.head_size, b.norm_placement) for b in explainer.blocks] == [(4, 8, "post")] * 2
+    assert [(b.num_heads, b.head_size, b.kind) for b in explainer.blocks] == [(4, 8, "post")] * 2
     assert explainer.analysis.unmatched == []
 
 

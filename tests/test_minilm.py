@@ -40,7 +40,7 @@ def references(explainer: Explainer) -> list:
 
 
 def test_blocks_found(explainer: Explainer) -> None:
-    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.norm_placement) for b in explainer.blocks] == [
+    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind) for b in explainer.blocks] == [
         (layer, 12, 32, 384, "post") for layer in range(6)
     ]
 

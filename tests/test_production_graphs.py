@@ -77,7 +77,7 @@ def test_variant_matches_plain_export(model: str, variant: str):
     tolerance = TOLERANCE[variant]
     explainer = _variant(model, variant, **({"self_check_tolerance": INT8_TOLERANCE} if variant == "int8" else {}))
     assert len(explainer.blocks) == len(_plain(model)[0].blocks)
-    assert [b.norm_placement for b in explainer.blocks] == [b.norm_placement for b in _plain(model)[0].blocks]
+    assert [b.kind for b in explainer.blocks] == [b.kind for b in _plain(model)[0].blocks]
     got = [explainer.explain(t) for t in texts] if _single_only(model, variant) else explainer.explain(texts)
     for mine, want in zip(got, singles if _single_only(model, variant) else batched):
         assert mine.input_ids == want.input_ids

@@ -42,7 +42,7 @@ def references(explainer: Explainer, torch_model) -> list:
 
 
 def test_blocks_found(explainer: Explainer) -> None:
-    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.norm_placement) for b in explainer.blocks] == [
+    assert [(b.layer, b.num_heads, b.head_size, b.hidden_size, b.kind) for b in explainer.blocks] == [
         (layer, 9, 64, 576, "pre") for layer in range(30)
     ]
 

@@ -79,9 +79,8 @@ def inspect(
     """List the attention blocks found in the graph, and every Softmax that is not one (with why).
 
     An encoder-decoder export directory lists its encoder's and its decoder's blocks."""
-    from graph_rewrites import analyse_file
-
     from alti_onnx.runtime.model_files import locate_model
+    from graph_rewrites import analyse_file
 
     with user_errors():
         paths = list(locate_model(model).graphs.values())
@@ -124,9 +123,8 @@ def instrument(
     output: Annotated[Path, typer.Argument(help="where to write the rewritten .onnx")],
 ) -> None:
     """Write the model with every attention block's intermediates as extra outputs (fused operators unfused first)."""
-    from graph_rewrites import analyse_file, save_model
-
     from alti_onnx.runtime.model_files import locate_model
+    from graph_rewrites import analyse_file, save_model
 
     with user_errors():
         path = locate_model(model).onnx
@@ -454,8 +452,8 @@ def batch(
         return
     from rich.progress import Progress
 
-    from alti_onnx.corpus.run import explain_corpus, require_corpus
     from alti_onnx.corpus.inputs import count_lines
+    from alti_onnx.corpus.run import explain_corpus, require_corpus
 
     streaming = output_path == "-" or (Path(output_path).exists() and not Path(output_path).is_file())
     report = err if streaming else out  # records may own stdout (-, /dev/stdout, a pipe)
@@ -489,7 +487,13 @@ def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str,
     with user_errors():
         if output_path == "-":
             raise InputError("--ray writes a directory of shards (--output DIR), not standard output")
-        from alti_onnx.corpus.distributed import loopback_only_command, local_cluster, only_loopback, plan_shards, run_shards
+        from alti_onnx.corpus.distributed import (
+            local_cluster,
+            loopback_only_command,
+            only_loopback,
+            plan_shards,
+            run_shards,
+        )
         from alti_onnx.runtime.model_inputs import parse_input_map
 
         # checked (and the output claimed) before any cluster starts: bad input is one line, not Ray's logs

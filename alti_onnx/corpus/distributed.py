@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
-from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, explain_chunk, require_corpus
-from .inputs import CorpusRecord, read_records
-from .outputs import Job
 from alti_onnx.errors import InputError, OutputPathError
 from alti_onnx.results.record import json_line
 from alti_onnx.runtime.model_files import locate_model, other_graph_identities
+
+from .inputs import CorpusRecord, read_records
+from .outputs import Job
+from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, explain_chunk, require_corpus
 
 JOB_FILE = "_job.json"
 WORKERS_DIR = "_workers"  #: each actor's process id, a file each (tests kill one of them)

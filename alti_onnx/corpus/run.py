@@ -12,7 +12,6 @@ finished records always form a prefix, so a rerun skips exactly those.
 
 from __future__ import annotations
 
-import json
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from alti_onnx.decomposition.contributions import LayerContributions, block_terms, normalize_rows, one_blas_thread, row_blocks
+from alti_onnx.decomposition.contributions import (
+    LayerContributions,
+    block_terms,
+    normalize_rows,
+    one_blas_thread,
+    row_blocks,
+)
 from alti_onnx.decomposition.distances import manhattan_distances
 from graph_rewrites import AttentionBlock
 

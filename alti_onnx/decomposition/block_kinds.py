@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from graph_rewrites import AttentionBlock
+from graph_rewrites.block import BLOCK_KINDS
 
 
 class BlockKind(Protocol):
@@ -122,7 +123,10 @@ class Parallel(PreLN):
         return residual + exposed
 
 
-KINDS: dict[str, BlockKind] = {"post": PostLN(), "pre": PreLN(), "sandwich": Sandwich(), "parallel": Parallel()}
+_STRATEGIES: dict[str, BlockKind] = {"post": PostLN(), "pre": PreLN(), "sandwich": Sandwich(), "parallel": Parallel()}
+#: One strategy for every kind the graph's residual forms produce (``graph_rewrites.block.BLOCK_KINDS``):
+#: a kind added there without its strategy here fails at import, not on the first model of that kind.
+KINDS: dict[str, BlockKind] = {kind: _STRATEGIES[kind] for kind in BLOCK_KINDS}
 
 
 def kind_of(block: AttentionBlock) -> BlockKind:

@@ -19,8 +19,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from alti_onnx.decomposition.block_kinds import kind_of
-from alti_onnx.decomposition.distances import by_column
-from alti_onnx.decomposition.distances import manhattan_distances
+from alti_onnx.decomposition.distances import by_column, manhattan_distances
 from graph_rewrites import AttentionBlock
 
 P = ParamSpec("P")

@@ -12,6 +12,7 @@ import numpy as np
 
 from alti_onnx.decomposition.contributions import rollout
 from alti_onnx.results.explanation import Explanation
+
 from .metrics import Predict
 from .perturbation import without_tokens
 

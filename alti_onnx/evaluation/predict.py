@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from alti_onnx.errors import InputError, RuntimeFailure
-from alti_onnx.runtime.model_inputs import ModelInputs, declared_inputs
 from alti_onnx.results.prediction import softmax
+from alti_onnx.runtime.model_inputs import ModelInputs, declared_inputs
 from alti_onnx.runtime.sessions import plain_session
 from alti_onnx.runtime.text_inputs import Batch
 

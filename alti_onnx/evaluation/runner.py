@@ -20,6 +20,7 @@ import numpy as np
 from alti_onnx.errors import InputError
 from alti_onnx.explainer import Explainer
 from alti_onnx.results.explanation import Explanation
+
 from . import attributions as attr
 from .gradients import GRADIENT_METHODS, GradientModel, GradientsUnavailable
 from .metrics import FaithfulnessScores, faithfulness, perturbed_inputs
@@ -124,7 +125,14 @@ class _Progress:
             yield self
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         console = Console(stderr=True)
         with Progress(

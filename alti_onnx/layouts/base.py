@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from graph_rewrites import AttentionAnalysis
-
 from alti_onnx.decomposition.self_check import require_tolerance
 from alti_onnx.errors import InputError, LayerCountError, ModelPathError, TokenizerMismatchError
 from alti_onnx.results.explanation import Explanation
@@ -22,6 +20,7 @@ from alti_onnx.results.record import Target
 from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
 from alti_onnx.runtime.prepared import PreparedModel
 from alti_onnx.runtime.text_inputs import TextEncoder
+from graph_rewrites import AttentionAnalysis
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
 DEFAULT_SELF_CHECK_TOLERANCE = 1e-3

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from graph_rewrites import AttentionBlock
-
 from alti_onnx.decomposition.alti_plus import combined_rollout, cross_contributions
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, rollout
 from alti_onnx.decomposition.self_check import check_layer
@@ -26,6 +24,7 @@ from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.prepared import prepare
 from alti_onnx.runtime.sessions import FLOAT_TYPES, INTEGER_TYPES, SegmentedSession, default_providers, plain_session
 from alti_onnx.runtime.text_inputs import Batch
+from graph_rewrites import AttentionBlock
 
 
 class EncoderDecoderExplainer(Explainer):

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from graph_rewrites import AttentionAnalysis, AttentionBlock
-
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from alti_onnx.decomposition.layer_store import LayerStore
 from alti_onnx.decomposition.self_check import check_layer
@@ -34,6 +32,7 @@ from alti_onnx.runtime.pooling import Pooling, declared_pooling
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
 from alti_onnx.runtime.text_inputs import Batch
+from graph_rewrites import AttentionAnalysis, AttentionBlock
 
 
 class SingleGraphExplainer(Explainer):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from alti_onnx.results.explanation import Explanation
+
 from . import style
 from .html import display_token
 

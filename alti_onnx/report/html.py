@@ -18,6 +18,7 @@ import numpy as np
 
 from alti_onnx.results.explanation import Explanation
 from alti_onnx.results.words import group_words
+
 from . import style
 from ._assets import CSS, JS
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
+
 from . import style
 from ._assets import CSS
-from .html import PAGE_END, PAGE_START, json_for_script, styled, display_token, encode_matrix
+from .html import PAGE_END, PAGE_START, display_token, encode_matrix, json_for_script, styled
 
 DATA_FORMAT = 1
 

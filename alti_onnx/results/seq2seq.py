@@ -116,6 +116,8 @@ class Seq2SeqExplanation(ExplanationBase):
 
     def table(self, target: Target | None = None, words: bool = False) -> TableView:
         """Each output token with its source share (number and bar) and its most contributing source tokens."""
+        if target is not None:
+            self.attribution(target)  # a position outside the output is an IndexError here, not a wrong row
         how = "generated" if self.generated else "teacher-forced"
         attribution = self.source_attribution
         rows: list[list[str | float]] = []

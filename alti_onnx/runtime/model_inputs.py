@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alti_onnx.errors import InputError
+
 from .text_inputs import Batch
 
 #: role -> the input names exporters use for it (lower case).

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass(frozen=True)
 class Pooling:
     """A pooling the model's files declare: ``mode`` ("mean", "cls", "max", ...) and the file that says so."""

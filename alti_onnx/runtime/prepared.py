@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from alti_onnx.defaults import cache_root
 from graph_rewrites.block import AttentionAnalysis, AttentionBlock, UnmatchedSoftmax
 from graph_rewrites.paths import require_model_file
 
-from alti_onnx.defaults import cache_root
 from .model_inputs import DeclaredInput
 
 #: Prepared models kept in the cache: the most recently used; older entries are removed.
@@ -119,10 +119,9 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
 
 def _build(source: Path, directory: Path) -> PreparedModel:
     """Analyse and split the model into ``directory`` (segments first, the manifest last)."""
+    from alti_onnx.runtime.model_inputs import declared_inputs
     from graph_rewrites import analyse_file, is_dynamically_quantized, token_embedding_rows
     from graph_rewrites.model_io import SharedWeights, external_data_files
-
-    from alti_onnx.runtime.model_inputs import declared_inputs
 
     analysed = analyse_file(source)
     model, analysis = analysed.model, analysed.analysis

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from alti_onnx.errors import RuntimeFailure
+
 from .model_inputs import DeclaredInput, ModelInputs
 from .prepared import PreparedModel, SegmentFile
 from .text_inputs import Batch

@@ -10,6 +10,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from alti_onnx.errors import InputError, MissingTokenizerError, ModelPathError
+
 from .model_files import MAX_TOKENIZER_BYTES, read_json_object, require_regular
 
 #: Texts over max_length * CHARS_PER_TOKEN characters are refused before they are tokenized.

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import onnx
 import onnx_ir as ir
 
+from ..domains import canonical_domain
 from ..errors import QuantizedWeightsError
 from .builder import Builder, UnsupportedFusedOpError, float_dtype, used
 from .norms import unfuse_simplified_layer_norm, unfuse_skip_layer_norm, unfuse_skip_simplified_layer_norm
@@ -48,13 +49,9 @@ REFUSED = frozenset(
 QUANTIZED_ATTENTION = frozenset({"QAttention", "QOrderedAttention"})
 
 
-def _domain(node_domain: str) -> str:
-    return "" if node_domain in ("", "ai.onnx") else node_domain
-
-
 def fused_ops(model: onnx.ModelProto) -> list[str]:
     """The fused operators of the main graph that ``unfuse`` rewrites, as ``domain.op`` (no duplicates)."""
-    found = [(_domain(n.domain), n.op_type) for n in model.graph.node]
+    found = [(canonical_domain(n.domain), n.op_type) for n in model.graph.node]
     return list(dict.fromkeys(f"{d or 'ai.onnx'}.{op}" for d, op in found if (d, op) in RULES))
 
 
@@ -72,7 +69,7 @@ def unfuse(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = rewritten.graph
     taken = {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs} | set(graph.initializers)
     for index, node in enumerate(list(graph)):
-        rule = RULES.get((_domain(node.domain), node.op_type))
+        rule = RULES.get((canonical_domain(node.domain), node.op_type))
         if rule is None:
             continue
         builder = Builder(float_dtype(node, graph), opset)
@@ -107,7 +104,7 @@ def _refuse(model: onnx.ModelProto) -> None:
                 f"quantized weights: attention node '{node.name}' is {node.domain}.{node.op_type} (int8 QKV projection "
                 "fused with the attention); quantize without fusing attention (quantize_dynamic of the plain export)"
             )
-        if node.op_type in REFUSED and _domain(node.domain) == "com.microsoft":
+        if node.op_type in REFUSED and canonical_domain(node.domain) == "com.microsoft":
             raise UnsupportedFusedOpError(
                 f"fused attention node '{node.name}' is com.microsoft.{node.op_type}, which hides the attention "
                 "probabilities and is not unfused yet; explain the export before onnxruntime's optimizer "
