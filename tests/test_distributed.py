@@ -83,7 +83,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(job, tmp_path, attempt):
     lines = shards(out)
     assert lines == expected
     assert len({json.loads(line)["index"] for line in lines}) == len(lines) == 2100
-    assert not glob.glob(str(out / "*.tmp"))  # no half-written shard left behind
+    assert not glob.glob(str(out / ".*.partial"))  # no half-written shard left behind
 
 
 def test_a_rerun_resumes_at_shard_granularity(job, tmp_path):

@@ -229,3 +229,34 @@ def test_batch_records_equal_the_api_and_bad_lines_are_error_records(tmp_path):
     assert records[3]["target_ids"] == pairs[2]["generated"].tolist()
     again = run_cli("batch", folder, "--input", corpus, "--output", output, "--max-new-tokens", "8")
     assert "0 records written" in again.stdout and output.read_text().count("\n") == 4
+
+
+def _copy_of(name: str, tmp_path: Path) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(FOLDERS[name], folder)
+    return folder
+
+
+def test_an_encoder_decoder_gets_the_tokenizer_check_every_model_gets(tmp_path):
+    """A tokenizer with more tokens than the embedding has rows is another model's: refused as for an encoder."""
+    from tokenizers import Tokenizer
+
+    from alti_onnx.errors import TokenizerMismatchError
+
+    folder = _copy_of("t5", tmp_path)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.add_tokens([f"extra{k}" for k in range(8)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    with pytest.raises(TokenizerMismatchError, match="rows: the tokenizer belongs to another model"):
+        Explainer(folder, cache=False)
+
+
+def test_an_encoder_decoder_gets_the_layer_count_check(tmp_path):
+    from alti_onnx.errors import LayerCountError
+
+    folder = _copy_of("t5", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_decoder_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LayerCountError, match="the decoder has 3 layers, but the decoder has 2"):
+        Explainer(folder, cache=False)

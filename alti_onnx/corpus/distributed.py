@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
+from alti_onnx.atomic import write_atomically
 from alti_onnx.errors import InputError, OutputPathError
 from alti_onnx.results.record import json_line
 from alti_onnx.runtime.model_files import locate_model, other_graph_identities
@@ -112,7 +113,7 @@ class ShardWriter:
         for shard, encoded in zip(batch["shard"], batch["records"]):
             records = [CorpusRecord(**item) for item in json.loads(encoded)]
             payloads = _explained(self.explainer, records, self.options)
-            _write_atomically(self.output / shard_name(int(shard)), [json_line(p) for p in payloads])
+            write_atomically(self.output / shard_name(int(shard)), "".join(json_line(p) + "\n" for p in payloads))
             bad = [p for p in payloads if "error" in p]
             shards.append(int(shard))
             written.append(len(payloads))
@@ -282,14 +283,4 @@ def _claim(output_dir: Path, job: Job) -> None:
         raise OutputPathError(f"--output {output_dir} holds shards without {JOB_FILE}; give an empty or new directory")
     payload = json.loads(job.to_json())
     payload["written_by"] = FORMAT
-    _write_atomically(recorded_path, [json.dumps(payload)])
-
-
-def _write_atomically(path: Path, lines: list[str]) -> None:
-    """``lines`` into ``path`` through a synced temporary file renamed into place."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+    write_atomically(recorded_path, json.dumps(payload) + "\n")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from alti_onnx.atomic import write_atomically
 from alti_onnx.errors import OutputPathError
 
 try:
@@ -148,9 +149,7 @@ def _write_sidecar(path: Path, job: Job) -> None:
     sidecar = sidecar_of(path)
     if sidecar.exists() and path.stat().st_size > 0:
         return
-    partial = sidecar.with_name(sidecar.name + ".partial")
-    partial.write_text(job.to_json(), encoding="utf-8")
-    os.replace(partial, sidecar)
+    write_atomically(sidecar, job.to_json())
 
 
 def _lock(handle: IO[str], path: Path) -> None:

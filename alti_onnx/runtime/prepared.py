@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alti_onnx.atomic import write_atomically
 from alti_onnx.defaults import cache_root
 from graph_rewrites.block import AttentionAnalysis, AttentionBlock, UnmatchedSoftmax
 from graph_rewrites.paths import require_model_file
@@ -274,9 +275,7 @@ def file_digest(path: Path, memo: Path | None = None) -> str:
     if seen is not None:
         try:
             memo.mkdir(parents=True, exist_ok=True)
-            partial = seen.with_name(f".{seen.name}.{os.getpid()}")
-            partial.write_text(found)
-            os.replace(partial, seen)
+            write_atomically(seen, found, sync=False)
         except OSError:  # an unwritable cache: hashed again next time
             pass
     return found
