@@ -260,3 +260,7 @@ def test_an_encoder_decoder_gets_the_layer_count_check(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(LayerCountError, match="the decoder has 3 layers, but the decoder has 2"):
         Explainer(folder, cache=False)
+
+
+def test_bench_refuses_an_encoder_decoder_in_one_line():
+    assert_one_line_error(run_cli("bench", FOLDERS["t5"], "--lengths", "8", "--batch-sizes", "1"), "encoder-decoder")

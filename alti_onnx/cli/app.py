@@ -374,7 +374,10 @@ def bench(
     with user_errors():
         roles = parse_input_map(input_map or [])
         seq_lens, sizes = _positive_ints(lengths, "--lengths"), _positive_ints(batch_sizes, "--batch-sizes")
-        limit = _explainer(model, input_map, DEFAULT_TOLERANCE).text_encoder.max_length  # one-line errors before any worker
+        explainer = _explainer(model, input_map, DEFAULT_TOLERANCE)  # one-line errors before any worker
+        if tuple(explainer.files.graphs) != ("model",):
+            raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
+        limit = explainer.text_encoder.max_length
         if limit is not None and max(seq_lens) > limit:
             raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
         if json_path is not None:
