@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def is_partial(name: str) -> bool:
+    """Whether a file name is one ``write_atomically`` writes before its rename (left by a killed process)."""
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+
+
 def write_atomically(path: Path, text: str, sync: bool = True) -> None:
     """``text`` into ``path`` through a temporary file of this process beside it, renamed into place
     (synced to disk first with ``sync``: what a resumed run trusts must survive a crash)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         with open(partial, "w", encoding="utf-8") as handle:
             handle.write(text)

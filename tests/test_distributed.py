@@ -154,3 +154,15 @@ print(json.dumps(sorted((row["index"], row["record"]) for row in out)))
     assert counts == "2100 1"  # every line of the JSONL file, its one empty text an error record
     records = json.loads(last)
     assert [r for _, r in records] == [line.rstrip("\n") for line in expected[:512]]
+
+
+def test_a_partial_shard_left_by_a_killed_worker_does_not_block_the_rerun(job, tmp_path):
+    from alti_onnx.corpus.distributed import plan_shards
+
+    texts, _ = job
+    out = tmp_path / "shards"
+    first = plan_shards(MODEL, texts, out)
+    leftover = out / f".part-000000.jsonl.{os.getpid()}.partial"
+    leftover.write_text('{"index": 0')
+    again = plan_shards(MODEL, texts, out)
+    assert not leftover.exists() and len(again.pending) == len(first.pending)

@@ -127,3 +127,30 @@ def test_an_encoder_decoder_explanation_has_words_and_attributions(seq2seq_expla
     np.testing.assert_array_equal(seq2seq_explanation.attribution(), seq2seq_explanation.combined[-1])
     with pytest.raises(IndexError):
         seq2seq_explanation.attribution(len(seq2seq_explanation.target_tokens))
+
+
+def test_explain_refuses_before_it_writes_anything(tmp_path):
+    """--png on an encoder-decoder is refused in one line, and the --json asked for with it is not written."""
+    from tests.cli_helpers import assert_one_line_error
+
+    written = tmp_path / "pair.json"
+    assert_one_line_error(run_cli("explain", SEQ2SEQ, "--text", "the house", "--json", written, "--png",
+                                  tmp_path / "x.png"), "--png")
+    assert not written.exists() and not (tmp_path / "x.png").exists()
+
+
+def test_a_target_on_a_single_graph_batch_line_is_that_lines_error(tmp_path):
+    corpus, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    corpus.write_text(json.dumps({"text": "a warm film"}) + "\n" + json.dumps({"text": "a film", "target": "x"}) + "\n")
+    result = run_cli("batch", CLASSIFIER, "--input", corpus, "--output", output)
+    assert result.returncode == 0, result.stderr
+    first, second = [json.loads(line) for line in output.read_text().splitlines()]
+    assert "attribution" in first and "error" not in first
+    assert second["line"] == 2 and "encoder-decoder" in second["error"]
+
+
+def test_words_of_an_encoder_decoder_record_keep_its_target(seq2seq_explanation):
+    record = seq2seq_explanation.to_record(words=True)
+    assert record["target"] is None and len(record["attribution"]) == len(seq2seq_explanation.target_tokens)
+    words = seq2seq_explanation.words()
+    np.testing.assert_allclose(record["word_attribution"], words.attribution)

@@ -127,7 +127,11 @@ def instrument(
     from graph_rewrites import analyse_file, save_model
 
     with user_errors():
-        path = locate_model(model).onnx
+        files = locate_model(model)
+        if tuple(files.graphs) != ("model",):
+            raise InputError(f"{model} is an encoder-decoder export: instrument one of its graphs "
+                             f"({', '.join(p.name for p in files.graphs.values())}) by its .onnx path")
+        path = files.onnx
         analysed = analyse_file(path)
         blocks = analysed.blocks()
         with _writing(output):
@@ -187,12 +191,18 @@ def explain(
             out.print(escape(f"target: the mean of all {len(explanation.tokens)} tokens (the model is mean-pooled: "
                              f"{explainer.pooling.source.relative_to(explainer.files.folder)}; --target 0 for the "
                              "first token)"), soft_wrap=True)
+        # everything that can be refused is made before anything is written
         view = _checked(lambda: explanation.table(target, words=words))
+        record = None if json_path is None else _checked(
+            lambda: explanation.to_record(target, full=not attribution_only, words=words))
+        page = None if html_path is None else _checked(
+            lambda: explanation.report_html(model=_model_name(model), target=target))
+        if png_path is not None:
+            _checked(lambda: explanation.png_target(target))
         if json_path is not None:
             with _writing(json_path):
-                record = _checked(lambda: explanation.to_record(target, full=not attribution_only, words=words))
                 json_path.write_text(json.dumps(record, allow_nan=False))
-        written = _write_pictures(explanation, model, target, html_path, png_path)
+        written = _write_pictures(explanation, target, html_path, page, png_path)
     print_table(view)
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
@@ -200,12 +210,16 @@ def explain(
         out.print(escape(f"wrote {path}"), soft_wrap=True)
 
 
-def _write_pictures(explanation, model: Path, target, html_path: Optional[Path], png_path: Optional[Path]) -> list[Path]:
-    """The --html report and the --png figure (alti_onnx.report), when asked for."""
+def _model_name(model: Path) -> str:
+    """The model's name on its report: its folder's."""
+    return Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
+
+
+def _write_pictures(explanation, target, html_path: Optional[Path], page: Optional[str],
+                    png_path: Optional[Path]) -> list[Path]:
+    """The --html report (made already) and the --png figure (alti_onnx.report), when asked for."""
     written: list[Path] = []
     if html_path is not None:
-        name = Path(model).parent.name if Path(model).suffix == ".onnx" else Path(model).name
-        page = _checked(lambda: explanation.report_html(model=name, target=target))
         with _writing(html_path):
             html_path.write_text(page, encoding="utf-8")
         written.append(html_path)
@@ -374,10 +388,12 @@ def bench(
     with user_errors():
         roles = parse_input_map(input_map or [])
         seq_lens, sizes = _positive_ints(lengths, "--lengths"), _positive_ints(batch_sizes, "--batch-sizes")
-        explainer = _explainer(model, input_map, DEFAULT_TOLERANCE)  # one-line errors before any worker
-        if tuple(explainer.files.graphs) != ("model",):
+        from alti_onnx.runtime.model_files import locate_model
+
+        if tuple(locate_model(model).graphs) != ("model",):
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
-        limit = explainer.text_encoder.max_length
+        with _explainer(model, input_map, DEFAULT_TOLERANCE) as explainer:  # one-line errors before any worker
+            limit = explainer.text_encoder.max_length
         if limit is not None and max(seq_lens) > limit:
             raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
         if json_path is not None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
-from alti_onnx.atomic import write_atomically
+from alti_onnx.atomic import is_partial, write_atomically
 from alti_onnx.errors import InputError, OutputPathError
 from alti_onnx.results.record import json_line
 from alti_onnx.runtime.model_files import locate_model, other_graph_identities
@@ -33,7 +33,8 @@ from .run import CHUNK_SIZE, FULL_CHUNK_SIZE, PAIRS_PER_RUN, explain_chunk, requ
 
 JOB_FILE = "_job.json"
 WORKERS_DIR = "_workers"  #: each actor's process id, a file each (tests kill one of them)
-FORMAT = "alti-onnx ray 1"
+#: Bumped with the record (results.record.RECORD_VERSION): shards of two schemas never share a directory.
+FORMAT = "alti-onnx ray 2"
 
 
 def shard_name(shard: int) -> str:
@@ -265,8 +266,10 @@ def _claim(output_dir: Path, job: Job) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     recorded_path = output_dir / JOB_FILE
     ours = {JOB_FILE, WORKERS_DIR}
+    for leftover in [p for p in output_dir.iterdir() if is_partial(p.name)]:  # a worker killed mid-write
+        leftover.unlink(missing_ok=True)
     strangers = [p.name for p in output_dir.iterdir()
-                 if p.name not in ours and not (p.name.startswith("part-") and p.name.endswith((".jsonl", ".tmp")))]
+                 if p.name not in ours and not (p.name.startswith("part-") and p.name.endswith(".jsonl"))]
     if strangers:
         raise OutputPathError(f"--output {output_dir} holds files this job did not write ({strangers[0]}); "
                               "give an empty or new directory")
@@ -275,7 +278,10 @@ def _claim(output_dir: Path, job: Job) -> None:
             recorded = json.loads(recorded_path.read_text())
         except ValueError:
             raise OutputPathError(f"{recorded_path} is not valid JSON: not a --ray output directory") from None
-        why = job.difference(recorded) if recorded.get("written_by") == FORMAT else "it was written by another tool"
+        written_by = str(recorded.get("written_by"))
+        why = (job.difference(recorded) if written_by == FORMAT else
+               "its records are of another alti-onnx version" if written_by.startswith("alti-onnx ray") else
+               "it was written by another tool")
         if why is not None:
             raise OutputPathError(f"--output {output_dir} holds another job's shards ({why}); use another directory")
         return

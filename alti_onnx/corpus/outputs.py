@@ -34,7 +34,8 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 SIDECAR_SUFFIX = ".alti-job.json"
 #: How much of the corpus (and of the model file) the job's identity hashes.
 PREFIX_BYTES = 1 << 20
-FORMAT = "alti-onnx batch 1"
+#: Bumped with the record (results.record.RECORD_VERSION): a resumed output never mixes two schemas.
+FORMAT = "alti-onnx batch 2"
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,9 @@ def explain_corpus(
     require_corpus(input_path)
     if chunk_size is None:
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
-    options = {"full": full, "target": target, "words": words, "max_new_tokens": max_new_tokens,
-               **explainer.corpus_options()}
+    options = {"full": full, "target": target, "words": words, **explainer.corpus_options()}
+    if explainer.takes_target_text:  # what bounds a generated output
+        options["max_new_tokens"] = max_new_tokens
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
     with corpus_output(output_path, input_path, job) as out:
         records = read_records(input_path)
@@ -137,6 +138,10 @@ def explain_chunk(
     for record in chunk:
         if record.error is not None:
             payloads[record.index] = _error(record, record.error)
+            continue
+        if record.target is not None and not explainer.takes_target_text:
+            payloads[record.index] = _error(record, f"line {record.line}: a 'target' (the output to explain) is for "
+                                                    "encoder-decoder exports")
             continue
         try:
             valid.append((explainer.text_encoder.token_count(record.text), record))

@@ -2,14 +2,15 @@
 and tokenizer, the load-time checks, and the interface callers use.
 
 ``Explainer(path)`` picks the layout from the graphs ``locate_model`` finds (one graph; encoder +
-decoder) among the layouts registered here by subclassing (``alti_onnx.layouts`` imports them all),
+decoder) among the layouts registered here by subclassing (the ``alti_onnx.layouts`` package,
+imported before this module, imports them all),
 so ``Explainer(path)`` is always an ``Explainer`` and callers never branch on which one.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,6 +55,8 @@ class Explainer(ABC):
 
     #: The graph roles of the layout (keys of ``ModelFiles.graphs``) a subclass explains.
     graph_roles: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``explain`` takes the output to explain (``target_text``): an encoder-decoder's.
+    takes_target_text: ClassVar[bool] = False
     _layouts: ClassVar[list[type[Explainer]]] = []
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -122,14 +125,14 @@ class Explainer(ABC):
         return {"input_map": dict(sorted(self.input_map.items())), "self_check_tolerance": self.self_check_tolerance,
                 **({"graphs": others} if others else {})}
 
-    # ------------------------------------------------------------------ load-time checks, shared
-    def check_prepared(self, role: str, prepared: PreparedModel, ids_input: str | None) -> None:
-        """The checks every graph passes before it is used: as many blocks as config.json says the
-        model has layers, and a tokenizer whose ids all index the token embedding it feeds."""
-        check_layer_count(self.config, prepared.analysis, LAYER_COUNT_KEYS[role], role)
-        if ids_input is not None:
-            check_tokenizer_fits(prepared, ids_input, self.text_encoder, self.config, self.files)
+    def require_no_target_text(self, target_text: object) -> None:
+        """A layout that explains no given output refuses one (None, or a list of Nones, is no output)."""
+        given = [target_text] if target_text is None or isinstance(target_text, str) else list(target_text)
+        if not self.takes_target_text and any(t is not None for t in given):
+            raise InputError("--target-text (target_text, a record's 'target') is for encoder-decoder exports "
+                             "(encoder_model.onnx + decoder_model.onnx)")
 
+    # ------------------------------------------------------------------ shared checks
     def refuse_options(self, **options: object) -> None:
         """One line for each option given that this layout has no use for (None, False and () are not given)."""
         for name, value in options.items():
@@ -145,7 +148,7 @@ def require_texts(text: object) -> list[str]:
     """The texts of ``explain(text)``: one string, or a non-empty sequence of strings."""
     if isinstance(text, str):
         return [text]
-    if isinstance(text, (bytes, bytearray, dict)) or not isinstance(text, Sequence):
+    if isinstance(text, (bytes, bytearray, dict)) or not isinstance(text, Iterable):
         raise InputError(f"explain() takes a text or a list of texts, got {type(text).__name__}")
     texts = list(text)
     if not texts:

@@ -17,12 +17,26 @@ from alti_onnx.decomposition.alti_plus import combined_rollout, cross_contributi
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, rollout
 from alti_onnx.decomposition.self_check import check_layer
 from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
-from alti_onnx.layouts.base import DEFAULT_SELF_CHECK_TOLERANCE, Explainer, require_texts
+from alti_onnx.layouts.base import (
+    DEFAULT_SELF_CHECK_TOLERANCE,
+    LAYER_COUNT_KEYS,
+    Explainer,
+    check_layer_count,
+    check_tokenizer_fits,
+    require_texts,
+)
 from alti_onnx.results.record import Target
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.prepared import prepare
-from alti_onnx.runtime.sessions import FLOAT_TYPES, INTEGER_TYPES, SegmentedSession, default_providers, plain_session
+from alti_onnx.runtime.sessions import (
+    FLOAT_TYPES,
+    INTEGER_TYPES,
+    SegmentedSession,
+    default_providers,
+    plain_session,
+    session_inputs,
+)
 from alti_onnx.runtime.text_inputs import Batch
 from graph_rewrites import AttentionBlock
 
@@ -38,6 +52,7 @@ class EncoderDecoderExplainer(Explainer):
     """
 
     graph_roles = ("encoder", "decoder")
+    takes_target_text = True
 
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
@@ -47,24 +62,28 @@ class EncoderDecoderExplainer(Explainer):
         super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
         generation = self.files.folder / "generation_config.json"
         self.generation = read_json_object(generation, "generation config") if generation.exists() else {}
-        providers = providers or default_providers()
-        encoder = prepare(self.files.graphs["encoder"], cache=cache)
-        decoder = prepare(self.files.graphs["decoder"], cache=cache)
-        self.encoder_blocks = encoder.analysis.require_complete()
-        self.self_blocks, self.cross_blocks = _decoder_layers(decoder.analysis.require_complete())
-        memory, memory_mask = _memory_inputs(decoder.graph_inputs)
-        self._memory, self._memory_mask = memory, memory_mask
-        self.load_tokenizer()
-        self.encoder_session = SegmentedSession(encoder, providers)
-        self.decoder_session = SegmentedSession(decoder, providers, fed_by_caller=[n for n in (memory, memory_mask) if n])
-        self.check_prepared("encoder", encoder, self.encoder_session.inputs.ids_name)
-        self.check_prepared("decoder", decoder, self.decoder_session.inputs.ids_name)
-        self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
         self.start_id = _first_int("decoder_start_token_id", self.generation, self.config)
         self.eos_id = _first_int("eos_token_id", self.generation, self.config)
         if self.start_id is None:
             raise InputError(f"{self.files.folder}: neither generation_config.json nor config.json gives "
                              "decoder_start_token_id")
+        providers = providers or default_providers()
+        encoder = prepare(self.files.graphs["encoder"], cache=cache)
+        decoder = prepare(self.files.graphs["decoder"], cache=cache)
+        self.encoder_blocks = encoder.analysis.require_complete()
+        decoder_blocks = decoder.analysis.require_complete()
+        check_layer_count(self.config, encoder.analysis, LAYER_COUNT_KEYS["encoder"], "encoder")
+        check_layer_count(self.config, decoder.analysis, LAYER_COUNT_KEYS["decoder"], "decoder")
+        self.self_blocks, self.cross_blocks = _decoder_layers(decoder_blocks)
+        memory, memory_mask = _memory_inputs(decoder.graph_inputs)
+        self._memory, self._memory_mask = memory, memory_mask
+        fed = [n for n in (memory, memory_mask) if n]
+        self.load_tokenizer()
+        for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, session_inputs(decoder, fed_by_caller=fed))):
+            check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
+        self.encoder_session = SegmentedSession(encoder, providers)
+        self.decoder_session = SegmentedSession(decoder, providers, fed_by_caller=fed)
+        self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
 
     def close(self) -> None:
         self.encoder_session.close()

@@ -16,7 +16,7 @@ import numpy as np
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from alti_onnx.decomposition.layer_store import LayerStore
 from alti_onnx.decomposition.self_check import check_layer
-from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
+from alti_onnx.errors import NonFiniteError, RuntimeFailure
 from alti_onnx.layouts.base import (
     DEFAULT_SELF_CHECK_TOLERANCE,
     LAYER_COUNT_KEYS,
@@ -96,9 +96,7 @@ class SingleGraphExplainer(Explainer):
         is a token position or "mean" (the average of every position: the default for a model whose
         files declare mean pooling, as sentence-transformers models do).
         """
-        if target_text is not None:
-            raise InputError("--target-text (target_text) is for encoder-decoder exports (encoder_model.onnx + "
-                             "decoder_model.onnx)")
+        self.require_no_target_text(target_text)
         texts = require_texts(text)
         explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,
                                           targets=None if targets is None else list(targets))

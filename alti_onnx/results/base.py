@@ -69,6 +69,10 @@ class ExplanationBase(ABC):
     def report_html(self, model: str | None = None, target: Target | None = None) -> str:
         """The self-contained HTML report (``explain --html``)."""
 
+    def png_target(self, target: Target | None = None) -> int:
+        """The position ``write_png`` would draw for ``target`` (a ValueError when it cannot draw one)."""
+        raise ValueError(f"--png is not for {self.layout} models: the table, --json and --html cover every target")
+
     def write_png(self, path: str | Path, target: Target | None = None) -> Path:
         """A PNG figure of the attribution to one position and the rollout (``explain --png``)."""
         raise ValueError(f"--png is not for {self.layout} models: the table, --json and --html cover every target")

@@ -164,7 +164,10 @@ class Explanation(ExplanationBase):
     def write_png(self, path: str | Path, target: Target | None = None) -> Path:
         from alti_onnx.report import write_png
 
-        return write_png(self, path, target=self._drawn_target(target))
+        return write_png(self, path, target=self.png_target(target))
+
+    def png_target(self, target: Target | None = None) -> int:
+        return self._drawn_target(target)
 
     def _drawn_target(self, target: Target | None) -> int:
         """The one position the report and the figure draw (they cannot draw the mean)."""

@@ -110,8 +110,10 @@ class Seq2SeqExplanation(ExplanationBase):
                 cross_contributions=self.cross_contributions.tolist(),
                 combined=self.combined.tolist(),
             )
-        if words:
-            record.update(self.words(target).to_dict())
+        if words:  # the words of one output position (the last, without a target); the record's target stays
+            by_word = self.words(target).to_dict()
+            by_word.pop("target")
+            record.update(by_word)
         return record
 
     def table(self, target: Target | None = None, words: bool = False) -> TableView:

@@ -121,7 +121,7 @@ class SegmentedSession:
         self.cache_inputs = cache_inputs(prepared.graph_inputs)
         #: inputs that are no token role (an encoder's output fed to a decoder): ``stream_feeds`` gets them
         self.fed_by_caller = list(fed_by_caller)
-        self.inputs = ModelInputs(prepared.graph_inputs, input_map, skip=[*self.cache_inputs, *self.fed_by_caller])
+        self.inputs = session_inputs(prepared, input_map, self.fed_by_caller)
         self.segments = prepared.segments
         providers = providers or default_providers()
         known = ort.get_all_providers()
@@ -207,6 +207,12 @@ class SegmentedSession:
     def empty_cache(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zero-length past keys/values for a KV-cache export, so it runs on the full sequence."""
         return empty_cache(self.cache_inputs, batch_size)
+
+
+def session_inputs(prepared: PreparedModel, input_map: dict[str, str] | None = None,
+                   fed_by_caller: Iterable[str] = ()) -> ModelInputs:
+    """The token inputs of a prepared graph: every declared input but a KV cache and those the caller feeds."""
+    return ModelInputs(prepared.graph_inputs, input_map, skip=[*cache_inputs(prepared.graph_inputs), *fed_by_caller])
 
 
 def empty_cache(cache: dict[str, tuple[int, int, type]], batch_size: int) -> dict[str, np.ndarray]:
