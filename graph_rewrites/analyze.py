@@ -29,12 +29,14 @@ from .walk import describe
 
 
 def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None,
-                      inferred: onnx.ModelProto | None = None) -> AttentionAnalysis:
+                      inferred: onnx.ModelProto | None = None, converted: ir.Model | None = None) -> AttentionAnalysis:
     """Every Softmax of ``model`` as a described block or an unmatched node with its reason.
 
     Weights kept in external data are read from ``base_dir`` (the model's folder) as the analysis
     needs them, so a model of any size is analysed without loading its weights into the proto.
-    ``inferred`` is ``with_inferred_shapes(model)`` when the caller has it already.
+    ``inferred`` is ``with_inferred_shapes(model)`` when the caller has it already; ``converted`` the
+    model already in onnx-ir (the unfused graph ``model`` was serialized from), which then becomes
+    the analysis copy instead of a second conversion.
     """
     if base_dir is None:
         _require_weights(model)
@@ -42,7 +44,7 @@ def analyze_attention(model: onnx.ModelProto, base_dir: str | Path | None = None
         inferred = with_inferred_shapes(model)
     shapes = _shapes_of(inferred) if inferred is not model else {}
     analysis = analysis_copy(model, shape_inference=inferred is model, value_info=inferred.graph.value_info,
-                             base_dir=base_dir)
+                             base_dir=base_dir, converted=converted)
     matches, misses = find_block_matches(analysis.graph, shapes)
     known = _tensor_names(model)
     blocks = [_describe(layer, match) for layer, match in enumerate(matches)]
@@ -64,11 +66,14 @@ def find_attention_blocks(model: onnx.ModelProto, base_dir: str | Path | None = 
 
 
 def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True,
-                  value_info: Iterable[onnx.ValueInfoProto] = (), base_dir: str | Path | None = None) -> ir.Model:
+                  value_info: Iterable[onnx.ValueInfoProto] = (), base_dir: str | Path | None = None,
+                  converted: ir.Model | None = None) -> ir.Model:
     """The onnx-ir copy the matcher reads: constants folded (any size), shapes inferred (unless the
     model already carries them, or ``value_info`` brings them), norms canonical. External weights
-    are read (memory-mapped) from ``base_dir``."""
-    copy = ir.from_proto(model)
+    are read (memory-mapped) from ``base_dir``. ``converted``, the same model already in onnx-ir
+    (and no longer needed as it is), is taken as the copy, its intermediate types forgotten as the
+    proto's were."""
+    copy = ir.from_proto(model) if converted is None else _without_intermediate_types(converted)
     if base_dir is not None:
         ir.external_data.set_base_dir(copy.graph, str(base_dir))
     _apply_value_info(copy, value_info)
@@ -77,6 +82,18 @@ def analysis_copy(model: onnx.ModelProto, shape_inference: bool = True,
         onnxscript.optimizer.fold_constants(copy, onnx_shape_inference=shape_inference, should_fold=_fold_any_size)
     canonicalize_norms(copy)
     return copy
+
+
+def _without_intermediate_types(model: ir.Model) -> ir.Model:
+    """``model`` with no type or shape on the values its nodes compute (graph outputs keep theirs), as
+    a proto without value_info reads."""
+    outputs = {id(value) for value in model.graph.outputs}
+    for node in model.graph:
+        for value in node.outputs:
+            if id(value) not in outputs:
+                value.type = None
+                value.shape = None
+    return model
 
 
 def _apply_value_info(model: ir.Model, value_info: Iterable[onnx.ValueInfoProto]) -> None:

@@ -19,7 +19,7 @@ from .block import AttentionAnalysis, AttentionBlock
 from .exposure import instrument
 from .model_io import load_model
 from .segments import Segment, split_model
-from .unfusing import unfuse
+from .unfusing import runnable_proto, unfused_ir
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,13 @@ class AnalysedModel:
 
 
 def analyse_file(path: str | Path) -> AnalysedModel:
-    """Load ``path`` (weights stay on disk: any size), unfuse it and find its blocks."""
+    """Load ``path`` (weights stay on disk: any size), unfuse it and find its blocks. The model is
+    converted to onnx-ir once: a fused export for unfusing, that same IR then becoming the analysis
+    copy (and serialized once, as the graph that runs); a plain one for the analysis copy alone."""
     source = Path(path)
-    model = unfuse(load_model(source, load_weights=False))
+    loaded = load_model(source, load_weights=False)
+    converted = unfused_ir(loaded)  # converted to onnx-ir only when there is something to unfuse
+    model = loaded if converted is None else runnable_proto(converted)
     inferred = with_inferred_shapes(model)
-    analysis = analyze_attention(model, base_dir=source.parent, inferred=inferred)
+    analysis = analyze_attention(model, base_dir=source.parent, inferred=inferred, converted=converted)
     return AnalysedModel(source, model, analysis, inferred_types_of(inferred))

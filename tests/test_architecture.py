@@ -175,3 +175,42 @@ def test_the_residual_forms_produce_exactly_the_kinds_the_math_knows():
 
     assert set(FORM_KINDS) == set(BLOCK_KINDS) == set(KINDS)
     assert len({form.name for form in FORMS}) == len(FORMS)
+
+
+@pytest.fixture(scope="module")
+def fused_bert(tmp_path_factory):
+    """tiny-bert through onnxruntime's transformer optimizer: fused Attention, SkipLayerNormalization,
+    BiasGelu."""
+    optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = False  # its mask index is a contrib output no inference gives a rank
+    folder = tmp_path_factory.mktemp("fused-bert")
+    optimizer.optimize_model(str(FIXTURES / "tiny-bert" / "model.onnx"), model_type="bert", num_heads=4,
+                             hidden_size=32, optimization_options=options).save_model_to_file(str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+def test_a_fused_export_is_converted_to_ir_once_and_serialized_once(fused_bert, monkeypatch):
+    from graph_rewrites import analyse_file
+
+    counts = _counting_conversions(monkeypatch)
+    analysed = analyse_file(fused_bert)
+    list(analysed.segments())
+    assert len(analysed.blocks()) == 2
+    assert counts == {"from_proto": 1, "to_proto": 1}, counts
+
+
+def test_the_pipeline_reads_a_fused_export_as_unfusing_then_analysing_it_apart_does(fused_bert):
+    """Reusing the unfusing's IR as the analysis copy describes every block exactly as a fresh copy does."""
+    import numpy as np
+
+    from graph_rewrites import analyse_file, analyze_attention, load_model, unfuse
+
+    analysed = analyse_file(fused_bert)
+    apart = analyze_attention(unfuse(load_model(fused_bert, load_weights=False)), base_dir=fused_bert.parent)
+    assert [b.summary() for b in analysed.analysis.blocks] == [b.summary() for b in apart.blocks]
+    for ours, theirs in zip(analysed.analysis.blocks, apart.blocks):
+        for name in ("out_proj_weight", "out_proj_bias", "norm_weight", "norm_bias"):
+            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))

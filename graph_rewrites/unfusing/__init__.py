@@ -57,9 +57,24 @@ def fused_ops(model: onnx.ModelProto) -> list[str]:
 
 def unfuse(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every supported fused node replaced by standard ops; ``model`` itself when none."""
+    rewritten = unfused_ir(model)
+    return model if rewritten is None else runnable_proto(rewritten)
+
+
+def runnable_proto(rewritten: ir.Model) -> onnx.ModelProto:
+    """The unfused model as the proto that runs (the fused graph's inferred shapes left out:
+    onnxruntime infers the rest again)."""
+    proto = ir.to_proto(rewritten)
+    del proto.graph.value_info[:]
+    return proto
+
+
+def unfused_ir(model: onnx.ModelProto) -> ir.Model | None:
+    """``model`` converted to onnx-ir with every supported fused node replaced by standard ops; None
+    (and nothing converted) when it has none."""
     _refuse(model)
     if not fused_ops(model):
-        return model
+        return None
     try:
         inferred = onnx.shape_inference.infer_shapes(model)  # ranks of masks, static head sizes
     except Exception:  # noqa: BLE001 - best effort: the rules refuse when they miss a shape they need
@@ -79,9 +94,7 @@ def unfuse(model: onnx.ModelProto) -> onnx.ModelProto:
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], builder.nodes, [old for old, _ in pairs], [new for _, new in pairs]
         )
-    proto = ir.to_proto(rewritten)
-    del proto.graph.value_info[:]  # inferred for the fused graph; onnxruntime infers the rest again
-    return proto
+    return rewritten
 
 
 def _name(nodes: list[ir.Node], prefix: str, taken: set[str]) -> None:
