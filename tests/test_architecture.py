@@ -123,13 +123,18 @@ def test_callers_never_branch_on_the_explainers_class(module):
     assert not branches and not named, (branches, named)
 
 
-def test_every_layout_is_an_explainer():
+def test_every_layout_is_an_explainer_and_closes():
     from alti_onnx import Explainer
+
+    from alti_onnx.errors import InputError
 
     for folder in (FIXTURES / "tiny-bert", FIXTURES / "tiny-t5-seq2seq"):
         with Explainer(folder, cache=False) as explainer:
             assert isinstance(explainer, Explainer)
-            assert explainer.text_encoder.token_count("the cat") > 0
+            assert explainer.explain("the cat").tokens
+        assert explainer.closed
+        with pytest.raises(InputError, match="was closed"):
+            explainer.explain("the cat")
 
 
 def _counting_conversions(monkeypatch) -> dict[str, int]:

@@ -263,12 +263,12 @@ def _writing(path: Path) -> Iterator[None]:
         raise OutputPathError(f"cannot write {path}: {reason}") from None
 
 
-def _target_option(value: Optional[str]) -> int | str | None:
-    """--target: a token position (negative counts from the end) or 'mean'."""
-    if value is None or value == "mean":
-        return value
+def _target_option(value: Optional[str]):
+    """--target: a token position (negative counts from the end) or 'mean' (``results.record.Target``)."""
+    from alti_onnx.results.record import parse_target
+
     try:
-        return int(value)
+        return parse_target(value)
     except ValueError:
         raise InputError(f"--target takes a token position or 'mean', got {value!r}") from None
 

@@ -86,6 +86,7 @@ class Explainer(ABC):
         self.input_map: dict[str, str] = dict(input_map or {})
         self.providers = providers
         self.cache = cache
+        self.closed = False
 
     def load_tokenizer(self) -> TextEncoder:
         self.text_encoder = TextEncoder(self.files.tokenizer, self.config)
@@ -111,6 +112,16 @@ class Explainer(ABC):
 
     def close(self) -> None:
         """Release the threads and onnxruntime sessions (the explainer cannot be used after)."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """What ``close`` frees: each layout's threads and sessions."""
+
+    def require_open(self) -> None:
+        if self.closed:
+            raise InputError("this Explainer was closed: make a new one to explain more texts")
 
     def __enter__(self) -> Explainer:
         return self

@@ -29,9 +29,8 @@ from alti_onnx.results.record import Target
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.prepared import prepare
+from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
 from alti_onnx.runtime.sessions import (
-    FLOAT_TYPES,
-    INTEGER_TYPES,
     SegmentedSession,
     default_providers,
     plain_session,
@@ -85,7 +84,7 @@ class EncoderDecoderExplainer(Explainer):
         self.decoder_session = SegmentedSession(decoder, providers, fed_by_caller=fed)
         self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.encoder_session.close()
         self.decoder_session.close()
         self._plain_decoder = None
@@ -97,6 +96,7 @@ class EncoderDecoderExplainer(Explainer):
         """ALTI+ of each source and its target (teacher-forced), or of the model's greedy output
         (``target_text`` None, or None for that source). Every matrix is kept (``full`` and ``targets``
         choose what ``to_record`` writes); the self-check is always enforced."""
+        self.require_open()
         self.refuse_options(baselines=baselines)
         if not check:
             raise InputError("an encoder-decoder's self-check cannot be turned off")

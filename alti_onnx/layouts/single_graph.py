@@ -63,7 +63,7 @@ class SingleGraphExplainer(Explainer):
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._pool.shutdown(wait=True)
         self.session.close()
 
@@ -96,6 +96,7 @@ class SingleGraphExplainer(Explainer):
         is a token position or "mean" (the average of every position: the default for a model whose
         files declare mean pooling, as sentence-transformers models do).
         """
+        self.require_open()
         self.require_no_target_text(target_text)
         texts = require_texts(text)
         explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,

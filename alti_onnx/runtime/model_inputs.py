@@ -36,6 +36,10 @@ ELEMENT_TYPES: dict[int, tuple[str, type]] = {
     11: ("double", np.float64),
 }
 _TOKEN_TYPES = frozenset(ELEMENT_TYPES)
+#: The float element types (a KV cache, an encoder's output) and the integer ones token ids and masks
+#: usually have, as NumPy dtypes: views of the one table above.
+FLOAT_TYPES: dict[int, type] = {k: dtype for k, (_, dtype) in ELEMENT_TYPES.items() if np.issubdtype(dtype, np.floating)}
+INTEGER_TYPES: dict[int, type] = {k: dtype for k, (_, dtype) in ELEMENT_TYPES.items() if dtype in (np.int32, np.int64)}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from alti_onnx.errors import RuntimeFailure
 
-from .model_inputs import DeclaredInput, ModelInputs
+from .model_inputs import FLOAT_TYPES, DeclaredInput, ModelInputs
 from .prepared import PreparedModel, SegmentFile
 from .text_inputs import Batch
 
@@ -220,10 +220,6 @@ def empty_cache(cache: dict[str, tuple[int, int, type]], batch_size: int) -> dic
     return {name: np.zeros((batch_size, heads, 0, head_size), dtype=dtype) for name, (heads, head_size, dtype) in cache.items()}
 
 
-#: ONNX element types as NumPy dtypes: the floats (FLOAT, FLOAT16, DOUBLE) a KV cache or an encoder's
-#: output is stored in, and the integers (INT32, INT64) token inputs are.
-FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
-INTEGER_TYPES = {6: np.int32, 7: np.int64}
 
 
 def cache_inputs(declared: list[DeclaredInput]) -> dict[str, tuple[int, int, type]]:
