@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from alti_onnx.decomposition.self_check import require_tolerance
 from alti_onnx.errors import InputError, LayerCountError, ModelPathError, TokenizerMismatchError
-from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.record import Target
 from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
 from alti_onnx.runtime.prepared import PreparedModel
@@ -66,7 +66,7 @@ class Explainer(ABC):
 
     def __new__(cls, model: str | Path, *args: object, **kwargs: object) -> Explainer:
         if cls is Explainer:
-            roles = tuple(locate_model(model, kwargs.get("tokenizer")).graphs)  # type: ignore[arg-type]
+            roles = tuple(locate_model(model).graphs)
             found = [layout for layout in Explainer._layouts if layout.graph_roles == roles]
             if not found:
                 raise ModelPathError(f"{model}: no layout explains a model of graphs {', '.join(roles)}")
@@ -100,7 +100,7 @@ class Explainer(ABC):
     @abstractmethod
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
-                baselines: bool = False, max_new_tokens: int = 32) -> Explanation | list[Explanation]:
+                baselines: bool = False, max_new_tokens: int = 32) -> ExplanationBase | list[ExplanationBase]:
         """Explain one text, or a list of texts run as one padded batch.
 
         ``target_text`` (encoder-decoders) is the output explained teacher-forced, one per text

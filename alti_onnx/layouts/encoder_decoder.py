@@ -28,8 +28,8 @@ from alti_onnx.layouts.base import (
 from alti_onnx.results.record import Target
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
-from alti_onnx.runtime.prepared import prepare
 from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
+from alti_onnx.runtime.prepared import prepare
 from alti_onnx.runtime.sessions import (
     SegmentedSession,
     default_providers,
