@@ -75,13 +75,30 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
-    """The model file as its users run it: one onnxruntime session, the package's options, nothing
-    exposed; a file onnxruntime cannot load is one RuntimeFailure line."""
+def open_session(model: Path | bytes, providers: list[str] | None = None,
+                 options: ort.SessionOptions | None = None, what: str | None = None) -> ort.InferenceSession:
+    """Every onnxruntime session of the package starts here: ``model`` (a file, or a serialized
+    segment) with the package's options (or ``options`` made from them), on ``providers`` (default:
+    ``default_providers``); an unknown provider, or a model onnxruntime cannot load, is one
+    RuntimeFailure line."""
+    providers = providers or default_providers()
+    known = ort.get_all_providers()
+    unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in known]
+    if unknown:
+        raise RuntimeFailure(
+            f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
+        )
+    source = str(model) if isinstance(model, Path) else model
     try:
-        return ort.InferenceSession(str(onnx_path), session_options(), providers=providers or default_providers())
+        return ort.InferenceSession(source, options or session_options(), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise RuntimeFailure(f"onnxruntime could not load {onnx_path}: {_first_line(exc)}") from None
+        name = what or (str(model) if isinstance(model, Path) else "the model")
+        raise RuntimeFailure(f"onnxruntime could not load {name}: {_first_line(exc)}") from None
+
+
+def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
+    """The model file as its users run it: one onnxruntime session, the package's options, nothing exposed."""
+    return open_session(Path(onnx_path), providers)
 
 
 @dataclass(frozen=True)
@@ -123,13 +140,6 @@ class SegmentedSession:
         self.fed_by_caller = list(fed_by_caller)
         self.inputs = session_inputs(prepared, input_map, self.fed_by_caller)
         self.segments = prepared.segments
-        providers = providers or default_providers()
-        known = ort.get_all_providers()
-        unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in known]
-        if unknown:
-            raise RuntimeFailure(
-                f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
-            )
         options = session_options()
         shared_arena()  # the segments run one after another: one CPU arena for all of them
         options.add_session_config_entry("session.use_env_allocators", "1")
@@ -137,13 +147,15 @@ class SegmentedSession:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(prepared.weights_dir))
 
         def load(segment: SegmentFile) -> ort.InferenceSession:
-            return ort.InferenceSession(segment.path.read_bytes(), options, providers=providers)
+            try:
+                model = segment.path.read_bytes()
+            except OSError as exc:
+                raise RuntimeFailure(f"onnxruntime could not load the model: {exc.strerror or exc}") from None
+            return open_session(model, providers, options, what="the model")
 
-        try:  # onnxruntime optimizes each graph with the GIL released: the segments load in parallel
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                self.sessions = list(pool.map(load, self.segments))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise RuntimeFailure(f"onnxruntime could not load the model: {_first_line(exc)}") from None
+        # onnxruntime optimizes each graph with the GIL released: the segments load in parallel
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            self.sessions = list(pool.map(load, self.segments))
         produced = {name: number for number, s in enumerate(self.segments) for name in s.outputs}
         #: the segment after which each block's tensors all exist
         self.ready_after = [max(produced[name] for name in b.tensor_names()) for b in self.blocks]
