@@ -100,7 +100,7 @@ def test_only_the_most_recently_used_entries_stay(cache, tmp_path, monkeypatch):
 def test_two_processes_publishing_the_same_model_keep_one_entry(cache):
     first = prepare(FIXTURES / "tiny-bert" / "model.onnx")
     building = prepared_module._workspace(cache)
-    twin = prepared_module._build(first.source, building)
+    twin = prepared_module._build(first.source, building, first.directory.name)
     published = prepared_module._publish(building, first.directory, first.source)
     assert published.directory == first.directory and published.cached and not building.exists()
     assert len(twin.segments) == len(first.segments)
@@ -124,3 +124,85 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(cache, tmp_path, monkeypatc
     model.write_bytes(bytes(data))  # same size, rewritten in place
     monkeypatch.undo()
     assert prepared_module.file_digest(model, memo) == hashlib.sha256(bytes(data)).hexdigest() != first
+
+
+def _damages(path, rng) -> list[tuple[str, bytes | None]]:
+    """Ways to damage one file: random bytes at the same size, one flipped bit, cut short, removed."""
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    if flipped:
+        flipped[int(rng.integers(len(flipped)))] ^= 1 << int(rng.integers(8))
+    return [("random", rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()), ("bit", bytes(flipped)),
+            ("cut", data[: len(data) // 2]), ("removed", None)]
+
+
+@pytest.mark.parametrize("fixture", ["tiny-bert", "tiny-t5-seq2seq"])
+def test_any_damage_to_any_file_of_an_entry_gives_a_fresh_caches_numbers(cache, fixture):
+    """Every file an entry serves, damaged every way: the next explanation is identical to one from a
+    fresh cache (the entry proves itself wrong and is prepared again), never a different number."""
+    fresh = Explainer(FIXTURES / fixture).explain(TEXT)
+    reference = fresh.to_record(full=True)
+    rng = np.random.default_rng(0)
+    entries = sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+    tried = 0
+    for entry in entries:
+        for path in sorted(entry.iterdir()):
+            for how, damaged in _damages(path, rng):
+                original = path.read_bytes()
+                if damaged is None:
+                    path.unlink()
+                else:
+                    path.write_bytes(damaged)
+                again = Explainer(FIXTURES / fixture).explain(TEXT)
+                assert again.to_record(full=True) == reference, (path.name, how)
+                tried += 1
+                current = next((e for e in cache.iterdir() if e.name == entry.name), None)
+                assert current is not None and (entry / path.name).read_bytes() == original, (path.name, how)
+    assert tried >= 4 * 4
+
+
+def test_a_digest_memo_pointing_at_another_models_entry_is_not_believed(cache):
+    bert = Explainer(FIXTURES / "tiny-bert").explain(TEXT).attribution()
+    llama_entry = Explainer(FIXTURES / "tiny-llama").prepared.directory
+    for memo in (cache / ".digests").iterdir():  # every remembered digest now names tiny-llama's entry
+        memo.write_text(llama_entry.name)
+    again = Explainer(FIXTURES / "tiny-bert")
+    assert again.prepared.directory != llama_entry
+    np.testing.assert_array_equal(again.explain(TEXT).attribution(), bert)
+    assert Explainer(FIXTURES / "tiny-llama").prepared.cached  # its entry was left alone
+
+
+def test_an_encoder_decoder_whose_entry_onnxruntime_cannot_load_is_prepared_again(cache, monkeypatch):
+    """A cached entry whose sessions fail to load is discarded and prepared again, once, on the
+    encoder-decoder layout too."""
+    from alti_onnx.errors import RuntimeFailure
+    from alti_onnx.runtime import sessions
+
+    expected = Explainer(FIXTURES / "tiny-t5-seq2seq").explain("the house", "das Haus").to_record(full=True)
+    real, failed = sessions.SegmentedSession.__init__, []
+
+    def failing_once(self, prepared, *args, **kwargs):
+        if prepared.cached and not failed:
+            failed.append(prepared.directory)
+            raise RuntimeFailure("onnxruntime could not load the model: damaged")
+        real(self, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(sessions.SegmentedSession, "__init__", failing_once)
+    again = Explainer(FIXTURES / "tiny-t5-seq2seq")
+    assert failed and again.explain("the house", "das Haus").to_record(full=True) == expected
+
+
+def test_a_build_whose_process_was_killed_is_swept_at_the_next_build(cache):
+    import subprocess
+    import sys
+
+    Explainer(FIXTURES / "tiny-bert")  # makes the cache folder
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = cache / f".building-{dead.pid}-x1"
+    abandoned.mkdir()
+    (abandoned / "weights.bin").write_bytes(b"\0" * 4096)
+    alive = cache / f".building-{os.getpid()}-x2"
+    alive.mkdir()
+    Explainer(FIXTURES / "tiny-llama")  # a build: sweeps what dead processes left
+    assert not abandoned.exists() and alive.exists()

@@ -10,18 +10,20 @@ so ``Explainer(path)`` is always an ``Explainer`` and callers never branch on wh
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from alti_onnx.decomposition.self_check import require_tolerance
-from alti_onnx.errors import InputError, LayerCountError, ModelPathError, TokenizerMismatchError
+from alti_onnx.errors import InputError, LayerCountError, ModelPathError, RuntimeFailure, TokenizerMismatchError
 from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.record import Target
 from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
-from alti_onnx.runtime.prepared import PreparedModel
+from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.text_inputs import TextEncoder
 from graph_rewrites import AttentionAnalysis
+
+S = TypeVar("S")
 
 #: Self-check tolerance, relative to the block output's magnitude (at least 1).
 DEFAULT_SELF_CHECK_TOLERANCE = 1e-3
@@ -135,6 +137,19 @@ class Explainer(ABC):
         others = other_graph_identities(self.files)
         return {"input_map": dict(sorted(self.input_map.items())), "self_check_tolerance": self.self_check_tolerance,
                 **({"graphs": others} if others else {})}
+
+    def sessions_of(self, prepared: PreparedModel, make: Callable[[PreparedModel], S]) -> tuple[PreparedModel, S]:
+        """``make(prepared)``, the onnxruntime sessions of a prepared graph; a cached entry they cannot
+        be made from (damaged on disk after it was checked) is discarded and the graph prepared
+        again, once, on every layout."""
+        try:
+            return prepared, make(prepared)
+        except RuntimeFailure:
+            if not prepared.cached:
+                raise
+        prepared.discard()
+        again = prepare(prepared.source, cache=self.cache)
+        return again, make(again)
 
     def require_no_target_text(self, target_text: object) -> None:
         """A layout that explains no given output refuses one (None, or a list of Nones, is no output)."""

@@ -80,8 +80,9 @@ class EncoderDecoderExplainer(Explainer):
         self.load_tokenizer()
         for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, session_inputs(decoder, fed_by_caller=fed))):
             check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
-        self.encoder_session = SegmentedSession(encoder, providers)
-        self.decoder_session = SegmentedSession(decoder, providers, fed_by_caller=fed)
+        _, self.encoder_session = self.sessions_of(encoder, lambda prepared: SegmentedSession(prepared, providers))
+        _, self.decoder_session = self.sessions_of(
+            decoder, lambda prepared: SegmentedSession(prepared, providers, fed_by_caller=fed))
         self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
 
     def _release(self) -> None:

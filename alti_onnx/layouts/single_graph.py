@@ -51,7 +51,8 @@ class SingleGraphExplainer(Explainer):
         self.blocks: list[AttentionBlock] = self.analysis.require_complete()
         check_layer_count(self.config, self.analysis, LAYER_COUNT_KEYS["model"])
         self.load_tokenizer()
-        self.session = self._open_session(providers, cache)
+        self.prepared, self.session = self.sessions_of(
+            self.prepared, lambda prepared: SegmentedSession(prepared, providers, self.input_map))
         check_tokenizer_fits(self.prepared, self.session.inputs.ids_name, self.text_encoder, self.config, self.files)
         self.int8 = self.prepared.dynamically_quantized
         self.labels = class_labels(self.config)
@@ -66,18 +67,6 @@ class SingleGraphExplainer(Explainer):
     def _release(self) -> None:
         self._pool.shutdown(wait=True)
         self.session.close()
-
-    def _open_session(self, providers: list[str] | None, cache: bool) -> SegmentedSession:
-        """The onnxruntime sessions; a cached entry onnxruntime cannot load (damaged on disk) is
-        discarded and the model prepared again, once."""
-        try:
-            return SegmentedSession(self.prepared, providers, self.input_map)
-        except RuntimeFailure:
-            if not self.prepared.cached:
-                raise
-        self.prepared.discard()
-        self.prepared = prepare(self.files.onnx, cache=cache)
-        return SegmentedSession(self.prepared, providers, self.input_map)
 
     @property
     def mean_pooled(self) -> bool:

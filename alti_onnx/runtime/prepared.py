@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import weakref
+import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -46,7 +47,7 @@ KEEP_DIGESTS = 256
 ABANDONED_AFTER_S = 24 * 3600
 
 #: Bumped whenever what a prepared entry holds, or how it is made, changes: older entries are then rebuilt.
-FORMAT = 3
+FORMAT = 4
 _MANIFEST = "manifest.json"
 _ARRAYS = "blocks.npz"
 _WEIGHTS = "weights.bin"
@@ -95,14 +96,23 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
     made now (and saved for the next run when ``cache`` and the cache folder is writable)."""
     source = require_model_file(onnx_path)  # before hashing it: /dev/zero would be read for ever
     root = cache_root() / "prepared"
-    entry = root / file_digest(source, root / _DIGESTS) if cache else None
+    digest = file_digest(source, root / _DIGESTS) if cache else None
+    entry = None if digest is None else root / digest
     if entry is not None:
         found = _load(entry, source)
         if found is not None:
             return found
+        # The remembered digest may be what is wrong (a memo pointing at another model's entry): the
+        # file is hashed in full before anything is built or published under its name.
+        digest = file_digest(source, root / _DIGESTS, trust_memo=False)
+        if root / digest != entry:
+            entry = root / digest
+            found = _load(entry, source)
+            if found is not None:
+                return found
     building = _workspace(root if entry is not None else None)
     try:
-        prepared = _build(source, building)
+        prepared = _build(source, building, digest)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -118,8 +128,9 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
     return prepared
 
 
-def _build(source: Path, directory: Path) -> PreparedModel:
-    """Analyse and split the model into ``directory`` (segments first, the manifest last)."""
+def _build(source: Path, directory: Path, digest: str | None) -> PreparedModel:
+    """Analyse and split the model into ``directory`` (segments first, the manifest last);
+    ``digest`` is the source's SHA-256 (the entry's name), recorded in the manifest."""
     from alti_onnx.runtime.model_inputs import declared_inputs
     from graph_rewrites import analyse_file, is_dynamically_quantized, token_embedding_rows
     from graph_rewrites.model_io import SharedWeights, external_data_files
@@ -151,11 +162,13 @@ def _build(source: Path, directory: Path) -> PreparedModel:
             prepared.segments.append(SegmentFile(path, segment.inputs, segment.outputs))
     if external:
         (directory / _WEIGHTS).unlink()
-    _save_manifest(prepared, source)
+    _save_manifest(prepared, source, digest)
     return prepared
 
 
-def _save_manifest(prepared: PreparedModel, source: Path) -> None:
+def _save_manifest(prepared: PreparedModel, source: Path, digest: str | None) -> None:
+    """The manifest, written last: what the entry holds, the source it was made from, the SHA-256 of
+    every file it serves and of itself (``_load`` checks them all)."""
     arrays: dict[str, np.ndarray] = {}
     blocks = []
     for block in prepared.analysis.blocks:
@@ -178,17 +191,55 @@ def _save_manifest(prepared: PreparedModel, source: Path) -> None:
                       "bytes": s.path.stat().st_size} for s in prepared.segments],
         "embedding_rows": prepared.embedding_rows,
         "dynamically_quantized": prepared.dynamically_quantized,
+        "source": {"sha256": digest, **_source_identity(source)},
+        "files": {p.name: _sha256_of(p) for p in sorted(prepared.directory.iterdir()) if p.name != _MANIFEST},
     }
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     (prepared.directory / _MANIFEST).write_text(json.dumps(manifest))
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """The SHA-256 of the manifest's content, its own digest left out."""
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _source_identity(source: Path) -> dict[str, object]:
+    """What tells the source apart cheaply: its size and a fingerprint of sampled blocks."""
+    size = source.stat().st_size
+    return {"size": size, "sampled_sha256": _sampled_digest(source, size)}
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _proves_itself(entry: Path, manifest: dict, source: Path) -> bool:
+    """Whether the entry is whole and is ``source``'s: its manifest unaltered, made from a file of
+    this digest (the entry's name), size and sampled content, and every file it serves as written."""
+    recorded = manifest.get("source") or {}
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest) or recorded.get("sha256") != entry.name:
+        return False
+    if {key: recorded.get(key) for key in ("size", "sampled_sha256")} != _source_identity(source):
+        return False
+    files = manifest.get("files")
+    return isinstance(files, dict) and all(_sha256_of(entry / name) == digest for name, digest in files.items())
+
+
 def _load(entry: Path, source: Path) -> PreparedModel | None:
-    """The entry's prepared model, or None when it is missing, of another format, damaged, or stale
-    (external weights changed since it was made)."""
+    """The entry's prepared model, or None when it is missing, of another format, damaged (any file
+    it serves, or the manifest itself), another model's, or stale (external weights changed since it
+    was made)."""
     try:
         manifest = json.loads((entry / _MANIFEST).read_text())
+        if manifest.get("format") != FORMAT or not _proves_itself(entry, manifest, source):
+            return None
         recorded = manifest["external_data"]
-        if manifest.get("format") != FORMAT or recorded != _stats(source, [location for location, *_ in recorded]):
+        if recorded != _stats(source, [location for location, *_ in recorded]):
             return None
         segments = [SegmentFile(entry / s["file"], list(s["inputs"]), list(s["outputs"])) for s in manifest["segments"]]
         if any(not s.path.is_file() or s.path.stat().st_size != m["bytes"] for s, m in zip(segments, manifest["segments"])):
@@ -215,7 +266,7 @@ def _load(entry: Path, source: Path) -> PreparedModel | None:
             external_data=[location for location, *_ in recorded],
             cached=True,
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
         return None
     _touch(entry / _MANIFEST)  # its last use, for eviction
     return prepared
@@ -251,10 +302,11 @@ def _sampled_digest(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def file_digest(path: Path, memo: Path | None = None) -> str:
+def file_digest(path: Path, memo: Path | None = None, trust_memo: bool = True) -> str:
     """The SHA-256 of the file. With ``memo`` (a folder), a digest computed before is reused while
     the file's path, size, identity, times and sampled blocks are unchanged: a 500 MB model is not
-    hashed again at every start."""
+    hashed again at every start. ``trust_memo=False`` hashes the file and remembers the digest anew
+    (the entry a remembered digest named did not hold this file)."""
     status = path.stat()
     seen = None
     if memo is not None:
@@ -263,15 +315,11 @@ def file_digest(path: Path, memo: Path | None = None) -> str:
         seen = memo / hashlib.sha256(fingerprint.encode()).hexdigest()
         try:
             remembered = seen.read_text()
-            if len(remembered) == 64:
+            if trust_memo and len(remembered) == 64:
                 return remembered
         except OSError:
             pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    found = digest.hexdigest()
+    found = _sha256_of(path)
     if seen is not None:
         try:
             memo.mkdir(parents=True, exist_ok=True)
@@ -287,7 +335,8 @@ def _workspace(root: Path | None) -> Path:
     if root is not None:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+            _sweep_abandoned(root)  # before this build adds its own copy of the weights
+            return Path(tempfile.mkdtemp(prefix=f".building-{os.getpid()}-", dir=root))
         except OSError:
             pass
     return Path(tempfile.mkdtemp(prefix="alti-onnx-"))
@@ -323,17 +372,15 @@ def _evict(root: Path, keep: Path) -> None:
     """Remove all but the ``KEEP`` most recently used entries (``keep`` always stays), and unfinished
     builds abandoned long ago. Another process using a removed entry has its sessions loaded
     already, or prepares the model again."""
-    entries, now = [], time.time()
+    _sweep_abandoned(root)
+    entries = []
     try:
         found = list(root.iterdir())
     except OSError:
         return
     for path in found:
         try:
-            if path.name.startswith((".building-", ".stale-")):
-                if now - path.stat().st_mtime > ABANDONED_AFTER_S:
-                    shutil.rmtree(path, ignore_errors=True)
-            elif path.is_dir() and not path.name.startswith(".") and path != keep:
+            if path.is_dir() and not path.name.startswith(".") and path != keep:
                 entries.append(((path / _MANIFEST).stat().st_mtime, path))
         except OSError:
             continue
@@ -345,3 +392,34 @@ def _evict(root: Path, keep: Path) -> None:
         return
     for _, path in memos[KEEP_DIGESTS:]:
         path.unlink(missing_ok=True)
+
+
+def _sweep_abandoned(root: Path) -> None:
+    """Remove unfinished builds whose process has ended (killed while preparing) or that were left
+    long ago, and stale entries a replacement did not finish removing."""
+    now = time.time()
+    try:
+        found = [p for p in root.iterdir() if p.name.startswith((".building-", ".stale-"))]
+    except OSError:
+        return
+    for path in found:
+        try:
+            if now - path.stat().st_mtime > ABANDONED_AFTER_S or _builder_gone(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _builder_gone(name: str) -> bool:
+    """Whether a ``.building-PID-...`` folder's process has ended (killed while preparing): its copy
+    of the weights is removed at once instead of after ``ABANDONED_AFTER_S``."""
+    parts = name.split("-")
+    if not name.startswith(".building-") or len(parts) < 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
