@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,26 @@ def test_cli_batch_writes_every_record_and_refuses_a_missing_input(corpus, tmp_p
 
     missing = CliRunner().invoke(app, ["batch", str(FIXTURE), "--input", str(tmp_path / "nope.jsonl"), "--output", str(output)])
     assert missing.exit_code == 2 and "input not found" in missing.output and "Traceback" not in missing.output
+
+
+def test_a_resumed_job_whose_external_weights_were_swapped_is_refused(tmp_path):
+    """The job's identity covers the weights beside model.onnx: a fine-tuned sibling's weights of the
+    same size swapped in make it another job, not one output of two models' records."""
+    import onnx
+
+    from alti_onnx.errors import OutputPathError
+
+    folder = tmp_path / "external"
+    shutil.copytree(FIXTURE, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    corpus, output = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    corpus.write_text("a first text\na second text\n")
+    explain_corpus(Explainer(folder, cache=False), corpus, output, chunk_size=1)
+    lines = output.read_text().splitlines()
+    output.write_text(lines[0] + "\n")  # as if the run had stopped after one record
+    data = folder / "model.onnx.data"
+    (np.fromfile(data, dtype=np.float32) * np.float32(1.01)).tofile(data)
+    with pytest.raises(OutputPathError, match="another batch job: it ran with external_weights"):
+        explain_corpus(Explainer(folder, cache=False), corpus, output, chunk_size=1)

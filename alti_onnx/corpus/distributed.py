@@ -24,8 +24,10 @@ from pathlib import Path
 
 from alti_onnx.atomic import is_partial, write_atomically
 from alti_onnx.errors import InputError, OutputPathError
+from alti_onnx.layouts.base import job_model_identity
 from alti_onnx.results.record import json_line
-from alti_onnx.runtime.model_files import locate_model, other_graph_identities
+from alti_onnx.runtime.model_files import locate_model
+from alti_onnx.runtime.prepared import prepare
 
 from .inputs import CorpusRecord, read_records
 from .outputs import Job
@@ -153,10 +155,10 @@ def plan_shards(
     input_path, output_dir = Path(input_path), Path(output_dir)
     require_corpus(input_path)
     files = locate_model(model)
-    others = other_graph_identities(files)
+    prepared = {role: prepare(path) for role, path in files.graphs.items()}  # what the actors will load
     options = {"full": full, "target": target, "input_map": dict(sorted((input_map or {}).items())),
                "self_check_tolerance": self_check_tolerance, "words": words, "max_new_tokens": max_new_tokens,
-               "batch_size": batch_size, "pairs_per_run": pairs_per_run, **({"graphs": others} if others else {})}
+               "batch_size": batch_size, "pairs_per_run": pairs_per_run, **job_model_identity(files, prepared)}
     shard_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     _claim(output_dir, Job.of(input_path, files.onnx, files.tokenizer, {**options, "shard_size": shard_size}))
     pending, skipped = [], 0

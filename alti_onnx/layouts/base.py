@@ -19,7 +19,7 @@ from alti_onnx.errors import InputError, LayerCountError, ModelPathError, Runtim
 from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.record import Target
 from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
-from alti_onnx.runtime.prepared import PreparedModel, prepare
+from alti_onnx.runtime.prepared import PreparedModel, prepare, weights_identity
 from alti_onnx.runtime.text_inputs import TextEncoder
 from graph_rewrites import AttentionAnalysis
 
@@ -112,6 +112,11 @@ class Explainer(ABC):
         computes the norm-based matrices.
         """
 
+    @property
+    @abstractmethod
+    def prepared_graphs(self) -> dict[str, PreparedModel]:
+        """Each graph's prepared model, by role (as in ``files.graphs``)."""
+
     def close(self) -> None:
         """Release the threads and onnxruntime sessions (the explainer cannot be used after)."""
         if not self.closed:
@@ -134,9 +139,8 @@ class Explainer(ABC):
     def corpus_options(self) -> dict[str, object]:
         """What, besides the corpus, the tokenizer and ``files.onnx``, makes a batch job this job:
         the options the explainer was made with, and the identity of every other graph it reads."""
-        others = other_graph_identities(self.files)
         return {"input_map": dict(sorted(self.input_map.items())), "self_check_tolerance": self.self_check_tolerance,
-                **({"graphs": others} if others else {})}
+                **job_model_identity(self.files, self.prepared_graphs)}
 
     def sessions_of(self, prepared: PreparedModel, make: Callable[[PreparedModel], S]) -> tuple[PreparedModel, S]:
         """``make(prepared)``, the onnxruntime sessions of a prepared graph; a cached entry they cannot
@@ -183,6 +187,14 @@ def require_texts(text: object) -> list[str]:
         if not isinstance(item, str):
             raise InputError(f"explain() takes a text or a list of texts, got a list holding {type(item).__name__}")
     return texts
+
+
+def job_model_identity(files: ModelFiles, prepared: dict[str, PreparedModel]) -> dict[str, object]:
+    """What a batch job's identity holds of the model besides ``files.onnx``'s own: every other graph
+    file, and every external weights file each graph reads (size and sampled blocks)."""
+    others = other_graph_identities(files)
+    weights = {role: found for role, graph in prepared.items() if (found := weights_identity(graph))}
+    return {**({"graphs": others} if others else {}), **({"external_weights": weights} if weights else {})}
 
 
 def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextEncoder, config: dict,

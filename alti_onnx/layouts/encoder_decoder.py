@@ -29,7 +29,7 @@ from alti_onnx.results.record import Target
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
-from alti_onnx.runtime.prepared import prepare
+from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import (
     SegmentedSession,
     default_providers,
@@ -80,10 +80,15 @@ class EncoderDecoderExplainer(Explainer):
         self.load_tokenizer()
         for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, session_inputs(decoder, fed_by_caller=fed))):
             check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
-        _, self.encoder_session = self.sessions_of(encoder, lambda prepared: SegmentedSession(prepared, providers))
-        _, self.decoder_session = self.sessions_of(
+        encoder, self.encoder_session = self.sessions_of(encoder, lambda prepared: SegmentedSession(prepared, providers))
+        decoder, self.decoder_session = self.sessions_of(
             decoder, lambda prepared: SegmentedSession(prepared, providers, fed_by_caller=fed))
+        self._prepared = {"encoder": encoder, "decoder": decoder}
         self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
+
+    @property
+    def prepared_graphs(self) -> dict[str, PreparedModel]:
+        return dict(self._prepared)
 
     def _release(self) -> None:
         self.encoder_session.close()

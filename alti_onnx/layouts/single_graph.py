@@ -64,6 +64,10 @@ class SingleGraphExplainer(Explainer):
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
 
+    @property
+    def prepared_graphs(self) -> dict[str, PreparedModel]:
+        return {"model": self.prepared}
+
     def _release(self) -> None:
         self._pool.shutdown(wait=True)
         self.session.close()

@@ -272,6 +272,13 @@ def _load(entry: Path, source: Path) -> PreparedModel | None:
     return prepared
 
 
+def weights_identity(prepared: PreparedModel) -> list[list[object]]:
+    """Each external data file the model reads, with its size and a fingerprint of sampled blocks:
+    what a batch job's identity adds for the weights outside the .onnx (a sibling's weights swapped
+    in make it another job). Inline weights are covered by the .onnx file's own identity."""
+    return [[location, size, sampled] for location, size, _, _, sampled in _stats(prepared.source, prepared.external_data)]
+
+
 def _stats(source: Path, locations: list[str]) -> list[list[object]]:
     """Each external data file with its size, file identity, modification time and a fingerprint of
     sampled blocks (a missing one as -1s). Hashing gigabytes of weights would cost seconds at every
