@@ -205,3 +205,23 @@ def test_style_colors_and_figure_helpers(tmp_path: Path) -> None:
         path = style.save(fig, tmp_path / "styled.png", dpi=50)
     assert png_size(path) == (200, 100)
     assert dict(matplotlib.rcParams) == before, "the style never leaks into the global rcParams"
+
+
+@pytest.mark.parametrize("name", ["figure", "figure.xyz", "figure.png"])
+def test_png_is_written_at_exactly_the_path_given(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / name
+    result = runner.invoke(app, ["explain", str(CLASSIFIER), "--text", TEXT, "--png", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert f"wrote {path}" in result.output.replace("\n", "")
+
+
+def test_png_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    from tests.cli_helpers import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("explain", CLASSIFIER, "--text", TEXT, "--png", "/dev/full"), "/dev/full")
+    assert not Path("/dev/full.png").exists()

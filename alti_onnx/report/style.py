@@ -213,10 +213,12 @@ def finish_axes(ax, title: str | None = None, xlabel: str | None = None, ylabel:
 
 
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Save ``fig`` with the style's resolution and background; returns the path."""
-    with rc():
-        fig.savefig(path, dpi=dpi, facecolor=BACKGROUND)
-    return Path(path)
+    """Save ``fig`` as PNG with the style's resolution and background at exactly ``path`` (matplotlib
+    would add ".png" to a name without a suffix, or refuse one it does not know); returns the path."""
+    path = Path(path)
+    with rc(), open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi, facecolor=BACKGROUND)
+    return path
 
 
 class PlotUnavailableError(AltiOnnxError, ImportError):
