@@ -176,3 +176,26 @@ def test_cli_words_table_json_and_batch_records(tmp_path):
     record = json.loads(output.read_text())
     assert record["words"] == alone.texts
     np.testing.assert_allclose(record["word_attribution"], alone.attribution, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [byte_level_bpe, sentencepiece_unigram])
+def test_a_character_split_into_bytes_is_one_word_and_trailing_space_is_no_word(make):
+    """CJK, an emoji and an accented letter after a space come out of byte-level BPE as several byte
+    pieces of one word (the tokenizer's word ids say so); white space at the end joins the last word."""
+    text = "in 東京 🙂 café "
+    tokenizer = make()
+    encoding = tokenizer.encode(text)
+    words = group_words(encoding.tokens, encoding.word_ids, encoding.offsets, text)
+    assert [w.text for w in words] == ["in", "東京", "🙂", "café"]
+    assert sorted(k for w in words for k in w.positions) == list(range(len(encoding.tokens)))
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE (SmolLM2)", "SentencePiece BPE (Gemma 3)"])
+def test_real_tokenizers_keep_characters_split_into_bytes_whole(kind):
+    path = Path(os.environ.get("ALTI_ONNX_CACHE", Path.home() / ".cache" / "alti-onnx")) / "onnx" / REAL_TOKENIZERS[kind] / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is built by the real-model tests")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    words = [w for w in words_of(tokenizer, "I love 東京 and café 🙂 ok ") if w.end > w.start]
+    assert [w.text for w in words] == ["I", "love", "東京", "and", "café", "🙂", "ok"]

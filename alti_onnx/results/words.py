@@ -34,11 +34,16 @@ def group_words(tokens: Sequence[str], word_ids: Sequence[int | None], offsets: 
                 text: str | None) -> list[Word]:
     """Consecutive pieces of one word form a word; a piece of none (a special token) is a word alone.
 
-    A piece starts a new word when its word id differs from the previous piece's, or when white
-    space precedes or opens it in the text: SentencePiece tokenizers without a pre-tokenizer (Gemma,
-    Llama 2) give every piece word id 0, and their words are the text's white-space separated runs."""
+    The tokenizer's word ids say where words begin when they tell words apart (WordPiece, byte-level
+    BPE: every byte piece of "東京" or an emoji shares its word's id). SentencePiece tokenizers
+    without a pre-tokenizer (Gemma, Llama 2) give every piece word id 0; their words are the text's
+    white-space separated runs, and a piece that starts inside the previous piece's characters
+    (a character split into bytes) never starts one. A piece of white space alone joins the word
+    after it, or, at the end of the text, the word before it: no word is blank."""
     words: list[Word] = []
     current: list[int] = []
+    real = [word for word in word_ids if word is not None]
+    by_id = len(set(real)) > 1 or len(real) <= 1
 
     def close() -> None:
         if current:
@@ -49,10 +54,15 @@ def group_words(tokens: Sequence[str], word_ids: Sequence[int | None], offsets: 
             words.append(Word(stripped.rstrip(), start + len(shown) - len(stripped), end, tuple(current)))
             current.clear()
 
-    def after_space(position: int) -> bool:
-        if text is None:
+    def starts_word(position: int) -> bool:
+        previous = current[-1]
+        if word_ids[previous] != word_ids[position]:
+            return True
+        if by_id or text is None:
             return False
         start, end = offsets[position]
+        if start < offsets[previous][1]:  # inside the previous piece's characters: one character in bytes
+            return False
         return (end > start and text[start].isspace()) or (start > 0 and text[start - 1].isspace())
 
     def blank(positions: list[int]) -> bool:
@@ -63,9 +73,12 @@ def group_words(tokens: Sequence[str], word_ids: Sequence[int | None], offsets: 
             close()
             words.append(Word(tokens[position], 0, 0, (position,)))
             continue
-        if current and not blank(current) and (word_ids[current[-1]] != word or after_space(position)):
-            close()  # (a piece of white space alone, as "▁" before digits, joins the word after it)
+        if current and not blank(current) and starts_word(position):
+            close()
         current.append(position)
+    if current and blank(current) and words and words[-1].end > words[-1].start:  # trailing white space
+        last = words.pop()
+        current[:0] = last.positions
     close()
     return words
 
