@@ -46,4 +46,9 @@ class RuntimeFailure(AltiOnnxError):
 
 
 #: Everything the CLI turns into a one-line error and exit code 2.
+class ModelWarning(UserWarning):
+    """Something about the model's files that does not stop an explanation but may surprise (a stale
+    special-token id in config.json); the CLI prints it as one 'warning:' line."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (AltiOnnxError, GraphRewriteError)

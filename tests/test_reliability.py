@@ -323,3 +323,37 @@ def test_a_tokenizer_of_another_model_is_refused(tmp_path):
     config["pad_token_id"] = 500
     (folder / "config.json").write_text(json.dumps(config))
     assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), "pad_token_id is 500, not a token of")
+
+
+def test_a_stale_config_id_the_model_is_not_fed_is_a_warning_not_a_refusal(tmp_path):
+    """GPT-2's default bos_token_id left in the config of a model whose tokenizer is smaller: the
+    tokenizer fits the embedding, the id is never fed, so the text is explained, with one warning line."""
+    from alti_onnx.errors import ModelWarning
+
+    folder = model_copy(tmp_path, "stale-bos", source=FIXTURES / "tiny-gpt2")
+    config = json.loads((folder / "config.json").read_text())
+    config["bos_token_id"] = config["eos_token_id"] = 50256
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(ModelWarning, match="bos_token_id is 50256, not a token of"):
+        stale = Explainer(folder, cache=False).explain("the cat sat").attribution()
+    np.testing.assert_array_equal(stale, Explainer(FIXTURES / "tiny-gpt2", cache=False).explain("the cat sat").attribution())
+    result = run_cli("explain", folder, "--text", "the cat sat")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        line for line in result.stderr.splitlines() if line.startswith("warning: config.json's")]
+    assert "bos_token_id is 50256" in result.stderr and "eos_token_id is 50256" in result.stderr
+
+
+def test_a_tokenizer_without_the_special_tokens_its_config_declares_is_refused(tmp_path):
+    """tokenizer.json swapped under tokenizer_config.json: the config declares [CLS] and [SEP], the
+    new tokenizer (which happens to fit the table) has <s> and </s> instead."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = model_copy(tmp_path, "swapped-tokenizer")
+    other = Tokenizer(models.WordLevel({"<s>": 0, "</s>": 1, "<unk>": 2, "the": 3, "cat": 4}, unk_token="<unk>"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    other.save(str(folder / "tokenizer.json"))
+    with pytest.raises(TokenizerMismatchError, match=r"declares the \w+_token '\[\w+\]', which .* does not have"):
+        Explainer(folder, cache=False)
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), "tokenizer_config.json declares",
+                          "belongs to another model")

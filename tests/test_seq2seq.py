@@ -264,3 +264,21 @@ def test_an_encoder_decoder_gets_the_layer_count_check(tmp_path):
 
 def test_bench_refuses_an_encoder_decoder_in_one_line():
     assert_one_line_error(run_cli("bench", FOLDERS["t5"], "--lengths", "8", "--batch-sizes", "1"), "encoder-decoder")
+
+
+def test_nan_logits_of_a_teacher_forced_target_are_refused(tmp_path):
+    """NaN only after the last block (Marian's final logits bias): every block is finite, the logits
+    are not, and the explanation is refused as generation's would be."""
+    import onnx
+    from onnx import numpy_helper
+
+    from alti_onnx.errors import NonFiniteError
+
+    folder = _copy_of("marian", tmp_path)
+    model = onnx.load(str(folder / "decoder_model.onnx"))
+    bias = next(t for t in model.graph.initializer if t.name == "final_logits_bias")
+    bias.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(bias).shape, np.nan, np.float32), bias.name))
+    onnx.save(model, str(folder / "decoder_model.onnx"))
+    texts, _ = _expected(folder)
+    with pytest.raises(NonFiniteError, match="NaN or Inf logits"):
+        Explainer(folder, cache=False).explain(texts["sources"][0], texts["targets"][0])

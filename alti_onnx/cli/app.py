@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from alti_onnx.errors import USER_ERRORS, InputError, OutputPathError
+from alti_onnx.errors import USER_ERRORS, InputError, ModelWarning, OutputPathError
 from alti_onnx.export import ExportError, ExportUnavailableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ALTI explanations for transformer models in ONNX.")
@@ -541,9 +541,19 @@ def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str,
                      f"({summary.skipped} shards already there, {summary.failed} records with errors)"), soft_wrap=True)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning about the user's model (``errors.ModelWarning``) as one 'warning:' line on stderr."""
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """The console script's exit code. What typer shows as a boxed usage panel (an unknown command, a
     missing or invalid option) is one line on stderr too, like every other error."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
+    warnings.filterwarnings("ignore")  # libraries' warnings are not the user's concern ...
+    warnings.filterwarnings("always", category=ModelWarning)  # ... the model's are
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="alti-onnx", standalone_mode=False)

@@ -9,16 +9,30 @@ so ``Explainer(path)`` is always an ``Explainer`` and callers never branch on wh
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from alti_onnx.decomposition.self_check import require_tolerance
-from alti_onnx.errors import InputError, LayerCountError, ModelPathError, RuntimeFailure, TokenizerMismatchError
+from alti_onnx.errors import (
+    InputError,
+    LayerCountError,
+    ModelPathError,
+    ModelWarning,
+    RuntimeFailure,
+    TokenizerMismatchError,
+)
 from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.record import Target
-from alti_onnx.runtime.model_files import ModelFiles, locate_model, other_graph_identities, read_config
+from alti_onnx.runtime.model_files import (
+    ModelFiles,
+    locate_model,
+    other_graph_identities,
+    read_config,
+    read_json_object,
+)
 from alti_onnx.runtime.prepared import PreparedModel, prepare, weights_identity
 from alti_onnx.runtime.text_inputs import TextEncoder
 from graph_rewrites import AttentionAnalysis
@@ -35,9 +49,13 @@ LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
     "decoder": ("decoder_layers", "num_decoder_layers", "num_layers"),
 }
 
-#: config.json keys that name special token ids, which must exist in the tokenizer.
+#: config.json keys that name special token ids. Those the explainer feeds the model itself (padding,
+#: a decoder's first token) must be tokens; any other that is not is stale, and only a warning.
 SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "unk_token_id",
                    "mask_token_id", "decoder_start_token_id")
+FED_ID_KEYS = frozenset({"pad_token_id", "decoder_start_token_id"})
+#: tokenizer_config.json keys that declare special tokens, which the tokenizer beside it must have.
+DECLARED_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 class Explainer(ABC):
@@ -199,8 +217,11 @@ def job_model_identity(files: ModelFiles, prepared: dict[str, PreparedModel]) ->
 
 def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextEncoder, config: dict,
                          files: ModelFiles) -> None:
-    """The tokenizer's ids must all index the model's token-embedding table, and the special token ids
-    config.json names must be tokens of it: else it is another model's tokenizer."""
+    """The tokenizer's ids must all index the model's token-embedding table, the special tokens
+    tokenizer_config.json declares must be tokens of it, and so must the ids config.json names that
+    the explainer feeds the model: else it is another model's tokenizer. Another config id that is
+    not a token (GPT-2's default bos_token_id 50256 left in a config whose tokenizer has 49,152) is
+    stale, not wrong: a ModelWarning."""
     vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
     rows = prepared.embedding_rows.get(ids_input)
     if rows is not None and vocabulary > rows:
@@ -208,13 +229,24 @@ def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextE
             f"{files.tokenizer} has {vocabulary} tokens but the token embedding of {prepared.source} has {rows} rows: "
             "the tokenizer belongs to another model"
         )
+    declared = files.tokenizer.parent / "tokenizer_config.json"
+    tokenizer_config = read_json_object(declared, "tokenizer config") if declared.is_file() else {}
+    for key in DECLARED_TOKEN_KEYS:
+        value = tokenizer_config.get(key)
+        content = value.get("content") if isinstance(value, dict) else value
+        if isinstance(content, str) and content and encoder.tokenizer.token_to_id(content) is None:
+            raise TokenizerMismatchError(
+                f"{declared} declares the {key} {content!r}, which {files.tokenizer} does not have: the tokenizer "
+                "belongs to another model"
+            )
     for key in SPECIAL_ID_KEYS:
         token_id = config.get(key)
         if isinstance(token_id, int) and not isinstance(token_id, bool) and not 0 <= token_id < vocabulary:
-            raise TokenizerMismatchError(
-                f"config.json's {key} is {token_id}, not a token of {files.tokenizer} ({vocabulary} tokens): "
-                "the tokenizer belongs to another model"
-            )
+            message = f"config.json's {key} is {token_id}, not a token of {files.tokenizer} ({vocabulary} tokens)"
+            if key in FED_ID_KEYS:
+                raise TokenizerMismatchError(f"{message}: the tokenizer belongs to another model")
+            warnings.warn(f"{message}; it is not used, so the explanation goes on (a stale config?)", ModelWarning,
+                          stacklevel=2)
 
 
 def check_layer_count(config: dict, analysis: AttentionAnalysis, keys: tuple[str, ...], role: str = "model") -> None:

@@ -142,7 +142,12 @@ class EncoderDecoderExplainer(Explainer):
         feeds = {**self.decoder_session.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
         if self._memory_mask:
             feeds[self._memory_mask] = batch.attention_mask
-        _, decoder_tensors = self.decoder_session.run_feeds(feeds)
+        outputs, decoder_tensors = self.decoder_session.run_feeds(feeds)
+        logits = outputs.get(self.decoder_session.original_outputs[0])
+        for row, ids in enumerate(decoder_ids):  # generation checks its own; a given target's are checked here
+            if logits is not None and not np.all(np.isfinite(logits[row, : len(ids)])):
+                raise NonFiniteError("the decoder produced NaN or Inf logits for this target: no explanation of it is "
+                                     "meaningful (a float16 overflow, or NaN weights?)")
         return [self._explanation(row, batch, labels[row], decoder_ids[row], encoder_tensors, decoder_tensors,
                                   generated=targets is None) for row in range(len(sources))]
 
