@@ -27,7 +27,8 @@ def load_model(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     """
     path = require_model_file(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        # binary protobuf whatever the name: onnx would read "config.json" or "m.textproto" as text formats
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)
     except DecodeError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model (truncated or not ONNX): {exc}") from None
     except (OSError, ValueError, RuntimeError) as exc:

@@ -282,3 +282,28 @@ def test_nan_logits_of_a_teacher_forced_target_are_refused(tmp_path):
     texts, _ = _expected(folder)
     with pytest.raises(NonFiniteError, match="NaN or Inf logits"):
         Explainer(folder, cache=False).explain(texts["sources"][0], texts["targets"][0])
+
+
+@pytest.mark.parametrize("key, value, what", [
+    ("decoder_start_token_id", -1, "decoder_start_token_id is -1"),
+    ("bad_words_ids", [[5000]], "bad_words_ids is 5000"),
+    ("bad_words_ids", [[-3]], "bad_words_ids is -3"),
+    ("forced_bos_token_id", 99999, "forced_bos_token_id is 99999"),
+])
+def test_generation_ids_outside_the_vocabulary_are_one_line(tmp_path, key, value, what):
+    folder = _copy_of("bart", tmp_path)
+    generation_path = folder / "generation_config.json"
+    generation = json.loads(generation_path.read_text()) if generation_path.exists() else {}
+    generation[key] = value
+    generation_path.write_text(json.dumps(generation))
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), what, "not a token")
+
+
+def test_outputs_longer_than_the_decoder_takes_are_one_line():
+    """BART's 64 positions bound generation and a given target; T5 (relative positions) is bounded too."""
+    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--max-new-tokens", "100"),
+                          "--max-new-tokens 100 is more than the decoder takes (64 tokens)")
+    assert_one_line_error(run_cli("explain", FOLDERS["bart"], "--text", "the cat", "--target-text", "cat " * 80),
+                          "too long", "takes at most")
+    assert_one_line_error(run_cli("explain", FOLDERS["t5"], "--text", "the cat", "--max-new-tokens", "100000"),
+                          "more than the decoder takes (1024 tokens)")

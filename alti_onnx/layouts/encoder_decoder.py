@@ -40,6 +40,10 @@ from alti_onnx.runtime.text_inputs import Batch
 from graph_rewrites import AttentionBlock
 
 
+#: The longest output explained when the config gives no number of positions (T5's are relative).
+MAX_TARGET_TOKENS = 1024
+
+
 class EncoderDecoderExplainer(Explainer):
     """ALTI+ for an optimum encoder-decoder export directory (Marian, BART, T5, M2M100, ...):
     ``Explainer(path)`` for a folder with encoder_model.onnx and decoder_model.onnx.
@@ -80,6 +84,12 @@ class EncoderDecoderExplainer(Explainer):
         self.load_tokenizer()
         for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, session_inputs(decoder, fed_by_caller=fed))):
             check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
+        #: the longest output the decoder's positions take (config.json), else a bound on generation's work
+        positions = self.config.get("max_position_embeddings")
+        self.max_target_tokens = positions if isinstance(positions, int) and positions > 0 else MAX_TARGET_TOKENS
+        rows = decoder.embedding_rows.get(session_inputs(decoder, fed_by_caller=fed).ids_name)
+        self.forced_first, self.banned = self._generation_ids(
+            rows or self.text_encoder.tokenizer.get_vocab_size(with_added_tokens=True))
         encoder, self.encoder_session = self.sessions_of(encoder, lambda prepared: SegmentedSession(prepared, providers))
         decoder, self.decoder_session = self.sessions_of(
             decoder, lambda prepared: SegmentedSession(prepared, providers, fed_by_caller=fed))
@@ -128,8 +138,11 @@ class EncoderDecoderExplainer(Explainer):
         """Several sources (and targets) in one padded batch; each result equals its pair's alone."""
         if targets is not None and len(targets) != len(sources):
             raise InputError(f"{len(sources)} sources but {len(targets)} targets")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max new tokens must be a positive integer, got {max_new_tokens!r}")
+        if max_new_tokens > self.max_target_tokens:
+            raise InputError(f"--max-new-tokens {max_new_tokens} is more than the decoder takes "
+                             f"({self.max_target_tokens} tokens)")
         batch = self.text_encoder.encode(list(sources))
         encoded, encoder_tensors = self.encoder_session.run(batch)
         memory = next(iter(encoded.values())) if len(encoded) == 1 else encoded[self.encoder_session.original_outputs[0]]
@@ -137,6 +150,10 @@ class EncoderDecoderExplainer(Explainer):
             labels = self._generate(memory, batch.attention_mask, max_new_tokens)
         else:
             labels = self.text_encoder.token_ids(list(targets))
+            longest = max(len(row) for row in labels)
+            if longest > self.max_target_tokens:
+                raise InputError(f"the target is {longest} tokens, more than the decoder takes "
+                                 f"({self.max_target_tokens} tokens)")
         decoder_ids = [[self.start_id, *row[:-1]] for row in labels]
         decoder_batch = Batch.padded(decoder_ids, self.text_encoder.pad_id)
         feeds = {**self.decoder_session.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
@@ -152,13 +169,30 @@ class EncoderDecoderExplainer(Explainer):
                                   generated=targets is None) for row in range(len(sources))]
 
     # ------------------------------------------------------------------ generation
+    def _generation_ids(self, vocabulary: int) -> tuple[int | None, list[int]]:
+        """The forced first token and the banned single tokens of generation_config.json, with the start
+        token, each a token of the decoder's ``vocabulary``: an id outside it is refused in one line
+        (it would be explained as a token that does not exist, or ban another one)."""
+        def token(key: str, value: object) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocabulary:
+                raise InputError(f"{self.files.folder}: {key} is {value!r}, not a token of the decoder's "
+                                 f"{vocabulary}-token vocabulary")
+            return value
+
+        token("decoder_start_token_id", self.start_id)
+        forced = _first_int("forced_bos_token_id", self.generation, self.config)
+        banned = []
+        for ids in self.generation.get("bad_words_ids") or []:
+            if isinstance(ids, list) and len(ids) == 1:  # longer sequences are not banned by greedy steps
+                banned.append(token("generation_config.json's bad_words_ids", ids[0]))
+        return (None if forced is None else token("forced_bos_token_id", forced)), banned
+
     def _generate(self, memory: np.ndarray, mask: np.ndarray, max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding on the plain decoder: each row until EOS (kept) or ``max_new_tokens``."""
         rows = len(memory)
         sequences = np.full((rows, 1), self.start_id, dtype=np.int64)
         done = np.zeros(rows, dtype=bool)
-        forced_first = _first_int("forced_bos_token_id", self.generation, self.config)
-        banned = [ids[0] for ids in self.generation.get("bad_words_ids") or [] if isinstance(ids, list) and len(ids) == 1]
+        forced_first, banned = self.forced_first, self.banned
         fixed = {self._memory: memory.astype(np.float32, copy=False)}
         if self._memory_mask:
             fixed[self._memory_mask] = mask
