@@ -441,3 +441,36 @@ def test_ctrl_c_during_a_batch_then_resume(tmp_path: Path) -> None:
     done = run_cli("batch", BERT, "--input", texts, "--output", output)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["index"] for line in output.read_text().splitlines()] == list(range(3000))
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--seed", "-5"], ["--seed"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--hf-model", "/nonexistent"], ["--hf-model", "not a Hugging Face model directory"]),
+])
+def test_evaluate_options_it_cannot_use_are_one_line(tmp_path: Path, options, words) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat\n")
+    result = run_cli("evaluate", FIXTURES / "tiny-bert-classifier", "--data", data, "--out", tmp_path / "e", *options)
+    assert_one_line_error(result, *words)
+
+
+@pytest.mark.parametrize("labels, words", [(["1", "x"], ["'x', not a class index"]), (["1", "7"], ["label of the data is 7"])])
+def test_evaluate_labels_it_cannot_use_are_one_line(tmp_path: Path, labels, words) -> None:
+    data = tmp_path / "data.tsv"
+    data.write_text("label\ttext\n" + "".join(f"{label}\tthe cat sat {k}\n" for k, label in enumerate(labels)))
+    result = run_cli("evaluate", FIXTURES / "tiny-bert-classifier", "--data", data, "--out", tmp_path / "e")
+    assert_one_line_error(result, *words)
+
+
+def test_bench_refuses_a_batch_it_could_not_hold() -> None:
+    result = run_cli("bench", FIXTURES / "tiny-bert", "--batch-sizes", "100000000", "--lengths", "8")
+    assert_one_line_error(result, "--batch-sizes takes at most 4096")
+
+
+@pytest.mark.parametrize("text, kind", [(None, "NoneType"), (5, "int"), ([], "at least one text"),
+                                        ({"text": "x"}, "dict"), (b"the cat", "bytes"), (["a", 5], "holding int")])
+def test_explain_takes_texts_and_says_what_it_got_instead(text, kind) -> None:
+    explainer = Explainer(FIXTURES / "tiny-bert", cache=False)
+    with pytest.raises(InputError, match=kind):
+        explainer.explain(text)

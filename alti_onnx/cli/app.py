@@ -315,8 +315,8 @@ def evaluate(
     hf_model: Annotated[
         Optional[Path], typer.Option("--hf-model", help="Hugging Face dir of the same weights, for the gradient methods")
     ] = None,
-    seed: Annotated[int, typer.Option(help="seed of the random baseline")] = 0,
-    batch_size: Annotated[int, typer.Option(help="onnxruntime batch size for the perturbed inputs")] = 64,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the random baseline")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="onnxruntime batch size for the perturbed inputs")] = 64,
     input_map: InputMapOption = None,
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
 ) -> None:
@@ -330,6 +330,8 @@ def evaluate(
         if find_spec("matplotlib") is None:  # say so before the minutes of work, not after
             raise ExportUnavailableError("evaluate draws faithfulness.png with matplotlib: pip install 'alti-onnx[plot]'")
         _require_folder(out_dir / "results.md")  # likewise an output folder that cannot be made
+        if hf_model is not None and not (hf_model / "config.json").is_file():
+            raise InputError(f"--hf-model {hf_model} is not a Hugging Face model directory (no config.json)")
         dataset = read_texts(data, n)
         explainer = _explainer(model, input_map, self_check_tolerance)
         if hf_model is None:
@@ -387,7 +389,8 @@ def bench(
 
     with user_errors():
         roles = parse_input_map(input_map or [])
-        seq_lens, sizes = _positive_ints(lengths, "--lengths"), _positive_ints(batch_sizes, "--batch-sizes")
+        seq_lens = _positive_ints(lengths, "--lengths")
+        sizes = _positive_ints(batch_sizes, "--batch-sizes", most=MAX_BENCH_BATCH)
         from alti_onnx.runtime.model_files import locate_model
 
         if tuple(locate_model(model).graphs) != ("model",):
@@ -414,14 +417,20 @@ def bench(
     out.print(table)
 
 
-def _positive_ints(text: str, option: str) -> list[int]:
-    """``--lengths 32,128``: one or more positive integers."""
+#: The largest batch bench builds (a synthetic batch of this many texts must fit in memory).
+MAX_BENCH_BATCH = 4096
+
+
+def _positive_ints(text: str, option: str, most: int | None = None) -> list[int]:
+    """``--lengths 32,128``: one or more positive integers (at most ``most``)."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         values = []
     if not values or min(values) < 1:
         raise InputError(f"{option} expects comma-separated positive integers, got {text!r}")
+    if most is not None and max(values) > most:
+        raise InputError(f"{option} takes at most {most}, got {max(values)}")
     return values
 
 

@@ -47,10 +47,10 @@ def read_texts(path: str | Path, n: int | None = None) -> Dataset:
                 continue
             texts.append(fields[column].strip())
             if labels is not None:
-                try:
-                    labels.append(int(fields[label_column]))
-                except (ValueError, IndexError):
-                    labels = None
+                value = fields[label_column].strip() if label_column < len(fields) else ""
+                if not value.lstrip("-").isdigit() or int(value) < 0:
+                    raise InputError(f"{path}: the label of {texts[-1][:40]!r} is {value!r}, not a class index")
+                labels.append(int(value))
             if n is not None and len(texts) >= n:
                 break
     else:

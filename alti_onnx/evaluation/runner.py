@@ -190,6 +190,9 @@ def evaluate(
         classifier.on_batch = ui.task("predicting the sentences", len(ids))
         probs = classifier(ids)
         targets = probs.argmax(-1)
+        if labels is not None and max(int(labels[i]) for i in kept) >= probs.shape[-1]:
+            raise InputError(f"a label of the data is {max(int(labels[i]) for i in kept)}, but the model has "
+                             f"{probs.shape[-1]} classes (0 to {probs.shape[-1] - 1}): labels of another task?")
         full = probs[np.arange(len(ids)), targets]
         explanations = _explain(explainer, [texts[i] for i in kept], ids, explain_batch, ui.task("explaining (ALTI)", len(ids)))
 
