@@ -96,3 +96,21 @@ def test_inline_view_renders_in_a_browser(tmp_path):
         cells = driver.execute_script("return document.querySelectorAll('.alti-heatmap td').length")
         assert cells == len(explanation.tokens) ** 2
         full_page_screenshot(driver, tmp_path / "cell.png")
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda arrays: arrays.update(rollout=np.full_like(arrays["rollout"], np.nan)), "NaN or Infinity"),
+    (lambda arrays: arrays.update(contributions=arrays["contributions"][:, :1]), "saved contributions is"),
+    (lambda arrays: arrays.update(rollout=np.ones((arrays["rollout"].shape[0], 8, 8))), "saved rollout is"),
+    (lambda arrays: arrays.pop("reconstruction_error"), "lacks or mistypes"),
+])
+def test_load_refuses_a_saved_explanation_that_does_not_fit_itself(tmp_path, damage, words):
+    explanation = Explainer(FIXTURES / "tiny-bert-classifier", cache=False).explain(TEXT)
+    path = explanation.save(tmp_path / "saved.npz")
+    with np.load(path) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    damage(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(ValueError, match=words):
+        Explanation.load(path)

@@ -200,6 +200,34 @@ class Explanation(ExplanationBase):
 
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Explanation:
+        try:
+            found = cls._read_saved(arrays, meta)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the saved explanation lacks or mistypes {exc}") from None
+        found._check_saved()
+        return found
+
+    def _check_saved(self) -> None:
+        """A loaded explanation must be one ``explain`` could have made: matrices of [L, S, S] for its S
+        tokens, attributions of S, one self-check per layer, no NaN or Infinity."""
+        size = len(self.tokens)
+        if len(self.input_ids) != size:
+            raise ValueError(f"the saved explanation has {size} tokens but {len(self.input_ids)} ids")
+        layers = len(self.reconstruction_error)
+        for name in ("contributions", "rollout", "attention", "norm_based"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (layers, size, size):
+                raise ValueError(f"the saved {name} is {value.shape}, not ({layers}, {size}, {size}) for its "
+                                 f"{layers} layers and {size} tokens")
+        rows = list((self.attributions or {}).values())
+        if any(row.shape != (size,) for row in rows):
+            raise ValueError(f"a saved attribution does not have one number for each of the {size} tokens")
+        arrays = [a for a in (self.contributions, self.rollout, self.attention, self.norm_based) if a is not None]
+        if not all(np.all(np.isfinite(a)) for a in [*arrays, *rows, np.asarray(self.reconstruction_error)]):
+            raise ValueError("the saved explanation holds NaN or Infinity")
+
+    @classmethod
+    def _read_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Explanation:
         keys = meta["attribution_keys"]
         return cls(
             tokens=meta["tokens"], input_ids=meta["input_ids"], contributions=arrays.get("contributions"),
