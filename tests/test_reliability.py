@@ -176,8 +176,8 @@ def test_writing_to_stdout_or_a_pipe(tmp_path):
 
 
 def test_kill_9_at_20_random_moments_then_resume_gives_the_records_of_one_run(tmp_path):
-    """20 runs of one job, each killed (SIGKILL) at a random moment between its start and a slice of
-    its work, then one run to the end: the records equal an uninterrupted run's, none lost or doubled."""
+    """20 runs of one job, each killed (SIGKILL) at a random moment of its start-up or of its work,
+    then one run to the end: the records equal an uninterrupted run's, none lost or doubled."""
     texts = corpus(tmp_path / "texts.jsonl", 2000, seed=3, words=(20, 60))
     command = [console_script(), "batch", str(BERT), "--input", str(texts), "--chunk-size", "8", "--batch-size", "8"]
     whole = tmp_path / "whole.jsonl"
@@ -192,14 +192,28 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_records_of_one_run(tm
 
     output = tmp_path / "killed.jsonl"
     rng = random.Random(20)
+    # Where the kills land is set by progress, not by the clock (a loaded machine stretches every
+    # run): a third at a random moment of start-up, the rest once the output reaches a record count
+    # drawn along the corpus, plus a random instant, so they fall mid-chunk as well as between chunks.
+    marks = sorted(rng.sample(range(40, 1900), 14))
     done = []
-    for _ in range(20):
+
+    def finished() -> int:
+        return len(output.read_bytes().splitlines()) if output.exists() else 0
+
+    for run in range(20):
         process = subprocess.Popen([*command, "--output", str(output)], env=cli_env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3 * start_up, start_up + work / 12))
+        if run % 3 == 0 or not marks:
+            time.sleep(rng.uniform(0.1, 0.9) * start_up)
+        else:
+            mark, deadline = marks.pop(0), time.monotonic() + 300
+            while finished() < mark and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        done.append(len(output.read_bytes().splitlines()) if output.exists() else 0)
+        done.append(finished())
     assert run_cli(*command[1:], "--output", output).returncode == 0
     same_records(records(output), records(whole))
     assert done == sorted(done) and len(set(done)) > 5 and done[-1] < 2000, f"the kills should land all along: {done}"
