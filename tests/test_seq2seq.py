@@ -307,3 +307,10 @@ def test_outputs_longer_than_the_decoder_takes_are_one_line():
                           "too long", "takes at most")
     assert_one_line_error(run_cli("explain", FOLDERS["t5"], "--text", "the cat", "--max-new-tokens", "100000"),
                           "more than the decoder takes (1024 tokens)")
+
+
+def test_evaluate_refuses_an_encoder_decoder_in_one_line(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat\n")
+    assert_one_line_error(run_cli("evaluate", FOLDERS["t5"], "--data", data, "--out", tmp_path / "e"),
+                          "needs a sequence classifier", "encoder-decoder export")

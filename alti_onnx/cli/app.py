@@ -334,6 +334,8 @@ def evaluate(
             raise InputError(f"--hf-model {hf_model} is not a Hugging Face model directory (no config.json)")
         dataset = read_texts(data, n)
         explainer = _explainer(model, input_map, self_check_tolerance)
+        if explainer.takes_target_text:
+            raise InputError(f"evaluation needs a sequence classifier; {model} is an encoder-decoder export")
         if hf_model is None:
             hf_model = _default_hf_model(model)
         result = run_evaluation(
