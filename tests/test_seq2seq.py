@@ -314,3 +314,61 @@ def test_evaluate_refuses_an_encoder_decoder_in_one_line(tmp_path):
     data.write_text("the cat sat\n")
     assert_one_line_error(run_cli("evaluate", FOLDERS["t5"], "--data", data, "--out", tmp_path / "e"),
                           "needs a sequence classifier", "encoder-decoder export")
+
+
+def _as_users_ship_it(tmp_path: Path, names: tuple[str, str] = ("encoder.onnx", "decoder.onnx")) -> Path:
+    """tiny T5 as third-party exports come: encoder.onnx and decoder.onnx, no config files."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    for source, name in zip(("encoder_model.onnx", "decoder_model.onnx"), names):
+        shutil.copy(FOLDERS["t5"] / source, folder / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(FOLDERS["t5"] / name, folder / name)
+    return folder
+
+
+def test_an_encoder_decoder_as_users_ship_it_says_what_is_missing_and_takes_it(tmp_path):
+    """No config.json: the start token is asked for by its option, and with it the numbers are the
+    optimum export's (the same weights)."""
+    folder = _as_users_ship_it(tmp_path)
+    texts, pairs = _expected(FOLDERS["t5"])
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), "decoder_start_token_id",
+                          "--decoder-start-token-id")
+    explained = Explainer(folder, cache=False, decoder_start_token_id=0).explain(texts["sources"][0], texts["targets"][0])
+    _same(explained.combined, pairs[0]["combined"], "encoder.onnx + decoder.onnx")
+    written = tmp_path / "out.json"
+    result = run_cli("explain", folder, "--text", texts["sources"][0], "--target-text", texts["targets"][0],
+                     "--decoder-start-token-id", "0", "--json", written)
+    assert result.returncode == 0, result.stderr
+    _same(json.loads(written.read_text())["combined"], pairs[0]["combined"], "CLI")
+
+
+def test_an_encoder_decoder_with_other_file_names_is_named_by_its_options(tmp_path):
+    folder = _as_users_ship_it(tmp_path, ("enc.onnx", "dec.onnx"))
+    texts, pairs = _expected(FOLDERS["t5"])
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), "--encoder FILE --decoder FILE")
+    explained = Explainer(folder, cache=False, encoder="enc.onnx", decoder="dec.onnx", decoder_start_token_id=0)
+    _same(explained.explain(texts["sources"][0], texts["targets"][0]).combined, pairs[0]["combined"], "named")
+    corpus, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    corpus.write_text(json.dumps({"text": texts["sources"][0], "target": texts["targets"][0]}) + "\n")
+    result = run_cli("batch", folder, "--input", corpus, "--output", output, "--encoder", "enc.onnx", "--decoder",
+                     "dec.onnx", "--decoder-start-token-id", "0")
+    assert result.returncode == 0, result.stderr
+    _same(json.loads(output.read_text())["attribution"], pairs[0]["combined"][-1], "batch")
+    assert_one_line_error(run_cli("explain", FIXTURES / "tiny-bert", "--text", "x", "--decoder-start-token-id", "0"),
+                          "decoder_start_token_id is not for single-graph models")
+
+
+def test_a_dynamically_quantized_encoder_decoder_gets_the_int8_guidance(tmp_path):
+    """Dynamic int8 (as a third-party flan-t5-small ships): the self-check misses by the activation
+    rounding and says how to accept it, as the encoder-only path does."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    folder = _as_users_ship_it(tmp_path)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        quantization.quantize_dynamic(str(folder / name), str(folder / name), weight_type=quantization.QuantType.QInt8)
+    texts, _ = _expected(FOLDERS["t5"])
+    result = run_cli("explain", folder, "--text", texts["sources"][0], "--decoder-start-token-id", "0")
+    assert_one_line_error(result, "dynamically quantized", "--self-check-tolerance 2e-2")
+    accepted = run_cli("explain", folder, "--text", texts["sources"][0], "--decoder-start-token-id", "0",
+                       "--self-check-tolerance", "2e-2")
+    assert accepted.returncode == 0 and "ALTI+ source contributions" in accepted.stdout, accepted.stderr

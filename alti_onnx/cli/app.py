@@ -41,6 +41,17 @@ ToleranceOption = Annotated[
         help="largest decomposition error accepted, relative to the block output (e.g. 2e-2 for dynamic int8)",
     ),
 ]
+EncoderOption = Annotated[
+    Optional[Path], typer.Option("--encoder", help="encoder-decoder: the encoder's .onnx (a path, or a file name in "
+                                 "MODEL), when it is not encoder_model.onnx or encoder.onnx")
+]
+DecoderOption = Annotated[
+    Optional[Path], typer.Option("--decoder", help="encoder-decoder: the decoder's .onnx (as --encoder)")
+]
+StartTokenOption = Annotated[
+    Optional[int], typer.Option("--decoder-start-token-id", help="encoder-decoder: the decoder's first token, when "
+                                "neither config.json nor generation_config.json gives it (T5: 0)")
+]
 DEFAULT_TOLERANCE = 1e-3  # explainer.DEFAULT_SELF_CHECK_TOLERANCE (not imported here: the CLI starts without onnx)
 
 
@@ -172,6 +183,9 @@ def explain(
     words: Annotated[
         bool, typer.Option("--words", help="words instead of subword pieces (the table; --json adds the word keys)")
     ] = False,
+    encoder: EncoderOption = None,
+    decoder: DecoderOption = None,
+    decoder_start_token_id: StartTokenOption = None,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -184,7 +198,8 @@ def explain(
             raise InputError("--attribution-only cannot go with --html or --png: they draw every layer's matrices")
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         target = _target_option(target)
-        explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider)
+        explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider,
+                               encoder=encoder, decoder=decoder, decoder_start_token_id=decoder_start_token_id)
         explanation = explainer.explain(text, target_text, full=full, targets=None if target is None else [target],
                                         max_new_tokens=max_new_tokens)
         if target is None and explanation.default_target == "mean":
@@ -301,7 +316,7 @@ def demo(
         model_dir = _default_model()
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
             png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False,
-            target_text=None, max_new_tokens=32, words=False)
+            target_text=None, max_new_tokens=32, words=False, encoder=None, decoder=None, decoder_start_token_id=None)
 
 
 @app.command()
@@ -468,6 +483,9 @@ def batch(
     actors: Annotated[int, typer.Option(min=1, help="with --ray: Explainers running at once")] = 1,
     cpus_per_actor: Annotated[float, typer.Option(min=0, help="with --ray: CPUs each actor takes")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(min=0, help="with --ray: GPUs each actor takes")] = 0.0,
+    encoder: EncoderOption = None,
+    decoder: DecoderOption = None,
+    decoder_start_token_id: StartTokenOption = None,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
@@ -478,7 +496,8 @@ def batch(
     if ray is not None:
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
                       target=target, full=full, words=words, max_new_tokens=max_new_tokens, pairs_per_run=pairs_per_run,
-                      self_check_tolerance=self_check_tolerance, input_map=input_map)
+                      self_check_tolerance=self_check_tolerance, input_map=input_map, encoder=encoder, decoder=decoder,
+                      decoder_start_token_id=decoder_start_token_id)
         return
     from rich.progress import Progress
 
@@ -490,7 +509,8 @@ def batch(
     with user_errors():
         target = _target_option(target)
         require_corpus(input_path)
-        explainer = _explainer(model, input_map, self_check_tolerance)
+        explainer = _explainer(model, input_map, self_check_tolerance, encoder=encoder, decoder=decoder,
+                               decoder_start_token_id=decoder_start_token_id)
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(Path(output_path)):
             task = progress.add_task("explaining", total=count_lines(input_path))

@@ -106,7 +106,7 @@ class ShardWriter:
         self.output = Path(output)
         self.options = options
         self.explainer = Explainer(model, self_check_tolerance=options["self_check_tolerance"],
-                                   input_map=options["input_map"] or None)
+                                   input_map=options["input_map"] or None, **options["layout"])
         workers = self.output / WORKERS_DIR
         workers.mkdir(exist_ok=True)
         (workers / str(os.getpid())).write_text("")
@@ -149,16 +149,23 @@ def plan_shards(
     pairs_per_run: int = PAIRS_PER_RUN,
     self_check_tolerance: float = 1e-3,
     input_map: dict[str, str] | None = None,
+    encoder: str | Path | None = None,
+    decoder: str | Path | None = None,
+    decoder_start_token_id: int | None = None,
 ) -> ShardPlan:
     """Check the corpus and the model, claim ``output_dir`` for this job (or find it is this job's),
     and list the shards not written yet. Needs no Ray: bad input is refused before a cluster starts."""
     input_path, output_dir = Path(input_path), Path(output_dir)
     require_corpus(input_path)
-    files = locate_model(model)
+    files = locate_model(model, encoder=encoder, decoder=decoder)
     prepared = {role: prepare(path) for role, path in files.graphs.items()}  # what the actors will load
+    layout = {"encoder": None if encoder is None else str(files.graphs["encoder"]),
+              "decoder": None if decoder is None else str(files.graphs["decoder"]),
+              "decoder_start_token_id": decoder_start_token_id}
     options = {"full": full, "target": target, "input_map": dict(sorted((input_map or {}).items())),
                "self_check_tolerance": self_check_tolerance, "words": words, "max_new_tokens": max_new_tokens,
-               "batch_size": batch_size, "pairs_per_run": pairs_per_run, **job_model_identity(files, prepared)}
+               "batch_size": batch_size, "pairs_per_run": pairs_per_run, "layout": layout,
+               **job_model_identity(files, prepared)}
     shard_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     _claim(output_dir, Job.of(input_path, files.onnx, files.tokenizer, {**options, "shard_size": shard_size}))
     pending, skipped = [], 0

@@ -68,7 +68,9 @@ class Explainer(ABC):
     relative to the block output's magnitude (at least 1); ``input_map`` the role of graph inputs
     whose names do not tell it (``{"in_1": "mask"}``; roles: ids, mask, segment, positions);
     ``cache`` whether the prepared model (blocks found, graph split per layer) is kept under
-    ``<cache>/prepared`` for the next run on the same file (on by default).
+    ``<cache>/prepared`` for the next run on the same file (on by default). An encoder-decoder's
+    halves may be named with ``encoder`` and ``decoder`` (paths, or file names in ``model``), and
+    its first decoder token given with ``decoder_start_token_id`` when no config file gives it.
 
     Use it as a context manager, or call ``close()``, to release its threads and sessions at once.
     """
@@ -86,7 +88,7 @@ class Explainer(ABC):
 
     def __new__(cls, model: str | Path, *args: object, **kwargs: object) -> Explainer:
         if cls is Explainer:
-            roles = tuple(locate_model(model).graphs)
+            roles = tuple(locate_model(model, encoder=kwargs.get("encoder"), decoder=kwargs.get("decoder")).graphs)
             found = [layout for layout in Explainer._layouts if layout.graph_roles == roles]
             if not found:
                 raise ModelPathError(f"{model}: no layout explains a model of graphs {', '.join(roles)}")
@@ -95,9 +97,10 @@ class Explainer(ABC):
 
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
-                 cache: bool = True):
+                 cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
+                 decoder_start_token_id: int | None = None):
         require_tolerance(self_check_tolerance)
-        self.files: ModelFiles = locate_model(model, tokenizer)
+        self.files: ModelFiles = locate_model(model, tokenizer, encoder, decoder)
         self.config: dict = read_config(self.files)
         #: the tokenizer, read once the graphs are known good (``load_tokenizer``): a file that is no
         #: model is reported as such, not as a missing tokenizer beside it
@@ -184,7 +187,7 @@ class Explainer(ABC):
     def refuse_options(self, **options: object) -> None:
         """One line for each option given that this layout has no use for (None, False and () are not given)."""
         for name, value in options.items():
-            if value not in (None, False, ()):
+            if not (value is None or value is False or value == ()):
                 raise InputError(f"{name} is not for {self.layout_name} models")
 
     @property

@@ -59,17 +59,21 @@ class EncoderDecoderExplainer(Explainer):
 
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
-                 cache: bool = True):
+                 cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
+                 decoder_start_token_id: int | None = None):
         if input_map:
             raise InputError("--input-map is for single-graph models; an encoder-decoder export's inputs are optimum's")
-        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
+        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache, encoder=encoder,
+                         decoder=decoder)
         generation = self.files.folder / "generation_config.json"
         self.generation = read_json_object(generation, "generation config") if generation.exists() else {}
-        self.start_id = _first_int("decoder_start_token_id", self.generation, self.config)
+        self.start_id = (decoder_start_token_id if decoder_start_token_id is not None
+                         else _first_int("decoder_start_token_id", self.generation, self.config))
         self.eos_id = _first_int("eos_token_id", self.generation, self.config)
         if self.start_id is None:
             raise InputError(f"{self.files.folder}: neither generation_config.json nor config.json gives "
-                             "decoder_start_token_id")
+                             "decoder_start_token_id, the decoder's first token: pass --decoder-start-token-id ID "
+                             "(API: decoder_start_token_id=ID; T5 and Flan-T5 start from the pad token, 0)")
         providers = providers or default_providers()
         encoder = prepare(self.files.graphs["encoder"], cache=cache)
         decoder = prepare(self.files.graphs["decoder"], cache=cache)
@@ -94,11 +98,15 @@ class EncoderDecoderExplainer(Explainer):
         decoder, self.decoder_session = self.sessions_of(
             decoder, lambda prepared: SegmentedSession(prepared, providers, fed_by_caller=fed))
         self._prepared = {"encoder": encoder, "decoder": decoder}
+        self.int8 = encoder.dynamically_quantized or decoder.dynamically_quantized
         self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
 
     @property
     def prepared_graphs(self) -> dict[str, PreparedModel]:
         return dict(self._prepared)
+
+    def corpus_options(self) -> dict[str, object]:
+        return {**super().corpus_options(), "decoder_start_token_id": self.start_id}
 
     def _release(self) -> None:
         self.encoder_session.close()
@@ -268,7 +276,7 @@ class EncoderDecoderExplainer(Explainer):
         if not (np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions))):
             raise NonFiniteError(f"the model produced NaN or Inf in {where}: no explanation of this text is "
                                  "meaningful (a float16 overflow, or NaN weights?)")
-        check_layer(where, computed, tokens, self.self_check_tolerance)
+        check_layer(where, computed, tokens, self.self_check_tolerance, self.int8)
         errors.append(computed.reconstruction_error)
 
     def _token(self, token_id: int) -> str:

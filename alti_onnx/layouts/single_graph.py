@@ -42,8 +42,10 @@ class SingleGraphExplainer(Explainer):
 
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
-                 cache: bool = True):
+                 cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
+                 decoder_start_token_id: int | None = None):
         super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
+        self.refuse_options(decoder_start_token_id=decoder_start_token_id)
         # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs,
         # split into one segment per layer.
         self.prepared: PreparedModel = prepare(self.files.onnx, cache=cache)

@@ -45,8 +45,10 @@ def read_json_object(path: Path, what: str) -> dict:
     return value
 
 
-#: What optimum names the two halves of a text2text-generation export.
-ENCODER_FILE, DECODER_FILE = "encoder_model.onnx", "decoder_model.onnx"
+#: The names the two halves of an encoder-decoder export go by: optimum's text2text-generation
+#: export first, then the shorter names third-party exports use.
+ENCODER_NAMES = ("encoder_model.onnx", "encoder.onnx")
+DECODER_NAMES = ("decoder_model.onnx", "decoder.onnx")
 #: Merged decoders (an If over the cache) are refused: the plain decoder is what ALTI+ reads.
 MERGED_DECODER_FILE = "decoder_model_merged.onnx"
 
@@ -74,35 +76,51 @@ class ModelFiles:
         return self.onnx.parent
 
 
+def _first_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / name for name in names if (folder / name).is_file()), None)
+
+
 def is_encoder_decoder_export(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding an encoder-decoder export."""
     path = Path(path)
-    return path.is_dir() and (path / ENCODER_FILE).is_file() and (
-        (path / DECODER_FILE).is_file() or (path / MERGED_DECODER_FILE).is_file())
+    return path.is_dir() and _first_file(path, ENCODER_NAMES) is not None and (
+        _first_file(path, DECODER_NAMES) is not None or (path / MERGED_DECODER_FILE).is_file())
 
 
-def locate_model(model: str | Path, tokenizer: str | Path | None = None) -> ModelFiles:
+def locate_model(model: str | Path, tokenizer: str | Path | None = None, encoder: str | Path | None = None,
+                 decoder: str | Path | None = None) -> ModelFiles:
     """The files of an optimum-style directory (model.onnx, or encoder_model.onnx + decoder_model.onnx,
-    beside tokenizer.json) or of one .onnx path."""
+    beside tokenizer.json), of a directory with encoder.onnx + decoder.onnx, or of one .onnx path.
+    ``encoder`` and ``decoder`` name the two halves of an encoder-decoder explicitly (a path, or a
+    file name inside ``model``)."""
     path = Path(model)
     if not path.exists():
         raise ModelPathError(f"model not found: {path}")
-    if is_encoder_decoder_export(path):
-        if not (path / DECODER_FILE).is_file():
+    if (encoder is None) != (decoder is None):
+        raise ModelPathError("an encoder-decoder needs both --encoder and --decoder (API: encoder=, decoder=)")
+    if encoder is not None:
+        folder = path if path.is_dir() else path.parent
+        graphs = {role: _named_graph(folder, given, role) for role, given in (("encoder", encoder), ("decoder", decoder))}
+    elif is_encoder_decoder_export(path):
+        decoder_file = _first_file(path, DECODER_NAMES)
+        if decoder_file is None:
             raise ModelPathError(
                 f"{path} has only {MERGED_DECODER_FILE} (the decoder with and without a cache merged under an If); "
-                f"export with optimum's text2text-generation task without --monolith, keeping {DECODER_FILE}"
+                f"export with optimum's text2text-generation task without --monolith, keeping {DECODER_NAMES[0]}"
             )
-        graphs = {"encoder": path / ENCODER_FILE, "decoder": path / DECODER_FILE}
+        graphs = {"encoder": _first_file(path, ENCODER_NAMES), "decoder": decoder_file}
     elif path.is_dir():
         onnx_path = path / "model.onnx"
         if not onnx_path.is_file():
             candidates = sorted(path.glob("*.onnx"))
-            if (path / ENCODER_FILE).is_file():
-                raise ModelPathError(f"{path} is an encoder-decoder export without {DECODER_FILE}: export it with "
-                                     "optimum's text2text-generation task")
+            if _first_file(path, ENCODER_NAMES) is not None:
+                raise ModelPathError(f"{path} is an encoder-decoder export without a decoder ({' or '.join(DECODER_NAMES)}): "
+                                     "export it with optimum's text2text-generation task, or name the two files with "
+                                     "--encoder FILE --decoder FILE")
             if len(candidates) != 1:
-                raise ModelPathError(f"no model.onnx in {path}")
+                hint = (f" (an encoder-decoder? name its halves with --encoder FILE --decoder FILE: "
+                        f"{', '.join(p.name for p in candidates[:4])})" if len(candidates) >= 2 else "")
+                raise ModelPathError(f"no model.onnx in {path}{hint}")
             onnx_path = candidates[0]
         graphs = {"model": onnx_path}
     else:
@@ -112,6 +130,14 @@ def locate_model(model: str | Path, tokenizer: str | Path | None = None) -> Mode
     if tokenizer_path.is_dir():
         tokenizer_path = tokenizer_path / "tokenizer.json"
     return ModelFiles(graphs, tokenizer_path, folder / "config.json")
+
+
+def _named_graph(folder: Path, given: str | Path, role: str) -> Path:
+    """An --encoder or --decoder: a path as given, else a file of that name in the model's folder."""
+    for candidate in (Path(given), folder / given):
+        if candidate.is_file():
+            return candidate
+    raise ModelPathError(f"--{role} {given} is neither a file nor a file in {folder}")
 
 
 def read_config(files: ModelFiles) -> dict:
