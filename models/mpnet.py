@@ -24,6 +24,7 @@ from pathlib import Path
 
 from models.cache import build_lock, building, exported, load_eager
 from models.cache import cache_dir as _cache_dir
+from models.proof import Proof, prove
 from models.wheels import downloaded_wheel, joined_members
 
 __all__ = ["hf_mpnet_dir", "build_mpnet", "load_mpnet", "main"]
@@ -59,11 +60,18 @@ def load_mpnet(cache_dir: str | Path | None = None):
     return load_eager(hf_mpnet_dir(cache_dir), "MPNetModel")
 
 
+#: What the built model must do before it verifies anything (``models.proof``): the pieces of a known
+#: sentence, and a paraphrase nearer it than an unrelated sentence.
+PROOF = Proof(sentence="A man is playing a guitar.", pieces=("a", "man", "is", "playing", "a", "guitar", "."),
+              anchor="A man is playing a guitar.", close="Someone plays the guitar.",
+              far="The stock market fell sharply today.")
+
+
 def build_mpnet(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of all-mpnet-base-v2's encoder (feature-extraction), built once. Library
     ``transformers``: optimum would pick sentence-transformers (pooled outputs) for this folder."""
     root = _cache_dir(cache_dir)
-    return exported(root, _NAME, hf_mpnet_dir(root), task="feature-extraction", library="transformers")
+    return prove(exported(root, _NAME, hf_mpnet_dir(root), task="feature-extraction", library="transformers"), PROOF)
 
 
 def main(argv=None) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from models.cache import cache_dir as _cache_dir
 from models.cache import dequantized_gguf, exported, load_eager
+from models.proof import Proof, prove
 
 __all__ = ["WHEEL", "hf_smollm2_dir", "build_smollm2", "load_smollm2", "main"]
 
@@ -78,10 +79,16 @@ def load_smollm2(cache_dir: str | Path | None = None):
     return load_eager(hf_smollm2_dir(cache_dir))
 
 
+#: What the built model must do before it verifies anything (``models.proof``): the pieces of a known
+#: sentence, and the next token the README shows.
+PROOF = Proof(sentence="The capital of France is", pieces=("The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"),
+              prompt="The capital of France is Paris, and the capital of Germany is", next_token=" Berlin")
+
+
 def build_smollm2(cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of SmolLM2-135M-Instruct (text-generation, no KV cache), built once."""
     root = _cache_dir(cache_dir)
-    return exported(root, _NAME, hf_smollm2_dir(root), task="text-generation")
+    return prove(exported(root, _NAME, hf_smollm2_dir(root), task="text-generation"), PROOF)
 
 
 def main(argv=None) -> None:

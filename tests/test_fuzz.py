@@ -153,3 +153,42 @@ def test_any_batch_options_keep_the_contract_and_the_records(options, full):
             assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
         if output.exists() and output.stat().st_size:  # whatever was written is one strict record a line
             assert [strict(line)["index"] for line in output.read_text().splitlines()] == list(range(4))
+
+
+T5 = Path(__file__).parent / "fixtures" / "tiny-t5-seq2seq"
+SEQ2SEQ_OPTION_VALUES = {
+    "--target": st.integers(-12, 40).map(str) | st.sampled_from(["mean", "x"]),
+    "--target-text": st.text(max_size=20) | st.sampled_from(["the cat", "", "a " * 80]),
+    "--max-new-tokens": st.integers(-3, 40).map(str) | st.sampled_from(["x", "", "2000", "100000"]),
+    "--decoder-start-token-id": st.integers(-5, 200).map(str) | st.sampled_from(["x"]),
+    "--self-check-tolerance": st.sampled_from(["1e-3", "0", "nan", "2e-2"]),
+    "--input-map": st.sampled_from(["input_ids=ids", "x=mask"]),
+    "--words": st.just(None),
+    "--attribution-only": st.just(None),
+}
+FUZZ_EXAMPLES["encoder-decoder options"] = 60
+
+
+@settings(max_examples=FUZZ_EXAMPLES["encoder-decoder options"], **FUZZ)
+@given(options=st.dictionaries(st.sampled_from(list(SEQ2SEQ_OPTION_VALUES)), st.just(None), min_size=1,
+                               max_size=3).flatmap(
+    lambda chosen: st.fixed_dictionaries({name: SEQ2SEQ_OPTION_VALUES[name] for name in chosen})),
+       text=st.sampled_from(["the house is small", "", "\x00"]), as_json=st.booleans())
+def test_any_encoder_decoder_options_keep_the_one_line_contract_and_strict_json(options, text, as_json):
+    """Every option an encoder-decoder takes, with any value: an explanation (its --json strict), or one
+    error line; never a traceback or an option silently ignored (a refused one says so)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / "out.json"
+        argv = ["explain", str(T5), "--text", text, *(["--json", str(written)] if as_json else [])]
+        for name, value in options.items():
+            argv += [name] if value is None else [name, value]
+        stderr, stdout = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            code = run(argv)
+        assert code in (0, 2), (argv, code, stderr.getvalue())
+        if code == 2:
+            lines = stderr.getvalue().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
+        elif as_json:
+            record = strict(written.read_text())
+            assert record["layout"] == "encoder-decoder" and record["tokens"]

@@ -86,12 +86,13 @@ class EncoderDecoderExplainer(Explainer):
         self._memory, self._memory_mask = memory, memory_mask
         fed = [n for n in (memory, memory_mask) if n]
         self.load_tokenizer()
-        for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, session_inputs(decoder, fed_by_caller=fed))):
+        decoder_inputs = session_inputs(decoder, fed_by_caller=fed)
+        for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, decoder_inputs)):
             check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
         #: the longest output the decoder's positions take (config.json), else a bound on generation's work
         positions = self.config.get("max_position_embeddings")
         self.max_target_tokens = positions if isinstance(positions, int) and positions > 0 else MAX_TARGET_TOKENS
-        rows = decoder.embedding_rows.get(session_inputs(decoder, fed_by_caller=fed).ids_name)
+        rows = decoder.embedding_rows.get(decoder_inputs.ids_name)
         self.forced_first, self.banned = self._generation_ids(
             rows or self.text_encoder.tokenizer.get_vocab_size(with_added_tokens=True))
         encoder, self.encoder_session = self.sessions_of(encoder, lambda prepared: SegmentedSession(prepared, providers))
