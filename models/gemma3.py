@@ -18,7 +18,8 @@ The weights are the GGUF's quantized values dequantized, so the ONNX model and t
 exactly the same float32 weights. The tokenizer is rebuilt from the GGUF's own vocabulary as the
 SentencePiece BPE it is (``gguf_bpe_tokenizer``): transformers reads it as a Unigram model, which
 splits "capital" into ``c ap it al``. The export proves it works (``models.proof``) before it is
-handed out: "The capital of France is" is five pieces, and the model continues it with " Paris".
+handed out: "The capital of France is" is five pieces (the Unigram reading made ten), and "The
+capital of France is Paris. The capital of Germany is" goes on with " Berlin" (probability 0.83).
 Every step is idempotent.
 """
 
@@ -44,7 +45,7 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 _NAME = "gemma-3-270m"
 #: What the built model must do before it verifies anything (``models.proof``).
 PROOF = Proof(sentence="The capital of France is", pieces=("The", "▁capital", "▁of", "▁France", "▁is"),
-              prompt="The capital of France is", next_token=" Paris")
+              prompt="The capital of France is Paris. The capital of Germany is", next_token=" Berlin")
 #: GGUF token types (llama.cpp's ``LLAMA_TOKEN_TYPE``): a normal piece, which BPE merges may build.
 _NORMAL = 1
 
