@@ -180,7 +180,7 @@ def _elementwise_reach(start: ir.Value, ops: Iterable[str], fold_heads: bool = F
                 if is_standard(node, "MatMul"):
                     if node.inputs[0] is value and not is_constant(node.inputs[1]):
                         found.append((node, value))
-                elif fold_heads and _folds_heads(node) and node.outputs[0] not in seen:
+                elif fold_heads and (_folds_heads(node) or _unit_axis(node)) and node.outputs[0] not in seen:
                     seen.add(node.outputs[0])
                     following.append(node.outputs[0])
                 elif is_standard(node, *ops) and node.outputs[0] not in seen:
@@ -191,11 +191,19 @@ def _elementwise_reach(start: ir.Value, ops: Iterable[str], fold_heads: bool = F
 
 
 def _folds_heads(node: ir.Node) -> bool:
-    """A Reshape of a 4-D tensor to 3-D whose last two axes it keeps: [B, H, S, S] -> [B*H, S, S]."""
-    if not is_standard(node, "Reshape") or rank(node.inputs[0]) not in (None, 4):
+    """A Reshape of a 4-D tensor to 3-D whose last two axes it keeps: [B, H, S, S] -> [B*H, S, S]
+    (or of the same with a unit axis added before the keys, [B, H, S, 1, S]: tf2onnx's einsum)."""
+    if not is_standard(node, "Reshape") or rank(node.inputs[0]) not in (None, 4, 5):
         return False
     target = partial_ints(node.inputs[1], {})
     return target is not None and len(target) == 3 and target[0] in (-1, None)
+
+
+def _unit_axis(node: ir.Node) -> bool:
+    """An Unsqueeze of the 4-D probabilities adding one axis before the last (tf2onnx lowers the einsum
+    'BNTS,BSNH->BTNH' of a dynamically shaped Keras model so: [B, N, T, S] -> [B, N, T, 1, S], then
+    folds it to [B*N, T, S] for a batched MatMul)."""
+    return is_standard(node, "Unsqueeze") and rank(node.inputs[0]) in (None, 4) and reduce_axes(node) in ([3], [-2])
 
 
 # --------------------------------------------------------------------------- head merge, output projection

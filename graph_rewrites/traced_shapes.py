@@ -60,12 +60,54 @@ def traced_dim(value: ir.Value, axis: int, shapes: Shapes, depth: int = 0) -> in
         size = target[axis % len(target)]
         if size is not None and size > 0:
             return size
+        if size == -1:
+            return _inferred_axis(node, shapes)
         return traced_dim(node.inputs[0], axis % len(target), shapes, depth + 1) if size == 0 else None
     if is_standard(node, "Slice"):
         return _sliced_dim(node, axis, shapes, depth)
     if is_standard(node, "Split"):
         return _split_dim(node, value, axis, shapes, depth)
     return None
+
+
+def _inferred_axis(reshape: ir.Node, shapes: Shapes) -> int | None:
+    """The size of a Reshape's -1 entry when every other entry is a product of the input's own axes
+    (``Gather(Shape(x), i)``, ``ReduceProd`` of such a Gather): the product of the input axes left
+    over, when each of those is static. tf2onnx's einsum lowering folds [B, H, 1, dh, S] into
+    [ReduceProd(B, H), -1, S] so; the -1 is 1 * dh, though B and S are only known at run time."""
+    source, known = reshape.inputs[0], dims(reshape.inputs[0], shapes)
+    pieces = reshape.inputs[1].producer()
+    if not known or pieces is None or not is_standard(pieces, "Concat"):
+        return None
+    used: set[int] = set()
+    for piece in pieces.inputs:
+        const = constant(piece)
+        if const is not None:
+            if [int(d) for d in np.ravel(const)] != [-1]:
+                return None  # a literal size: which axes it stands for is not told
+            continue
+        axes = _shape_axes(piece, source)
+        if axes is None:
+            return None
+        used.update(a % len(known) for a in axes)
+    rest = [known[a] for a in range(len(known)) if a not in used]
+    return int(np.prod(rest)) if all(d is not None for d in rest) else None
+
+
+def _shape_axes(piece: ir.Value, source: ir.Value) -> list[int] | None:
+    """The axes of ``source`` whose sizes (multiplied) make ``piece``: Gather(Shape(source), axes),
+    optionally through ReduceProd; None for anything else."""
+    node = piece.producer()
+    if node is not None and is_standard(node, "ReduceProd"):
+        node = node.inputs[0].producer()
+    if node is None or not is_standard(node, "Gather") or int_attr(node, "axis", 0) != 0:
+        return None
+    shape, indices = node.inputs[0].producer(), constant(node.inputs[1])
+    if shape is None or not is_standard(shape, "Shape") or shape.inputs[0] is not source or indices is None:
+        return None
+    if int_attr(shape, "start", 0) != 0 or int_attr(shape, "end", None) is not None:
+        return None
+    return [int(i) for i in np.ravel(indices)]
 
 
 def _sliced_dim(node: ir.Node, axis: int, shapes: Shapes, depth: int) -> int | None:

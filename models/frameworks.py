@@ -1,6 +1,6 @@
 """Build the fixtures that need another framework, each in that framework's own environment.
 
-    python -m models.frameworks [tf2onnx keras jax2onnx] [--out tests/fixtures]
+    python -m models.frameworks [tf2onnx keras keras-dynamic jax2onnx] [--out tests/fixtures]
 
 TensorFlow 2.21 (with tf-keras, tf2onnx 1.17, Keras 3.15 and keras-hub 0.32) and JAX 0.10 (with
 Flax 0.12 and jax2onnx 0.17) would clash with the main environment's onnx, numpy and protobuf, so
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
     "tf2onnx": ("tensorflow", "models.tf_bert"),
     "keras": ("tensorflow", "models.keras_bert"),
+    "keras-dynamic": ("tensorflow", "models.keras_bert_dynamic"),
     "jax2onnx": ("jax", "models.flax_encoder"),
 }
 

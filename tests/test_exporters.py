@@ -25,6 +25,8 @@ TOLERANCE = 1e-5
 EXPORTERS = {
     "tf-bert": ("tf2onnx 1.17 (Hugging Face TFBertForSequenceClassification)", {}),
     "keras-bert": ("Keras 3.15 model.export (keras_hub BertBackbone)", {}),
+    # dynamic shapes, no dropout: the einsum lowered with run-time reshapes, a 5-D head merge, args_0_ names
+    "keras-bert-dynamic": ("Keras 3.15 model.export, dynamic input_signature (keras_hub BertBackbone)", {}),
     "flax-mha": ("jax2onnx 0.17 (Flax NNX MultiHeadAttention)", {"in_0": "ids", "in_1": "mask"}),
     "flax-sdpa": ("jax2onnx 0.17 (Flax NNX dot_product_attention, ONNX Attention op)", {}),
     "bert-int8-weights": ("torch.onnx.export, weight-only int8 linear layers", {}),
@@ -100,3 +102,16 @@ def test_tf_classifier_prediction_is_the_models_argmax():
         logits = explanation.outputs["logits"]
         assert explanation.prediction.index == int(np.argmax(logits))
         assert explanation.prediction.label == labels[str(explanation.prediction.index)]
+
+
+def test_keras_dynamic_export_folds_the_heads_into_a_batched_matmul():
+    """The lowering this fixture exists for: Softmax -> Unsqueeze -> Reshape -> MatMul, the exposed
+    probabilities the [B*H, S, S] operand of a 3-D MatMul, the inputs TensorFlow's args_0_ names."""
+    model = onnx.load(FIXTURES / "tiny-keras-bert-dynamic" / "model.onnx")
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    readers = [n.op_type for n in model.graph.node if softmax.output[0] in n.input]
+    assert readers == ["Unsqueeze"]
+    assert {i.name for i in model.graph.input} == {"args_0_token_ids", "args_0_segment_ids", "args_0_padding_mask"}
+    explainer = Explainer(FIXTURES / "tiny-keras-bert-dynamic")
+    assert [(b.num_heads, b.head_size, b.kind) for b in explainer.blocks] == [(4, 8, "post")] * 2
+    assert sorted(i.role for i in explainer.session.inputs.inputs) == ["ids", "mask", "segment"]

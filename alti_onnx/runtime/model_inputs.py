@@ -10,6 +10,8 @@ dtype its input declares. KV-cache inputs are the runtime's business, not a role
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -153,7 +155,9 @@ def _check_map(input_map: Mapping[str, str], declared: Mapping[str, DeclaredInpu
 
 
 def _role_from_name(name: str) -> str | None:
-    key = name.lower().split(":")[0]
+    """The role a graph input's name tells, TensorFlow's naming of a signature's positional
+    arguments (``args_0_token_ids``: Keras's export with an ``input_signature``) left out."""
+    key = re.sub(r"^args_\d+_", "", name.lower().split(":")[0])
     return next((role for role, names in ALIASES.items() if key in names), None)
 
 
