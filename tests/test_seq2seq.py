@@ -372,3 +372,17 @@ def test_a_dynamically_quantized_encoder_decoder_gets_the_int8_guidance(tmp_path
     accepted = run_cli("explain", folder, "--text", texts["sources"][0], "--decoder-start-token-id", "0",
                        "--self-check-tolerance", "2e-2")
     assert accepted.returncode == 0 and "ALTI+ source contributions" in accepted.stdout, accepted.stderr
+
+
+def test_batch_target_and_words_are_taken_by_an_encoder_decoder(tmp_path):
+    """batch --target picks an output position's row and --words adds the source's words, as for
+    every layout (they were silently ignored on encoder-decoders)."""
+    texts, pairs = _expected(FOLDERS["t5"])
+    corpus, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    corpus.write_text(json.dumps({"text": texts["sources"][1], "target": texts["targets"][1]}) + "\n")
+    result = run_cli("batch", FOLDERS["t5"], "--input", corpus, "--output", output, "--target", "1", "--words")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(output.read_text())
+    assert record["target"] == 1 and record["word_attribution"] and record["words"]
+    _same(record["attribution"], pairs[1]["combined"][-1][1], "batch --target 1")
+    assert abs(sum(record["word_attribution"]) - sum(record["attribution"])) < 1e-9
