@@ -87,8 +87,9 @@ def _inferred_axis(reshape: ir.Node, shapes: Shapes) -> int | None:
                 return None  # a literal size: which axes it stands for is not told
             continue
         axes = _shape_axes(piece, source)
-        if axes is None:
-            return None
+        if axes is None or len(set(axes)) != len(axes) or any(
+                not -len(known) <= a < len(known) or a % len(known) in used for a in axes):
+            return None  # an axis named twice, or none of the input's: the pieces are not a partition
         used.update(a % len(known) for a in axes)
     rest = [known[a] for a in range(len(known)) if a not in used]
     return int(np.prod(rest)) if all(d is not None for d in rest) else None

@@ -137,3 +137,26 @@ def test_a_resumed_job_whose_external_weights_were_swapped_is_refused(tmp_path):
     (np.fromfile(data, dtype=np.float32) * np.float32(1.01)).tofile(data)
     with pytest.raises(OutputPathError, match="another batch job: it ran with external_weights"):
         explain_corpus(Explainer(folder, cache=False), corpus, output, chunk_size=1)
+
+
+def test_a_resumed_job_whose_inline_weights_changed_is_refused(tmp_path, monkeypatch):
+    """The same size, the same first MiB, other weights (a fine-tune): another job. (The tiny model
+    is smaller than a MiB: the hashed head is cut to 64 bytes so that only the full digest sees it.)"""
+    monkeypatch.setattr("alti_onnx.corpus.outputs.PREFIX_BYTES", 64)
+    import onnx
+    from onnx import numpy_helper
+
+    from alti_onnx.errors import OutputPathError
+
+    folder = tmp_path / "inline"
+    shutil.copytree(FIXTURE, folder)
+    corpus, output = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    corpus.write_text("a first text\na second text\n")
+    explain_corpus(Explainer(folder, cache=False), corpus, output, chunk_size=1)
+    output.write_text(output.read_text().splitlines()[0] + "\n")
+    model = onnx.load(str(folder / "model.onnx"))
+    last = max(model.graph.initializer, key=lambda t: list(model.graph.initializer).index(t))
+    last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) * np.float32(1.01), last.name))
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(OutputPathError, match="another batch job: it ran with graph_sha256"):
+        explain_corpus(Explainer(folder, cache=False), corpus, output, chunk_size=1)

@@ -474,3 +474,13 @@ def test_explain_takes_texts_and_says_what_it_got_instead(text, kind) -> None:
     explainer = Explainer(FIXTURES / "tiny-bert", cache=False)
     with pytest.raises(InputError, match=kind):
         explainer.explain(text)
+
+
+def test_a_provider_this_onnxruntime_knows_but_cannot_use_is_one_line() -> None:
+    import onnxruntime as ort
+
+    missing = next((p for p in ort.get_all_providers() if p not in ort.get_available_providers()), None)
+    if missing is None:
+        pytest.skip("every provider onnxruntime knows is available here")
+    assert_one_line_error(run_cli("explain", FIXTURES / "tiny-bert", "--text", "the cat", "--provider", missing),
+                          "is not available here")

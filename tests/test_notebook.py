@@ -114,3 +114,21 @@ def test_load_refuses_a_saved_explanation_that_does_not_fit_itself(tmp_path, dam
         np.savez(handle, **arrays)
     with pytest.raises(ValueError, match=words):
         Explanation.load(path)
+
+
+def test_load_refuses_word_ids_or_targets_that_do_not_fit_the_tokens(tmp_path):
+    import json as _json
+
+    explanation = Explainer(FIXTURES / "tiny-bert-classifier", cache=False).explain(TEXT)
+    for change, words in ((lambda meta: meta.update(word_ids=meta["word_ids"][:2]), "word_ids"),
+                          (lambda meta: meta.update(default_target=99), "not a position")):
+        path = explanation.save(tmp_path / "saved.npz")
+        with np.load(path) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        meta = _json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        change(meta)
+        arrays["meta"] = np.frombuffer(_json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)
+        with pytest.raises(ValueError, match=words):
+            Explanation.load(path)

@@ -200,10 +200,12 @@ def test_a_build_whose_process_was_killed_is_swept_at_the_next_build(cache):
     Explainer(FIXTURES / "tiny-bert")  # makes the cache folder
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    abandoned = cache / f".building-{dead.pid}-x1"
+    abandoned = cache / f".building-{dead.pid}-{prepared_module._HOST}-x1"
     abandoned.mkdir()
     (abandoned / "weights.bin").write_bytes(b"\0" * 4096)
-    alive = cache / f".building-{os.getpid()}-x2"
+    alive = cache / f".building-{os.getpid()}-{prepared_module._HOST}-x2"
+    elsewhere = cache / f".building-{dead.pid}-another_host-x3"  # another machine's build: not judged here
+    elsewhere.mkdir()
     alive.mkdir()
     Explainer(FIXTURES / "tiny-llama")  # a build: sweeps what dead processes left
-    assert not abandoned.exists() and alive.exists()
+    assert not abandoned.exists() and alive.exists() and elsewhere.exists()

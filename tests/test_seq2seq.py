@@ -386,3 +386,18 @@ def test_batch_target_and_words_are_taken_by_an_encoder_decoder(tmp_path):
     assert record["target"] == 1 and record["word_attribution"] and record["words"]
     _same(record["attribution"], pairs[1]["combined"][-1][1], "batch --target 1")
     assert abs(sum(record["word_attribution"]) - sum(record["attribution"])) < 1e-9
+
+
+def test_a_given_start_token_overrides_a_stale_config(tmp_path):
+    """config.json's decoder_start_token_id beyond the vocabulary does not block an explainer told
+    the start token; the one used is checked where it is used."""
+    folder = _copy_of("t5", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder_start_token_id"] = 50000
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("generation_config.json",):
+        (folder / name).unlink(missing_ok=True)
+    texts, pairs = _expected(FOLDERS["t5"])
+    assert_one_line_error(run_cli("explain", folder, "--text", "the cat"), "decoder_start_token_id is 50000")
+    explained = Explainer(folder, cache=False, decoder_start_token_id=0).explain(texts["sources"][0], texts["targets"][0])
+    _same(explained.combined, pairs[0]["combined"], "start token given")

@@ -48,9 +48,13 @@ def read_texts(path: str | Path, n: int | None = None) -> Dataset:
             texts.append(fields[column].strip())
             if labels is not None:
                 value = fields[label_column].strip() if label_column < len(fields) else ""
-                if not value.lstrip("-").isdigit() or int(value) < 0:
+                try:
+                    label = int(value)
+                except ValueError:
+                    label = -1
+                if label < 0:
                     raise InputError(f"{path}: the label of {texts[-1][:40]!r} is {value!r}, not a class index")
-                labels.append(int(value))
+                labels.append(label)
             if n is not None and len(texts) >= n:
                 break
     else:

@@ -33,7 +33,7 @@ from alti_onnx.runtime.model_files import (
     read_config,
     read_json_object,
 )
-from alti_onnx.runtime.prepared import PreparedModel, prepare, weights_identity
+from alti_onnx.runtime.prepared import PreparedModel, prepare, source_digest, weights_identity
 from alti_onnx.runtime.text_inputs import TextEncoder
 from graph_rewrites import AttentionAnalysis
 
@@ -52,8 +52,8 @@ LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
 #: config.json keys that name special token ids. Those the explainer feeds the model itself (padding,
 #: a decoder's first token) must be tokens; any other that is not is stale, and only a warning.
 SPECIAL_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "unk_token_id",
-                   "mask_token_id", "decoder_start_token_id")
-FED_ID_KEYS = frozenset({"pad_token_id", "decoder_start_token_id"})
+                   "mask_token_id")
+FED_ID_KEYS = frozenset({"pad_token_id"})
 #: tokenizer_config.json keys that declare special tokens, which the tokenizer beside it must have.
 DECLARED_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -211,20 +211,19 @@ def require_texts(text: object) -> list[str]:
 
 
 def job_model_identity(files: ModelFiles, prepared: dict[str, PreparedModel]) -> dict[str, object]:
-    """What a batch job's identity holds of the model besides ``files.onnx``'s own: every other graph
-    file, and every external weights file each graph reads (size and sampled blocks)."""
+    """What a batch job's identity holds of the model besides ``files.onnx``'s own: the SHA-256 of
+    every graph file (its inline weights: a fine-tune of the same size is another model), every
+    other graph file, and every external weights file each graph reads (size and sampled blocks)."""
     others = other_graph_identities(files)
+    digests = {role: source_digest(graph) for role, graph in prepared.items()}
     weights = {role: found for role, graph in prepared.items() if (found := weights_identity(graph))}
-    return {**({"graphs": others} if others else {}), **({"external_weights": weights} if weights else {})}
+    return {"graph_sha256": digests, **({"graphs": others} if others else {}),
+            **({"external_weights": weights} if weights else {})}
 
 
-def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextEncoder, config: dict,
-                         files: ModelFiles) -> None:
-    """The tokenizer's ids must all index the model's token-embedding table, the special tokens
-    tokenizer_config.json declares must be tokens of it, and so must the ids config.json names that
-    the explainer feeds the model: else it is another model's tokenizer. Another config id that is
-    not a token (GPT-2's default bos_token_id 50256 left in a config whose tokenizer has 49,152) is
-    stale, not wrong: a ModelWarning."""
+def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextEncoder, files: ModelFiles) -> None:
+    """The tokenizer's ids must all index the graph's token-embedding table: else it is another
+    model's tokenizer."""
     vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
     rows = prepared.embedding_rows.get(ids_input)
     if rows is not None and vocabulary > rows:
@@ -232,6 +231,15 @@ def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextE
             f"{files.tokenizer} has {vocabulary} tokens but the token embedding of {prepared.source} has {rows} rows: "
             "the tokenizer belongs to another model"
         )
+
+
+def check_special_tokens(encoder: TextEncoder, config: dict, files: ModelFiles) -> None:
+    """The special tokens tokenizer_config.json declares must be tokens of the tokenizer, and so must
+    the ids config.json names that the explainer feeds the model (the pad id): else it is another
+    model's tokenizer. Another config id that is not a token (GPT-2's default bos_token_id 50256
+    left in a config whose tokenizer has 49,152) is stale, not wrong: a ModelWarning. (An
+    encoder-decoder's start and generation ids are checked where they are used.)"""
+    vocabulary = encoder.tokenizer.get_vocab_size(with_added_tokens=True)
     declared = files.tokenizer.parent / "tokenizer_config.json"
     tokenizer_config = read_json_object(declared, "tokenizer config") if declared.is_file() else {}
     for key in DECLARED_TOKEN_KEYS:
@@ -248,7 +256,7 @@ def check_tokenizer_fits(prepared: PreparedModel, ids_input: str, encoder: TextE
             message = f"config.json's {key} is {token_id}, not a token of {files.tokenizer} ({vocabulary} tokens)"
             if key in FED_ID_KEYS:
                 raise TokenizerMismatchError(f"{message}: the tokenizer belongs to another model")
-            warnings.warn(f"{message}; it is not used, so the explanation goes on (a stale config?)", ModelWarning,
+            warnings.warn(f"{message}; the explanation goes on without it (a stale config?)", ModelWarning,
                           stacklevel=2)
 
 

@@ -22,6 +22,7 @@ from alti_onnx.layouts.base import (
     LAYER_COUNT_KEYS,
     Explainer,
     check_layer_count,
+    check_special_tokens,
     check_tokenizer_fits,
     require_texts,
 )
@@ -38,7 +39,6 @@ from alti_onnx.runtime.sessions import (
 )
 from alti_onnx.runtime.text_inputs import Batch
 from graph_rewrites import AttentionBlock
-
 
 #: The longest output explained when the config gives no number of positions (T5's are relative).
 MAX_TARGET_TOKENS = 1024
@@ -88,7 +88,8 @@ class EncoderDecoderExplainer(Explainer):
         self.load_tokenizer()
         decoder_inputs = session_inputs(decoder, fed_by_caller=fed)
         for prepared, inputs in ((encoder, session_inputs(encoder)), (decoder, decoder_inputs)):
-            check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.config, self.files)
+            check_tokenizer_fits(prepared, inputs.ids_name, self.text_encoder, self.files)
+        check_special_tokens(self.text_encoder, self.config, self.files)
         #: the longest output the decoder's positions take (config.json), else a bound on generation's work
         positions = self.config.get("max_position_embeddings")
         self.max_target_tokens = positions if isinstance(positions, int) and positions > 0 else MAX_TARGET_TOKENS

@@ -22,6 +22,7 @@ from alti_onnx.layouts.base import (
     LAYER_COUNT_KEYS,
     Explainer,
     check_layer_count,
+    check_special_tokens,
     check_tokenizer_fits,
     require_texts,
 )
@@ -55,7 +56,8 @@ class SingleGraphExplainer(Explainer):
         self.load_tokenizer()
         self.prepared, self.session = self.sessions_of(
             self.prepared, lambda prepared: SegmentedSession(prepared, providers, self.input_map))
-        check_tokenizer_fits(self.prepared, self.session.inputs.ids_name, self.text_encoder, self.config, self.files)
+        check_tokenizer_fits(self.prepared, self.session.inputs.ids_name, self.text_encoder, self.files)
+        check_special_tokens(self.text_encoder, self.config, self.files)
         self.int8 = self.prepared.dynamically_quantized
         self.labels = class_labels(self.config)
         self.causal = _causal_from_config(self.config)

@@ -213,6 +213,15 @@ class Explanation(ExplanationBase):
         size = len(self.tokens)
         if len(self.input_ids) != size:
             raise ValueError(f"the saved explanation has {size} tokens but {len(self.input_ids)} ids")
+        for name in ("offsets", "word_ids"):
+            value = getattr(self, name)
+            if value is not None and len(value) != size:
+                raise ValueError(f"the saved explanation has {size} tokens but {len(value)} {name}")
+        targets = [self.default_target, *(self.attributions or {})]
+        if any(t != MEAN and not (isinstance(t, int) and 0 <= t < size) for t in targets):
+            raise ValueError(f"a saved target is not a position of its {size} tokens or 'mean'")
+        if np.ndim(self.reconstruction_error) != 1:
+            raise ValueError("the saved self-check is not one number per layer")
         layers = len(self.reconstruction_error)
         for name in ("contributions", "rollout", "attention", "norm_based"):
             value = getattr(self, name)

@@ -73,7 +73,8 @@ class ModelFiles:
 
     @property
     def folder(self) -> Path:
-        return self.onnx.parent
+        """Where the side files are (config.json, generation_config.json, pooling): the config's folder."""
+        return self.config.parent
 
 
 def _first_file(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -101,6 +102,7 @@ def locate_model(model: str | Path, tokenizer: str | Path | None = None, encoder
     if encoder is not None:
         folder = path if path.is_dir() else path.parent
         graphs = {role: _named_graph(folder, given, role) for role, given in (("encoder", encoder), ("decoder", decoder))}
+        return _with_side_files(graphs, folder, tokenizer)
     elif is_encoder_decoder_export(path):
         decoder_file = _first_file(path, DECODER_NAMES)
         if decoder_file is None:
@@ -125,7 +127,11 @@ def locate_model(model: str | Path, tokenizer: str | Path | None = None, encoder
         graphs = {"model": onnx_path}
     else:
         graphs = {"model": path}
-    folder = next(iter(graphs.values())).parent
+    return _with_side_files(graphs, next(iter(graphs.values())).parent, tokenizer)
+
+
+def _with_side_files(graphs: dict[str, Path], folder: Path, tokenizer: str | Path | None) -> ModelFiles:
+    """The graphs with the tokenizer (given, else ``folder``'s) and ``folder``'s config.json."""
     tokenizer_path = Path(tokenizer) if tokenizer is not None else folder / "tokenizer.json"
     if tokenizer_path.is_dir():
         tokenizer_path = tokenizer_path / "tokenizer.json"
@@ -133,8 +139,8 @@ def locate_model(model: str | Path, tokenizer: str | Path | None = None, encoder
 
 
 def _named_graph(folder: Path, given: str | Path, role: str) -> Path:
-    """An --encoder or --decoder: a path as given, else a file of that name in the model's folder."""
-    for candidate in (Path(given), folder / given):
+    """An --encoder or --decoder: a file of that name in the model's folder, else a path as given."""
+    for candidate in (folder / given, Path(given)):
         if candidate.is_file():
             return candidate
     raise ModelPathError(f"--{role} {given} is neither a file nor a file in {folder}")

@@ -11,7 +11,6 @@ dtype its input declares. KV-cache inputs are the runtime's business, not a role
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import weakref
@@ -85,10 +86,20 @@ class PreparedModel:
     directory: Path
     external_data: list[str]
     cached: bool = False
+    #: the entry folder's inode when it was loaded (``discard`` removes only that folder)
+    identity: int | None = None
 
     def discard(self) -> None:
-        """Remove this entry from the cache (a run found it unusable)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Remove this entry from the cache (a run found it unusable), unless another process has put a
+        new entry in its place since it was loaded: that one is left for its own checks."""
+        try:
+            if self.identity is not None and self.directory.stat().st_ino != self.identity:
+                return
+            stale = self.directory.with_name(f".stale-{self.directory.name}-{os.getpid()}")
+            os.rename(self.directory, stale)
+        except OSError:
+            return
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
@@ -96,7 +107,7 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
     made now (and saved for the next run when ``cache`` and the cache folder is writable)."""
     source = require_model_file(onnx_path)  # before hashing it: /dev/zero would be read for ever
     root = cache_root() / "prepared"
-    digest = file_digest(source, root / _DIGESTS) if cache else None
+    digest, remembered = _digest(source, root / _DIGESTS) if cache else (None, False)
     entry = None if digest is None else root / digest
     if entry is not None:
         found = _load(entry, source)
@@ -104,7 +115,8 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
             return found
         # The remembered digest may be what is wrong (a memo pointing at another model's entry): the
         # file is hashed in full before anything is built or published under its name.
-        digest = file_digest(source, root / _DIGESTS, trust_memo=False)
+        if remembered:
+            digest = file_digest(source, root / _DIGESTS, trust_memo=False)
         if root / digest != entry:
             entry = root / digest
             found = _load(entry, source)
@@ -265,11 +277,21 @@ def _load(entry: Path, source: Path) -> PreparedModel | None:
             directory=entry,
             external_data=[location for location, *_ in recorded],
             cached=True,
+            identity=entry.stat().st_ino,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
         return None
     _touch(entry / _MANIFEST)  # its last use, for eviction
     return prepared
+
+
+def source_digest(prepared: PreparedModel) -> str:
+    """The SHA-256 of the graph file a prepared model was made from: its entry's name when it came
+    from the cache, else computed (and remembered) once."""
+    entry = prepared.directory
+    if entry.parent == cache_root() / "prepared" and not entry.name.startswith("."):  # an entry, named by it
+        return entry.name
+    return file_digest(prepared.source, cache_root() / "prepared" / _DIGESTS)
 
 
 def weights_identity(prepared: PreparedModel) -> list[list[object]]:
@@ -310,10 +332,16 @@ def _sampled_digest(path: Path, size: int) -> str:
 
 
 def file_digest(path: Path, memo: Path | None = None, trust_memo: bool = True) -> str:
-    """The SHA-256 of the file. With ``memo`` (a folder), a digest computed before is reused while
-    the file's path, size, identity, times and sampled blocks are unchanged: a 500 MB model is not
-    hashed again at every start. ``trust_memo=False`` hashes the file and remembers the digest anew
-    (the entry a remembered digest named did not hold this file)."""
+    """The SHA-256 of the file (see ``_digest``)."""
+    return _digest(path, memo, trust_memo)[0]
+
+
+def _digest(path: Path, memo: Path | None = None, trust_memo: bool = True) -> tuple[str, bool]:
+    """The SHA-256 of the file, and whether it was remembered rather than computed. With ``memo`` (a
+    folder), a digest computed before is reused while the file's path, size, identity, times and
+    sampled blocks are unchanged: a 500 MB model is not hashed again at every start.
+    ``trust_memo=False`` hashes the file and remembers the digest anew (the entry a remembered
+    digest named did not hold this file)."""
     status = path.stat()
     seen = None
     if memo is not None:
@@ -323,7 +351,7 @@ def file_digest(path: Path, memo: Path | None = None, trust_memo: bool = True) -
         try:
             remembered = seen.read_text()
             if trust_memo and len(remembered) == 64:
-                return remembered
+                return remembered, True
         except OSError:
             pass
     found = _sha256_of(path)
@@ -333,7 +361,7 @@ def file_digest(path: Path, memo: Path | None = None, trust_memo: bool = True) -
             write_atomically(seen, found, sync=False)
         except OSError:  # an unwritable cache: hashed again next time
             pass
-    return found
+    return found, False
 
 
 def _workspace(root: Path | None) -> Path:
@@ -343,7 +371,7 @@ def _workspace(root: Path | None) -> Path:
         try:
             root.mkdir(parents=True, exist_ok=True)
             _sweep_abandoned(root)  # before this build adds its own copy of the weights
-            return Path(tempfile.mkdtemp(prefix=f".building-{os.getpid()}-", dir=root))
+            return Path(tempfile.mkdtemp(prefix=f".building-{os.getpid()}-{_HOST}-", dir=root))
         except OSError:
             pass
     return Path(tempfile.mkdtemp(prefix="alti-onnx-"))
@@ -417,11 +445,16 @@ def _sweep_abandoned(root: Path) -> None:
             continue
 
 
+#: This machine, in the names of the builds it runs: a cache shared between machines (a network home)
+#: has builds whose process this one cannot see, and only its own are judged by their process id.
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
 def _builder_gone(name: str) -> bool:
-    """Whether a ``.building-PID-...`` folder's process has ended (killed while preparing): its copy
-    of the weights is removed at once instead of after ``ABANDONED_AFTER_S``."""
+    """Whether a ``.building-PID-HOST-...`` folder of this machine has lost its process (killed while
+    preparing): its copy of the weights is removed at once instead of after ``ABANDONED_AFTER_S``."""
     parts = name.split("-")
-    if not name.startswith(".building-") or len(parts) < 3 or not parts[1].isdigit():
+    if not name.startswith(".building-") or len(parts) < 4 or not parts[1].isdigit() or parts[2] != _HOST:
         return False
     try:
         os.kill(int(parts[1]), 0)

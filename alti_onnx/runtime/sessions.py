@@ -82,12 +82,13 @@ def open_session(model: Path | bytes, providers: list[str] | None = None,
     ``default_providers``); an unknown provider, or a model onnxruntime cannot load, is one
     RuntimeFailure line."""
     providers = providers or default_providers()
-    known = ort.get_all_providers()
-    unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in known]
-    if unknown:
-        raise RuntimeFailure(
-            f"unknown onnxruntime provider {unknown[0]!r}; this onnxruntime has {', '.join(ort.get_available_providers())}"
-        )
+    known, available = ort.get_all_providers(), ort.get_available_providers()
+    for provider in (p[0] if isinstance(p, tuple) else p for p in providers):
+        if provider not in known:
+            raise RuntimeFailure(f"unknown onnxruntime provider {provider!r}; this onnxruntime has {', '.join(available)}")
+        if provider not in available:  # onnxruntime would warn and quietly run on the CPU
+            raise RuntimeFailure(f"onnxruntime provider {provider!r} is not available here; this onnxruntime has "
+                                 f"{', '.join(available)}")
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, options or session_options(), providers=providers)
