@@ -106,6 +106,18 @@ OPTION_VALUES = {
 }
 
 
+def run_keeping_the_contract(argv: list[str]) -> int:
+    """The CLI's exit code for ``argv``, asserting the contract: 0, or 2 with one 'error:' line."""
+    stderr, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+        code = run(argv)
+    assert code in (0, 2), (argv, code, stderr.getvalue())
+    if code == 2:
+        lines = stderr.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
+    return code
+
+
 @settings(max_examples=FUZZ_EXAMPLES["options"], **FUZZ)
 @given(options=st.dictionaries(st.sampled_from(list(OPTION_VALUES)), st.just(None), min_size=1, max_size=3).flatmap(
     lambda chosen: st.fixed_dictionaries({name: OPTION_VALUES[name] for name in chosen})),
@@ -114,13 +126,7 @@ def test_any_option_values_keep_the_one_line_contract(options, text):
     argv = ["explain", str(BERT), "--text", text]
     for name, value in options.items():
         argv += [name, value]
-    stderr, stdout = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-        code = run(argv)
-    assert code in (0, 2), (argv, code, stderr.getvalue())
-    if code == 2:
-        lines = stderr.getvalue().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
+    run_keeping_the_contract(argv)
 
 
 BATCH_OPTION_VALUES = {
@@ -144,13 +150,7 @@ def test_any_batch_options_keep_the_contract_and_the_records(options, full):
         argv = ["batch", str(BERT), "--input", str(corpus), "--output", str(output), *(["--full"] if full else [])]
         for name, value in options.items():
             argv += [name, value]
-        stderr, stdout = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            code = run(argv)
-        assert code in (0, 2), (argv, code, stderr.getvalue())
-        if code == 2:
-            lines = stderr.getvalue().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
+        run_keeping_the_contract(argv)
         if output.exists() and output.stat().st_size:  # whatever was written is one strict record a line
             assert [strict(line)["index"] for line in output.read_text().splitlines()] == list(range(4))
 
@@ -182,13 +182,7 @@ def test_any_encoder_decoder_options_keep_the_one_line_contract_and_strict_json(
         argv = ["explain", str(T5), "--text", text, *(["--json", str(written)] if as_json else [])]
         for name, value in options.items():
             argv += [name] if value is None else [name, value]
-        stderr, stdout = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            code = run(argv)
-        assert code in (0, 2), (argv, code, stderr.getvalue())
-        if code == 2:
-            lines = stderr.getvalue().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: "), (argv, stderr.getvalue())
-        elif as_json:
+        code = run_keeping_the_contract(argv)
+        if code == 0 and as_json:
             record = strict(written.read_text())
             assert record["layout"] == "encoder-decoder" and record["tokens"]

@@ -91,13 +91,19 @@ REAL_TOKENIZERS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(REAL_TOKENIZERS))
-def test_real_tokenizers_words(kind):
+def real_tokenizer(kind: str) -> Tokenizer:
+    """A real model's tokenizer from the cache (skipped where the real-model tests have not built it)."""
     path = Path(os.environ.get("ALTI_ONNX_CACHE", Path.home() / ".cache" / "alti-onnx")) / "onnx" / REAL_TOKENIZERS[kind] / "tokenizer.json"
     if not path.is_file():
         pytest.skip(f"{path} is built by the real-model tests")
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", list(REAL_TOKENIZERS))
+def test_real_tokenizers_words(kind):
+    tokenizer = real_tokenizer(kind)
     words = [w for w in words_of(tokenizer, TEXT) if w.end > w.start]
     expected = {"WordPiece (all-MiniLM-L6-v2)": READER_WORDS + ["10", "/", "10", "!"],
                 "byte-level BPE (SmolLM2)": READER_WORDS + ["10", "/", "10", "!"],
@@ -192,10 +198,6 @@ def test_a_character_split_into_bytes_is_one_word_and_trailing_space_is_no_word(
 
 @pytest.mark.parametrize("kind", ["byte-level BPE (SmolLM2)", "SentencePiece BPE (Gemma 3)"])
 def test_real_tokenizers_keep_characters_split_into_bytes_whole(kind):
-    path = Path(os.environ.get("ALTI_ONNX_CACHE", Path.home() / ".cache" / "alti-onnx")) / "onnx" / REAL_TOKENIZERS[kind] / "tokenizer.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is built by the real-model tests")
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.no_padding()
+    tokenizer = real_tokenizer(kind)
     words = [w for w in words_of(tokenizer, "I love 東京 and café 🙂 ok ") if w.end > w.start]
     assert [w.text for w in words] == ["I", "love", "東京", "and", "café", "🙂", "ok"]
