@@ -101,7 +101,7 @@ def test_two_processes_publishing_the_same_model_keep_one_entry(cache):
     first = prepare(FIXTURES / "tiny-bert" / "model.onnx")
     building = prepared_module._workspace(cache)
     twin = prepared_module._build(first.source, building, first.directory.name)
-    published = prepared_module._publish(building, first.directory, first.source)
+    published = prepared_module._publish(twin, first.directory)
     assert published.directory == first.directory and published.cached and not building.exists()
     assert len(twin.segments) == len(first.segments)
 

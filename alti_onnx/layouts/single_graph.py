@@ -50,9 +50,8 @@ class SingleGraphExplainer(Explainer):
         # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs,
         # split into one segment per layer.
         self.prepared: PreparedModel = prepare(self.files.onnx, cache=cache)
-        self.analysis: AttentionAnalysis = self.prepared.analysis
-        self.blocks: list[AttentionBlock] = self.analysis.require_complete()
-        check_layer_count(self.config, self.analysis, LAYER_COUNT_KEYS["model"])
+        self.prepared.analysis.require_complete()
+        check_layer_count(self.config, self.prepared.analysis, LAYER_COUNT_KEYS["model"])
         self.load_tokenizer()
         self.prepared, self.session = self.sessions_of(
             self.prepared, lambda prepared: SegmentedSession(prepared, providers, self.input_map))
@@ -67,6 +66,15 @@ class SingleGraphExplainer(Explainer):
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
+
+    @property
+    def analysis(self) -> AttentionAnalysis:
+        return self.prepared.analysis
+
+    @property
+    def blocks(self) -> list[AttentionBlock]:
+        """Every attention block, in layer order (the prepared model's: the one the sessions run)."""
+        return self.prepared.analysis.blocks
 
     @property
     def prepared_graphs(self) -> dict[str, PreparedModel]:

@@ -159,7 +159,7 @@ class Explanation(ExplanationBase):
     def report_html(self, model: str | None = None, target: Target | None = None) -> str:
         from alti_onnx.report.html import render_html
 
-        return render_html(self, text=self.text, model=model, target=self._drawn_target(target))
+        return render_html(self, text=self.text, model=model, target=self.png_target(target))
 
     def write_png(self, path: str | Path, target: Target | None = None) -> Path:
         from alti_onnx.report import write_png
@@ -167,9 +167,6 @@ class Explanation(ExplanationBase):
         return write_png(self, path, target=self.png_target(target))
 
     def png_target(self, target: Target | None = None) -> int:
-        return self._drawn_target(target)
-
-    def _drawn_target(self, target: Target | None) -> int:
         """The one position the report and the figure draw (they cannot draw the mean)."""
         target = self.default_target if target is None else target
         if target == MEAN:

@@ -130,7 +130,7 @@ def prepare(onnx_path: str | Path, cache: bool = True) -> PreparedModel:
         raise
     if entry is not None and prepared.segments:  # refused models are analysed again next time, not stored
         try:
-            published = _publish(building, entry, source)
+            published = _publish(prepared, entry)
         except OSError:
             published = None  # the cache cannot take it: this run goes on from its own copy
         if published is not None:
@@ -377,14 +377,15 @@ def _workspace(root: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="alti-onnx-"))
 
 
-def _publish(building: Path, entry: Path, source: Path) -> PreparedModel | None:
-    """Move a finished build into place and load it from there. Another process may have published
-    the same entry first (then its copy is kept and ours removed), or a stale entry may be in the
-    way (then it is replaced)."""
+def _publish(built: PreparedModel, entry: Path) -> PreparedModel | None:
+    """Move a finished build into place. Another process may have published the same entry first
+    (then its copy is kept and ours removed), or a stale entry may be in the way (then it is
+    replaced). The build is not proved again: its manifest was written from these very files."""
+    building = built.directory
     try:
         os.rename(building, entry)
     except OSError:
-        theirs = _load(entry, source)
+        theirs = _load(entry, built.source)
         if theirs is not None:
             shutil.rmtree(building, ignore_errors=True)
             return theirs
@@ -392,8 +393,11 @@ def _publish(building: Path, entry: Path, source: Path) -> PreparedModel | None:
         os.rename(entry, stale)
         os.rename(building, entry)
         shutil.rmtree(stale, ignore_errors=True)
-    ours = _load(entry, source)
-    return None if ours is None else replace(ours, cached=False)  # built now, not by an earlier run
+    return replace(
+        built, directory=entry, weights_dir=built.weights_dir if built.external_data else entry,
+        segments=[SegmentFile(entry / s.path.name, s.inputs, s.outputs) for s in built.segments],
+        identity=entry.stat().st_ino,
+    )
 
 
 def _touch(path: Path) -> None:
