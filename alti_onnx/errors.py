@@ -41,6 +41,11 @@ class LayerCountError(AltiOnnxError):
     """config.json's number of layers differs from the attention blocks found in the graph."""
 
 
+class LinearizationError(AltiOnnxError):
+    """The model's output cannot be read as a sum of parts through its graph (an operator with no
+    linear reading at the forward pass's point, or one the decomposition does not know)."""
+
+
 class RuntimeFailure(AltiOnnxError):
     """onnxruntime refused the model or failed while running it."""
 

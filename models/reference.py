@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.reference_math import LayerCapture, ReferenceResult
+from models.reference_math import LayerCapture, ReferenceResult  # noqa: F401 - re-exported
 from models.reference_math import reference_alti as reference_from_captures
 
 __all__ = ["Adapter", "ADAPTERS", "ReferenceResult", "reference_alti", "find_adapter"]
@@ -257,6 +257,12 @@ def reference_alti(model, input_ids, attention_mask=None, token_type_ids=None) -
     ``input_ids`` is [S] or [1, S]. The model is converted in place to float64 and eval mode.
     Masked positions (attention_mask == 0) get zero rows and columns.
     """
+    captures, keep = reference_captures(model, input_ids, attention_mask, token_type_ids)
+    return reference_from_captures(captures, keep=keep)
+
+
+def reference_captures(model, input_ids, attention_mask=None, token_type_ids=None) -> tuple[list[LayerCapture], np.ndarray]:
+    """Every attention block's float64 capture of one sequence (``reference_alti``), and its mask."""
     model.double().eval()
     adapter, base = find_adapter(model)
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
@@ -312,7 +318,7 @@ def reference_alti(model, input_ids, attention_mask=None, token_type_ids=None) -
             kind=adapter.kind,
             norm_rms=rms,
         ))
-    return reference_from_captures(captures, keep=_numpy(mask[0]))
+    return captures, _numpy(mask[0])
 
 
 @contextmanager

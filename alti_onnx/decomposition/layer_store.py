@@ -70,6 +70,10 @@ class LayerStore:
             rows = self._times_layer(rows, layer)
         return rows
 
+    def times_layer(self, rows: np.ndarray, layer: int) -> np.ndarray:
+        """Row vectors [n, S] times layer ``layer``'s matrix C^l."""
+        return self._times_layer(np.asarray(rows, dtype=np.float64), layer)
+
     def _times_layer(self, rows: np.ndarray, layer: int) -> np.ndarray:
         if self._file is None:
             return rows @ self._held[layer]

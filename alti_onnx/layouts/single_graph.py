@@ -15,8 +15,9 @@ import numpy as np
 
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from alti_onnx.decomposition.layer_store import LayerStore
+from alti_onnx.decomposition.logit import capture_layer
 from alti_onnx.decomposition.self_check import check_layer
-from alti_onnx.errors import NonFiniteError, RuntimeFailure
+from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
 from alti_onnx.layouts.base import (
     DEFAULT_SELF_CHECK_TOLERANCE,
     LAYER_COUNT_KEYS,
@@ -26,7 +27,9 @@ from alti_onnx.layouts.base import (
     check_tokenizer_fits,
     require_texts,
 )
+from alti_onnx.layouts.logit import LogitDecomposer, LogitRun
 from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
 from alti_onnx.results.record import MEAN, Target
 from alti_onnx.runtime.pooling import Pooling, declared_pooling
@@ -66,6 +69,7 @@ class SingleGraphExplainer(Explainer):
         # NumPy releases the GIL in its kernels, so layers and examples run in parallel threads.
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
+        self._logit: LogitDecomposer | None = None  # built by the first explanation of a logit
 
     @property
     def analysis(self) -> AttentionAnalysis:
@@ -83,6 +87,15 @@ class SingleGraphExplainer(Explainer):
     def _release(self) -> None:
         self._pool.shutdown(wait=True)
         self.session.close()
+        if self._logit is not None:
+            self._logit.close()
+
+    def logit_decomposer(self) -> LogitDecomposer:
+        """The logit decomposition's sessions and graphs, made on first use (docs/logit.md)."""
+        if self._logit is None:
+            self._logit = LogitDecomposer(self.prepared, self.providers, self.input_map, self.causal, self.labels,
+                                          self.tokenizer)
+        return self._logit
 
     @property
     def mean_pooled(self) -> bool:
@@ -92,38 +105,41 @@ class SingleGraphExplainer(Explainer):
 
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
-                baselines: bool = False, max_new_tokens: int = 32) -> Explanation | list[Explanation]:
+                baselines: bool = False, max_new_tokens: int = 32,
+                logit: LogitQuery | None = None) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch (``Explainer.explain``).
 
         With ``full=False`` only the attributions of ``targets`` (default: the default target) are
         kept, carried through the layers as row vectors: no L x S x S stack is held, which is what
         long inputs need (``contributions``, ``rollout`` and ``attention`` are then None). A target
         is a token position or "mean" (the average of every position: the default for a model whose
-        files declare mean pooling, as sentence-transformers models do).
+        files declare mean pooling, as sentence-transformers models do). With ``logit`` each
+        explanation also holds the decomposition of that logit (``Explanation.logit``, docs/logit.md).
         """
         self.require_open()
         self.require_no_target_text(target_text)
         texts = require_texts(text)
         explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,
-                                          targets=None if targets is None else list(targets))
+                                          targets=None if targets is None else list(targets), logit=logit)
         return explanations[0] if isinstance(text, str) else explanations
 
     def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
-                      targets: list[int | str] | None = None) -> list[Explanation]:
+                      targets: list[int | str] | None = None, logit: LogitQuery | None = None) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
         model takes no attention mask: it would attend to the padding)."""
         lengths = batch.lengths
         if self.session.inputs.has_mask or len(set(lengths)) <= 1:
-            return self._explain_run(batch, check, baselines, full, targets)
+            return self._explain_run(batch, check, baselines, full, targets, logit)
         explanations: list[Explanation | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [row for row, n in enumerate(lengths) if n == length]
-            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets)):
+            for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets,
+                                                                logit)):
                 explanations[row] = explanation
         return explanations  # type: ignore[return-value]
 
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
-                     targets: list[int | str] | None) -> list[Explanation]:
+                     targets: list[int | str] | None, logit: LogitQuery | None = None) -> list[Explanation]:
         """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
         at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
         with whole layers while long ones hold one layer at a time."""
@@ -133,6 +149,8 @@ class SingleGraphExplainer(Explainer):
         stores = [LayerStore() for _ in rows] if not full else None
         causal = self.causal
         pending: list[tuple[int, BlockTensors]] = []
+        decomposer = self.logit_decomposer() if logit is not None else None
+        logit_run = None if decomposer is None else self._logit_run(batch, kept, logit)
 
         def decompose_pending() -> None:
             nonlocal causal
@@ -151,21 +169,48 @@ class SingleGraphExplainer(Explainer):
             pending.clear()
 
         def on_block(layer: int, tensors: BlockTensors) -> None:
+            if logit_run is not None and decomposer.decoder:
+                for row, keep in zip(rows, kept):
+                    logit_run.layers[row].append(capture_layer(
+                        self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
+                        tensors.residual[row][keep], tensors.output[row][keep], logit_run.token_positions[row]))
             pending.append((layer, tensors))
             if sum(t.probs.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
                 decompose_pending()
 
         try:
-            outputs = self._run(batch, on_block)
+            outputs = self._run(batch, on_block, decomposer, logit_run)
+            logits: list[LogitExplanation | None] = [None] * len(kept)
+            if decomposer is not None:
+                times = [_times_contributions(layers[row], None if stores is None else stores[row]) for row in rows]
+                logits = decomposer.decompose(logit, logit_run, outputs, kept, times, check)
             return [self._explanation(batch, row, kept[row], outputs, layers[row], causal,
-                                      None if stores is None else stores[row], targets) for row in rows]
+                                      None if stores is None else stores[row], targets, logits[row]) for row in rows]
         finally:
             for store in stores or []:
                 store.close()
 
-    def _run(self, batch: Batch, on_block) -> dict[str, np.ndarray]:
+    def _logit_run(self, batch: Batch, kept: list, logit: LogitQuery) -> LogitRun:
+        """Where each row's logit is read: its last real token, or ``logit.position`` among its tokens."""
+        positions, token_positions = [], []
+        for row, keep in enumerate(kept):
+            real = np.arange(batch.attention_mask.shape[1])[keep]
+            at = len(real) - 1 if logit.position is None else logit.position
+            if not -len(real) <= at < len(real):
+                raise InputError(f"position {at} is outside the {len(real)} tokens of text {row}")
+            at %= len(real)
+            positions.append(int(real[at]))
+            token_positions.append(int(at))
+        return LogitRun(positions, token_positions, [[] for _ in kept], {})
+
+    def _run(self, batch: Batch, on_block, decomposer: LogitDecomposer | None = None,
+             logit_run: LogitRun | None = None) -> dict[str, np.ndarray]:
         try:
-            return self.session.stream(batch, on_block)
+            if decomposer is None:
+                return self.session.stream(batch, on_block)
+            if decomposer.session is not None:  # the whole model read linearly: every tensor exposed
+                return decomposer.session.stream(batch, on_block, logit_run.collected)
+            return self.session.stream(batch, on_block, logit_run.collected, [len(self.prepared.segments) - 1])
         except RuntimeFailure as exc:
             if self.text_encoder.max_length is None:  # nothing told us the limit, so the text may be too long
                 raise RuntimeFailure(
@@ -209,6 +254,7 @@ class SingleGraphExplainer(Explainer):
         causal: bool | None,
         store: LayerStore | None,
         targets: list[int | str] | None,
+        logit: LogitExplanation | None = None,
     ) -> Explanation:
         causal = bool(causal)
         size = len(batch.tokens[row])
@@ -226,6 +272,7 @@ class SingleGraphExplainer(Explainer):
             outputs=row_outputs,
             prediction=None if causal else classify(row_outputs, self.labels),
             next_token=next_token(row_outputs, last, self._decode) if causal else None,
+            logit=logit,
         )
         if store is not None:
             wanted = [default_target] if targets is None else list(targets)
@@ -248,6 +295,13 @@ class SingleGraphExplainer(Explainer):
 
     def _self_check(self, layer: int, computed: LayerContributions, tokens: list[str]) -> None:
         check_layer(f"layer {layer}", computed, tokens, self.self_check_tolerance, self.int8)
+
+
+def _times_contributions(layers: list[LayerContributions], store: LayerStore | None):
+    """v @ C^l of one row's ALTI, from its layers or its layer store."""
+    if store is not None:
+        return lambda vector, layer: store.times_layer(vector[None], layer)[0]
+    return lambda vector, layer: vector @ layers[layer].contributions
 
 
 #: Texts at least this long have their rows split over the threads; shorter ones run a text and layer per thread.

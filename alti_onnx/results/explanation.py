@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import ExplanationBase, TableView
+from .logit import LogitExplanation
 from .prediction import Prediction
 from .record import MEAN, RECORD_VERSION, Target, target_json
 from .words import WordExplanation, group_words, words_matrix, words_vector
@@ -45,6 +46,8 @@ class Explanation(ExplanationBase):
     offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
     word_ids: list[int | None] | None = field(default=None, repr=False)
     text: str | None = field(default=None, repr=False)
+    #: the decomposition of a class's or next token's logit, when asked for (docs/logit.md)
+    logit: LogitExplanation | None = field(default=None, repr=False)
 
     layout = "single-graph"
 
@@ -118,6 +121,8 @@ class Explanation(ExplanationBase):
         if self.next_token is not None:
             p = self.next_token
             record["next_token"] = {"id": int(p.index), "token": p.label, "probability": float(p.probability)}
+        if self.logit is not None:
+            record["logit"] = self.logit.to_dict()
         if full and self.full:
             record["contributions"] = self.contributions.tolist()
             record["rollout"] = self.rollout.tolist()
@@ -192,6 +197,7 @@ class Explanation(ExplanationBase):
             "prediction": _prediction_meta(self.prediction), "next_token": _prediction_meta(self.next_token),
             "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
             "word_ids": self.word_ids, "text": self.text,
+            "logit": None if self.logit is None else self.logit.to_dict(),
         }
         return arrays, meta
 
@@ -244,6 +250,7 @@ class Explanation(ExplanationBase):
             attributions=None if keys is None else {k: arrays[f"attribution_{k}"] for k in keys},
             offsets=None if meta["offsets"] is None else [tuple(o) for o in meta["offsets"]],
             word_ids=meta["word_ids"], text=meta["text"],
+            logit=None if meta.get("logit") is None else LogitExplanation.from_dict(meta["logit"]),
         )
 
 

@@ -133,7 +133,11 @@ class SegmentedSession:
     """
 
     def __init__(self, prepared: PreparedModel, providers: list[str] | None = None,
-                 input_map: dict[str, str] | None = None, fed_by_caller: Iterable[str] = ()):
+                 input_map: dict[str, str] | None = None, fed_by_caller: Iterable[str] = (),
+                 exposed: dict[int, list[str]] | None = None):
+        #: per segment, intermediate tensors it also hands out (a logit decomposition reads them):
+        #: ``stream_feeds(..., collect=...)`` gathers them with the segment's own outputs
+        self.exposed = {number: list(names) for number, names in (exposed or {}).items()}
         self.blocks = prepared.analysis.blocks
         self.original_outputs = list(prepared.graph_outputs)
         self.cache_inputs = cache_inputs(prepared.graph_inputs)
@@ -147,16 +151,18 @@ class SegmentedSession:
         # External weights (the model's own, or the prepared entry's weights.bin) are mapped from their file.
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(prepared.weights_dir))
 
-        def load(segment: SegmentFile) -> ort.InferenceSession:
+        def load(number: int, segment: SegmentFile) -> ort.InferenceSession:
             try:
                 model = segment.path.read_bytes()
             except OSError as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the model: {exc.strerror or exc}") from None
+            if self.exposed.get(number):
+                model = _with_outputs(model, self.exposed[number])
             return open_session(model, providers, options, what="the model")
 
         # onnxruntime optimizes each graph with the GIL released: the segments load in parallel
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            self.sessions = list(pool.map(load, self.segments))
+            self.sessions = list(pool.map(load, range(len(self.segments)), self.segments))
         produced = {name: number for number, s in enumerate(self.segments) for name in s.outputs}
         #: the segment after which each block's tensors all exist
         self.ready_after = [max(produced[name] for name in b.tensor_names()) for b in self.blocks]
@@ -171,18 +177,24 @@ class SegmentedSession:
         """Drop the onnxruntime sessions (their memory and threads go with them)."""
         self.sessions = []
 
-    def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
+    def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None],
+               collect: dict[str, np.ndarray] | None = None, collect_from: Iterable[int] = ()) -> dict[str, np.ndarray]:
         """Run the model on ``batch``, calling ``on_block(layer, tensors)`` for each block in layer
-        order as soon as its tensors exist; returns the model's own outputs by name."""
-        return self.stream_feeds(self.batch_feeds(batch), on_block)
+        order as soon as its tensors exist; returns the model's own outputs by name (``collect``:
+        see ``stream_feeds``)."""
+        return self.stream_feeds(self.batch_feeds(batch), on_block, collect, collect_from)
 
     def batch_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         """Every graph input for ``batch``: its token inputs and, for a KV-cache export, an empty cache."""
         return {**self.inputs.feeds(batch), **self.empty_cache(len(batch.input_ids))}
 
-    def stream_feeds(self, feeds: dict[str, np.ndarray],
-                     on_block: Callable[[int, BlockTensors], None]) -> dict[str, np.ndarray]:
-        """``stream`` from the graph inputs themselves (every one the graph declares, by name)."""
+    def stream_feeds(self, feeds: dict[str, np.ndarray], on_block: Callable[[int, BlockTensors], None],
+                     collect: dict[str, np.ndarray] | None = None,
+                     collect_from: Iterable[int] = ()) -> dict[str, np.ndarray]:
+        """``stream`` from the graph inputs themselves (every one the graph declares, by name).
+        ``collect`` receives every tensor (inputs, outputs, exposed) of the segments with exposed
+        tensors and of those numbered in ``collect_from``."""
+        collect_from = set(collect_from) | {number for number, names in self.exposed.items() if names}
         live: dict[str, np.ndarray] = dict(feeds)
         # token pairs of the run: rows x the longest sequence any [B, S] input (ids, masks) spans, squared
         pairs = max((a.shape[0] * a.shape[1] ** 2 for a in live.values() if a.ndim == 2), default=0)
@@ -190,10 +202,14 @@ class SegmentedSession:
         layer = 0
         options = _returning_memory() if pairs >= RETURN_MEMORY_FROM else None
         for number, (segment, session) in enumerate(zip(self.segments, self.sessions)):
+            extra = self.exposed.get(number, [])
             try:
-                results = session.run(segment.outputs, {name: live[name] for name in segment.inputs}, options)
+                results = session.run(segment.outputs + extra, {name: live[name] for name in segment.inputs}, options)
             except Exception as exc:  # noqa: BLE001
                 raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+            if collect is not None and number in collect_from:
+                collect.update(zip(segment.outputs + extra, results))
+                collect.update((name, live[name]) for name in segment.inputs)
             live.update(zip(segment.outputs, results))
             del results
             outputs.update((name, live[name]) for name in segment.outputs if name in self.original_outputs)
@@ -253,6 +269,15 @@ def cache_inputs(declared: list[DeclaredInput]) -> dict[str, tuple[int, int, typ
             )
         found[value.name] = (dims[1], dims[3], FLOAT_TYPES[value.elem_type])
     return found
+
+
+def _with_outputs(serialized: bytes, names: list[str]) -> bytes:
+    """A segment that also outputs the tensors ``names`` (onnx is imported only for this)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(serialized)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    return model.SerializeToString()
 
 
 def _widen(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,266 @@
+"""The logit decomposition of a model in one graph (docs/logit.md): which logit, which run, which math.
+
+- A causal language model: ALTI-Logit (``decomposition.logit``). The model runs as for ALTI; each
+  layer keeps its target row; the head (last MLP, final norm, unembedding) runs again on the target
+  position alone with every tensor exposed, and the sweep through it gives the logit's adjoint at
+  the final residual.
+- Any other model with a logits output (a classifier): the whole model read linearly
+  (``decomposition.linearized``), from one run of the model with every tensor exposed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from alti_onnx.decomposition.linearized import LinearizedGraph, Node
+from alti_onnx.decomposition.logit import ADDITIVE_KINDS, LayerAtTarget, LogitParts, alti_logit, token_parts
+from alti_onnx.errors import InputError, LinearizationError, SelfCheckError
+from alti_onnx.results.logit import LogitExplanation, LogitItem, LogitQuery
+from alti_onnx.runtime.linear_graph import HEAD, SegmentValues, last_residual_sum, named_parts, read_segment
+from alti_onnx.runtime.prepared import PreparedModel
+from alti_onnx.runtime.sessions import SegmentedSession, open_session, session_options
+
+#: Largest reconstruction error of a logit decomposition (relative to the larger of 1 and the
+#: logits' magnitude) before the self-check refuses it.
+LOGIT_TOLERANCE = 1e-4
+LOGITS = "logits"
+
+
+@dataclass
+class LogitRun:
+    """What one batch run hands the decomposition: per row, the target position (in the padded row,
+    and among the real tokens) and (decoders) each layer's target row; every exposed tensor of the run."""
+
+    positions: list[int]
+    token_positions: list[int]
+    layers: list[list[LayerAtTarget]]
+    collected: dict[str, np.ndarray]
+
+
+class LogitDecomposer:
+    """The logit decomposition of one prepared single-graph model (built on the first ``--logit``)."""
+
+    def __init__(self, prepared: PreparedModel, providers: list[str] | None, input_map: dict[str, str],
+                 causal: bool | None, labels: list[str] | None, tokenizer):
+        if LOGITS not in prepared.graph_outputs:
+            raise InputError(f"--logit explains a classifier's class or a language model's next token, from the "
+                             f"model's {LOGITS!r} output; this model outputs {', '.join(prepared.graph_outputs)}")
+        self.prepared = prepared
+        self.blocks = prepared.analysis.blocks
+        self.labels = labels
+        self.tokenizer = tokenizer
+        self.decoder = bool(causal)
+        head = len(prepared.segments) - 1
+        if self.decoder:
+            unfit = [b.layer for b in self.blocks if b.kind not in ADDITIVE_KINDS]
+            if unfit:
+                raise InputError(f"ALTI-Logit needs pre-LN, sandwich or parallel blocks; layer {unfit[0]} of this "
+                                 "decoder is post-LN")
+            if head < len(self.blocks):
+                raise InputError("this decoder's graph has no head after its last attention block to decompose")
+            self.head = read_segment(prepared.segments[head])
+            options = session_options()  # the head's weights are read from the prepared entry, as its segments' are
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(prepared.weights_dir))
+            self.head_session = open_session(self._head_model(head), providers, options, what="the head")
+            self.session: SegmentedSession | None = None
+        else:
+            self.graphs = [read_segment(segment) for segment in prepared.segments]
+            exposed = {number: graph.exposed for number, graph in enumerate(self.graphs)}
+            self.session = SegmentedSession(prepared, providers, input_map, exposed=exposed)
+
+    def _head_model(self, head: int) -> bytes:
+        import onnx
+
+        model = onnx.load(str(self.prepared.segments[head].path), load_external_data=False)
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in self.head.exposed)
+        return model.SerializeToString()
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.head_session = None
+
+    # ------------------------------------------------------------------ which logit
+    def resolve(self, query: LogitQuery, logits: np.ndarray) -> tuple[LogitItem, LogitItem | None]:
+        """The target (default: the argmax of ``logits``, one row) and foil as classes or tokens."""
+        target = self._item(query.target, "target") if query.target is not None else self._named(int(np.argmax(logits)))
+        foil = None if query.foil is None else self._item(query.foil, "foil")
+        return target, foil
+
+    def _item(self, given: int | str, role: str) -> LogitItem:
+        if self.decoder:
+            return self._named(self._token_id(given, role))
+        labels = self.labels or []
+        if isinstance(given, str) and given in labels:
+            return self._named(labels.index(given))
+        lowered = [label.lower() for label in labels]
+        if isinstance(given, str) and given.lower() in lowered:
+            return self._named(lowered.index(given.lower()))
+        try:
+            index = int(given)
+        except ValueError:
+            raise InputError(f"--{'class' if role == 'target' else 'foil'} {given!r} is no class of this model "
+                             f"(its classes: {', '.join(labels) or 'unnamed'})") from None
+        classes = len(labels) if labels else None
+        if index < 0 or (classes is not None and index >= classes):
+            raise InputError(f"class {index} is out of range: this model has {classes} classes")
+        return self._named(index)
+
+    def _token_id(self, given: int | str, role: str) -> int:
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        option = "--target-token" if role == "target" else "--foil"
+        if isinstance(given, int) or (isinstance(given, str) and given.strip().isdigit()):
+            token = int(given)
+            if not 0 <= token < vocab:
+                raise InputError(f"{option} {given}: token ids of this tokenizer run from 0 to {vocab - 1}")
+            return token
+        exact = self.tokenizer.token_to_id(given)
+        if exact is not None:
+            return int(exact)
+        pieces = self.tokenizer.encode(given, add_special_tokens=False).ids
+        if len(pieces) != 1:
+            raise InputError(f"{option} {given!r} is {len(pieces)} tokens "
+                             f"({', '.join(repr(self.tokenizer.id_to_token(p)) for p in pieces)}); give one token or its id")
+        return int(pieces[0])
+
+    def _named(self, index: int) -> LogitItem:
+        if self.decoder:
+            return LogitItem(index, self.tokenizer.decode([index], skip_special_tokens=False))
+        label = self.labels[index] if self.labels and index < len(self.labels) else str(index)
+        return LogitItem(index, label)
+
+    # ------------------------------------------------------------------ the decompositions
+    def decompose(self, query: LogitQuery, run: LogitRun, outputs: dict[str, np.ndarray], kept: list,
+                  contributions: list, check: bool) -> list[LogitExplanation]:
+        """One LogitExplanation per row. ``contributions[row](v, l)`` is v @ C^l of ALTI for that row."""
+        logits = np.asarray(outputs[LOGITS], dtype=np.float64)
+        if logits.ndim != (3 if self.decoder else 2):
+            raise InputError(f"--logit reads a classifier's [batch, classes] or a causal language model's [batch, "
+                             f"positions, vocabulary] logits; this model's are {logits.ndim}-dimensional"
+                             + ("" if self.decoder else " (a language model needs config.json's architectures to "
+                                "name a *ForCausalLM)"))
+        rows = range(len(kept))
+        wanted = []
+        for row in rows:
+            row_logits = logits[row, run.positions[row]] if self.decoder else logits[row]
+            wanted.append(self.resolve(query, row_logits))
+        if self.decoder:
+            found = self._alti_logit(run, logits, wanted, contributions)
+        else:
+            found = self._linearized(run, logits, wanted, kept)
+        explanations = []
+        for row, (parts, (target, foil)) in enumerate(zip(found, wanted)):
+            if check and not parts.reconstruction_error <= LOGIT_TOLERANCE:
+                raise SelfCheckError(
+                    f"self-check failed: the logit's parts sum to within {parts.reconstruction_error:.2e} (relative) of "
+                    f"the model's logit, above {LOGIT_TOLERANCE:g}: the decomposition does not hold for this model")
+            explanations.append(LogitExplanation(
+                "alti-logit" if self.decoder else "linearized", "token" if self.decoder else "class", target, foil,
+                parts.value, parts.attribution, parts.parts, parts.reconstruction_error,
+                run.token_positions[row] if self.decoder else None, parts.per_layer,
+                parts.per_head if query.per_head else None))
+        return explanations
+
+    def _seed(self, shape: tuple[int, ...], wanted: list, position: list[int] | None) -> np.ndarray:
+        seed = np.zeros(shape)
+        for row, (target, foil) in enumerate(wanted):
+            at = (row,) if position is None else (row, position[row])
+            seed[at + (target.index,)] += 1.0
+            if foil is not None:
+                seed[at + (foil.index,)] -= 1.0
+        return seed
+
+    @staticmethod
+    def _value(row_logits: np.ndarray, target: LogitItem, foil: LogitItem | None) -> tuple[float, float]:
+        """(the logit or difference, the scale its reconstruction error is relative to)."""
+        value = row_logits[target.index] - (0.0 if foil is None else row_logits[foil.index])
+        scale = max(1.0, abs(row_logits[target.index]), 0.0 if foil is None else abs(row_logits[foil.index]))
+        return float(value), float(scale)
+
+    def _linearized(self, run: LogitRun, logits: np.ndarray, wanted: list, kept: list) -> list[LogitParts]:
+        values = SegmentValues(self.graphs, self.prepared.weights_dir, run.collected)
+        nodes = [node for graph in self.graphs for node in graph.nodes]
+        source = self.blocks[0].residual
+        graph = LinearizedGraph(nodes, [source], values)
+        graph.nodes = named_parts(nodes, [b.residual for b in self.blocks], graph.live)
+        seed = self._seed(logits.shape, wanted, None)
+        try:
+            sweep = graph.sweep({LOGITS: seed}, stops=[source], rows=len(kept))
+        except LinearizationError:
+            raise
+        adjoint = sweep.adjoints.get(source, np.zeros(np.shape(values(source))))
+        x0 = np.asarray(values(source), dtype=np.float64)
+        found = []
+        for row, (target, foil) in enumerate(wanted):
+            every = token_parts(adjoint[row], x0[row])
+            parts = {name: float(share[row]) for name, share in sorted(sweep.parts.items(), key=_part_order)}
+            value, scale = self._value(logits[row], target, foil)
+            total = float(every.sum() + sum(parts.values()))
+            found.append(LogitParts(value, every[kept[row]], parts, abs(total - value) / scale))
+        return found
+
+    def _alti_logit(self, run: LogitRun, logits: np.ndarray, wanted: list, contributions: list) -> list[LogitParts]:
+        head_values, at = self._run_head(run, logits)
+        values = SegmentValues([self.head], self.prepared.weights_dir, head_values)
+        nodes = [Node(n.op, n.inputs, n.outputs, n.attributes, HEAD) for n in self.head.nodes]
+        sources = [name for name in self.prepared.segments[-1].inputs
+                   if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
+        graph = LinearizedGraph(nodes, sources, values)
+        last = last_residual_sum(nodes, graph.live)
+        if last is None:
+            raise LinearizationError("no residual sum before the decoder's head: the final residual stream is not found")
+        seed = self._seed(np.shape(head_values[LOGITS]), wanted, at)
+        sweep = graph.sweep({LOGITS: seed}, rows=len(wanted), stop_at=lambda node: node is last)
+        final = last.outputs[0]
+        gradient = sweep.adjoints.get(final)
+        if gradient is None:
+            raise LinearizationError("the logit does not depend on the final residual stream")
+        # [B, S, D], also where the head flattens the positions ([B*S, D]: OPT) before the last sum
+        batch, length = np.shape(head_values[LOGITS])[:2]
+        z = np.asarray(head_values[final], dtype=np.float64).reshape(batch, length, -1)
+        gradient = gradient.reshape(batch, length, -1)
+        found = []
+        for row, (target, foil) in enumerate(wanted):
+            value, scale = self._value(logits[row, run.positions[row]], target, foil)
+            found.append(alti_logit(self.blocks, run.layers[row], gradient[row, at[row]], z[row, at[row]],
+                                    float(sweep.parts.get(HEAD, np.zeros(len(wanted)))[row]), value, scale,
+                                    contributions[row]))
+        return found
+
+    def _run_head(self, run: LogitRun, logits: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The head again, every tensor exposed, and where each row's target position is in its
+        tensors. A decoder's head acts on each position by itself, so it first runs on the target
+        positions alone; a head that does not (or cannot: a reshape fixed to the whole length), or
+        whose logit then differs from the full run's, runs on every position."""
+        segment = self.prepared.segments[-1]
+        picks = np.asarray(run.positions)
+        names = segment.outputs + self.head.exposed
+        sliced = {}
+        for name in segment.inputs:
+            value = run.collected[name]
+            if value.ndim >= 2 and value.shape[0] == len(picks) and value.shape[1] == logits.shape[1]:
+                value = value[np.arange(len(picks)), picks][:, None]
+            sliced[name] = value
+        try:
+            results = dict(zip(names, self.head_session.run(names, sliced)))
+            head_logits = np.asarray(results[LOGITS], dtype=np.float64)[:, 0]
+            if np.allclose(head_logits, logits[np.arange(len(picks)), picks], rtol=1e-5, atol=1e-5):
+                return {**sliced, **results}, [0] * len(picks)
+        except Exception:  # noqa: BLE001 - onnxruntime raises several types: the full run decides
+            pass
+        feeds = {name: run.collected[name] for name in segment.inputs}
+        try:
+            results = dict(zip(names, self.head_session.run(names, feeds)))
+        except Exception as exc:  # noqa: BLE001
+            raise LinearizationError(f"the decoder's head did not run again: {str(exc).splitlines()[0]}") from None
+        return {**feeds, **results}, [int(p) for p in picks]
+
+
+def _part_order(item: tuple[str, np.ndarray]) -> tuple[int, int]:
+    name = item[0]
+    if name == HEAD:
+        return (1, 0)
+    return (0, int(name.split()[-1])) if name.startswith("layer ") else (2, 0)

@@ -1,0 +1,119 @@
+"""The prepared model's segments read as ``decomposition.linearized`` graphs: their nodes, the
+tensors a forward pass must expose for a sweep through them, and their constants.
+
+Parts are named by where their constant enters, found by structure: ``layer l`` from block l's
+input up to block l+1's (its attention, its feed-forward block and their norms), and ``head`` after
+the model's last residual sum (an Add of two tensors that both depend on the first layer's input:
+the last norm, a pooler, a classifier or an unembedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from alti_onnx.decomposition.linearized import Node
+
+from .prepared import PreparedModel, SegmentFile
+
+HEAD = "head"
+
+
+@dataclass
+class SegmentGraph:
+    """One segment's nodes, constants and the names a sweep reads from the forward pass."""
+
+    nodes: list[Node]
+    constants: dict[str, np.ndarray]
+    initializers: dict[str, onnx.TensorProto]
+    #: every node output a sweep may read (Constant nodes' outputs are computed here instead)
+    exposed: list[str]
+
+
+def read_segment(segment: SegmentFile) -> SegmentGraph:
+    """The nodes of a saved segment, its Constant nodes evaluated, its weights left on disk."""
+    model = onnx.load(str(segment.path), load_external_data=False)
+    nodes, constants, exposed = [], {}, []
+    for proto in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
+            constants[proto.output[0]] = _constant_value(attributes)
+            continue
+        nodes.append(Node(proto.op_type, tuple(proto.input), tuple(proto.output), attributes))
+        exposed.extend(name for name in proto.output if name and name not in segment.outputs)
+    return SegmentGraph(nodes, constants, {t.name: t for t in model.graph.initializer}, exposed)
+
+
+def _constant_value(attributes: dict[str, object]) -> np.ndarray:
+    if "value" in attributes:
+        return numpy_helper.to_array(attributes["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in attributes:
+            return np.asarray(attributes[key], dtype=dtype)
+    raise ValueError(f"a Constant node with {sorted(attributes)} is not read here")
+
+
+class SegmentValues:
+    """Tensor values for a sweep: the forward pass's, the segments' constants, and their weights
+    (read from disk when first asked for, in float64 where they are float)."""
+
+    def __init__(self, graphs: Sequence[SegmentGraph], weights_dir: Path, run: dict[str, np.ndarray]):
+        self.run = run
+        self.constants: dict[str, np.ndarray] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        for graph in graphs:
+            self.constants.update(graph.constants)
+            self.initializers.update(graph.initializers)
+        self.weights_dir = str(weights_dir)
+
+    def __call__(self, name: str) -> np.ndarray:
+        found = self.run.get(name)
+        if found is not None:
+            return found
+        found = self.constants.get(name)
+        if found is None:
+            if name not in self.initializers:
+                raise KeyError(f"no value for tensor {name!r}")
+            found = numpy_helper.to_array(self.initializers[name], base_dir=self.weights_dir)
+            self.constants[name] = found
+        return found
+
+
+def named_parts(nodes: list[Node], block_inputs: Sequence[str], live: Callable[[str], bool]) -> list[Node]:
+    """``nodes`` with their ``part``: the layer whose input they follow, or the head after the last
+    residual sum (see the module docstring). ``live``: whether a tensor depends on the first layer's input."""
+    layer_of: dict[str, int] = {name: layer for layer, name in enumerate(block_inputs)}
+    last = last_residual_sum(nodes, live)
+    last_sum = None if last is None else nodes.index(last)
+    head: set[str] = set()
+    named = []
+    for index, node in enumerate(nodes):
+        layers = [layer_of[name] for name in node.inputs if name in layer_of]
+        layer = max(layers, default=0)
+        in_head = last_sum is not None and (index > last_sum and any(name in head for name in node.inputs))
+        if last_sum is not None and index == last_sum:
+            head.update(node.outputs)
+        if in_head:
+            head.update(name for name in node.outputs if name)
+        for name in node.outputs:
+            if name and name not in layer_of:
+                layer_of[name] = layer
+        named.append(Node(node.op, node.inputs, node.outputs, node.attributes, HEAD if in_head else f"layer {layer}"))
+    return named
+
+
+def last_residual_sum(nodes: list[Node], live: Callable[[str], bool]) -> Node | None:
+    """The last Add of two float tensors that both depend on the sources (``live``): the end of the
+    model's residual stream."""
+    sums = [node for node in nodes if node.op == "Add" and len(node.inputs) == 2 and all(map(live, node.inputs))]
+    return sums[-1] if sums else None
+
+
+def prepared_graphs(prepared: PreparedModel, numbers: Sequence[int]) -> list[SegmentGraph]:
+    return [read_segment(prepared.segments[number]) for number in numbers]
