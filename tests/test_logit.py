@@ -1,0 +1,211 @@
+"""Logit decompositions (docs/logit.md) against the float64 references of models/reference_logit.py on
+every tiny decoder family and the tiny classifier, single texts and padded batches, and their invariants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alti_onnx import Explainer
+from alti_onnx.errors import InputError
+from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.logit import LogitQuery
+from tests.fixture_cases import DECODERS, FIXTURES
+
+#: Per-token values and parts against the reference (fp32 model, float64 reference).
+TOLERANCE = 1e-5
+#: Reconstruction of the model's own logit, relative.
+RECONSTRUCTION = 1e-4
+WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "big", "small", "happy", "walks", "with"]
+
+
+def _texts(arch: str) -> list[str]:
+    return json.loads((FIXTURES / f"tiny-{arch}" / "texts.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Explainer:
+    return Explainer(FIXTURES / "tiny-bert-classifier")
+
+
+@pytest.fixture(scope="module")
+def llama() -> Explainer:
+    return Explainer(FIXTURES / "tiny-llama")
+
+
+def _assert_sums(logit) -> None:
+    """The parts and the attribution add up to the value (computed here, not read from the self-check)."""
+    total = logit.attribution.sum() + sum(logit.parts.values())
+    if logit.per_layer is not None:  # decoders: the per-layer terms, not their rollout, sum to the value
+        total = logit.per_layer.sum() + sum(logit.parts.values())
+    assert abs(total - logit.value) <= RECONSTRUCTION * max(1.0, abs(logit.value))
+    assert logit.reconstruction_error < RECONSTRUCTION
+
+
+# --------------------------------------------------------------------------- against the references
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", DECODERS)
+def test_alti_logit_matches_the_reference(arch: str, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    from models.reference_logit import reference_alti_logit
+    from models.tiny import build_tiny_hf_model, load_saved
+
+    model = load_saved(build_tiny_hf_model(arch, tmp_path / "hf"))
+    folder = FIXTURES / f"tiny-{arch}"
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    texts = _texts(arch)[:3]
+    with Explainer(folder) as explainer:
+        for foil in (None, 3):
+            batch = explainer.explain(texts, logit=LogitQuery(foil=foil, per_head=True))  # one padded batch
+            for text, padded in zip(texts, batch):
+                single = explainer.explain(text, logit=LogitQuery(foil=foil)).logit
+                ids = tokenizer.encode(text).ids
+                ref = reference_alti_logit(model, ids, single.target.index, foil)
+                for found in (single, padded.logit):
+                    assert found.target == single.target and found.position == len(ids) - 1
+                    np.testing.assert_allclose(found.attribution, ref.attribution, atol=TOLERANCE, rtol=0)
+                    np.testing.assert_allclose(found.per_layer, ref.per_layer, atol=TOLERANCE, rtol=0)
+                    assert found.parts.keys() == ref.parts.keys()
+                    for name, value in ref.parts.items():
+                        assert found.parts[name] == pytest.approx(value, abs=TOLERANCE), name
+                    assert found.value == pytest.approx(ref.value, abs=TOLERANCE)
+                    _assert_sums(found)
+                np.testing.assert_allclose(padded.logit.per_head.sum(1), padded.logit.per_layer, atol=1e-12)
+
+
+@pytest.mark.torch
+def test_classifier_logit_matches_the_reference(classifier: Explainer, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    from models.reference_logit import reference_classifier_logit
+    from models.tiny import load_saved
+    from models.tiny_classifier import build_tiny_classifier_hf
+
+    model = load_saved(build_tiny_classifier_hf(tmp_path / "hf"))
+    tokenizer = Tokenizer.from_file(str(FIXTURES / "tiny-bert-classifier" / "tokenizer.json"))
+    texts = _texts("bert-classifier")
+    for target, foil in ((0, None), (1, None), (0, 1), ("positive", "negative")):
+        query = LogitQuery(target=target, foil=foil)
+        batch = classifier.explain(texts, logit=query)
+        for text, padded in zip(texts, batch):
+            single = classifier.explain(text, logit=query).logit
+            encoding = tokenizer.encode(text)
+            ref = reference_classifier_logit(model, encoding.ids, encoding.type_ids, single.target.index,
+                                             None if single.foil is None else single.foil.index)
+            for found in (single, padded.logit):
+                np.testing.assert_allclose(found.attribution, ref.attribution, atol=TOLERANCE, rtol=0)
+                assert found.parts.keys() == ref.parts.keys()
+                for name, value in ref.parts.items():
+                    assert found.parts[name] == pytest.approx(value, abs=TOLERANCE), name
+                assert found.value == pytest.approx(ref.value, abs=TOLERANCE)
+                _assert_sums(found)
+
+
+# --------------------------------------------------------------------------- invariants
+_sentences = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map(" ".join)
+_settings = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_settings
+@given(text=_sentences, other=_sentences, target=st.integers(0, 1))
+def test_classifier_invariants(classifier: Explainer, text: str, other: str, target: int) -> None:
+    """Parts sum to the logit; a foil equal to the target gives zeros; padding changes nothing."""
+    alone = classifier.explain(text, logit=LogitQuery(target=target)).logit
+    _assert_sums(alone)
+    assert alone.value == pytest.approx(float(classifier.explain(text).outputs["logits"][target]), abs=1e-5)
+    padded = classifier.explain([text, other + " " + other], logit=LogitQuery(target=target))[0].logit
+    np.testing.assert_allclose(padded.attribution, alone.attribution, atol=1e-5)
+    same = classifier.explain(text, logit=LogitQuery(target=target, foil=target)).logit
+    assert same.value == 0 and not np.any(same.attribution) and not any(same.parts.values())
+
+
+@_settings
+@given(text=_sentences, other=_sentences, data=st.data())
+def test_decoder_invariants(llama: Explainer, text: str, other: str, data) -> None:
+    """Tokens after the target position contribute nothing; a foil equal to the target gives zeros;
+    padding changes nothing; the parts sum to the logit."""
+    size = len(llama.explain(text).tokens)
+    position = data.draw(st.integers(0, size - 1))
+    token = data.draw(st.integers(0, llama.tokenizer.get_vocab_size() - 1))
+    found = llama.explain(text, logit=LogitQuery(target=token, position=position)).logit
+    _assert_sums(found)
+    assert found.position == position
+    assert not np.any(found.attribution[position + 1:]) and not np.any(found.per_layer[:, position + 1:])
+    padded = llama.explain([text, other + " " + other + " " + text], logit=LogitQuery(target=token, position=position))
+    np.testing.assert_allclose(padded[0].logit.attribution, found.attribution, atol=1e-5)
+    same = llama.explain(text, logit=LogitQuery(target=token, foil=token, position=position)).logit
+    assert same.value == 0 and not np.any(same.attribution) and not any(same.parts.values())
+
+
+def test_contrast_is_the_difference(llama: Explainer) -> None:
+    """Target minus foil, everywhere: the contrastive decomposition is the difference of the two."""
+    text = "the cat sat on the"
+    first = llama.explain(text, logit=LogitQuery(target=5)).logit
+    second = llama.explain(text, logit=LogitQuery(target=9)).logit
+    both = llama.explain(text, logit=LogitQuery(target=5, foil=9)).logit
+    np.testing.assert_allclose(both.attribution, first.attribution - second.attribution, atol=1e-6)
+    for name in both.parts:
+        assert both.parts[name] == pytest.approx(first.parts[name] - second.parts[name], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- targets, records, errors
+def test_default_target_is_the_prediction(classifier: Explainer, llama: Explainer) -> None:
+    explanation = classifier.explain("the cat sat", logit=LogitQuery())
+    assert explanation.logit.target.index == explanation.prediction.index
+    assert explanation.logit.target.label == explanation.prediction.label
+    decoded = llama.explain("the cat sat", logit=LogitQuery())
+    assert decoded.logit.target.index == decoded.next_token.index
+
+
+def test_targets_by_label_and_token_text(classifier: Explainer, llama: Explainer) -> None:
+    assert classifier.explain("a cat", logit=LogitQuery(target="POSITIVE")).logit.target.index == 1
+    assert classifier.explain("a cat", logit=LogitQuery(target="1")).logit.target.label == "positive"
+    token = llama.tokenizer.encode("cat", add_special_tokens=False).ids[0]
+    assert llama.explain("a big", logit=LogitQuery(target="cat")).logit.target.index == token
+    assert llama.explain("a big", logit=LogitQuery(target=str(token))).logit.target.label.strip() == "cat"
+
+
+@pytest.mark.parametrize("query, message", [
+    (LogitQuery(target="neutral"), "is no class of this model"),
+    (LogitQuery(target=7), "out of range"),
+    (LogitQuery(foil="maybe"), "is no class"),
+])
+def test_bad_classes(classifier: Explainer, query: LogitQuery, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        classifier.explain("a cat", logit=query)
+
+
+@pytest.mark.parametrize("query, message", [
+    (LogitQuery(target="cat dog"), "is 2 tokens"),
+    (LogitQuery(target=10**7), "token ids of this tokenizer run from 0"),
+    (LogitQuery(position=40), "outside the"),
+])
+def test_bad_tokens(llama: Explainer, query: LogitQuery, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        llama.explain("a cat", logit=query)
+
+
+def test_a_model_without_logits_is_refused() -> None:
+    with Explainer(FIXTURES / "tiny-bert") as explainer, pytest.raises(InputError, match="'logits' output"):
+        explainer.explain("the cat", logit=LogitQuery())
+
+
+def test_record_and_saved_explanation(llama: Explainer, tmp_path: Path) -> None:
+    explanation = llama.explain("the cat sat on", logit=LogitQuery(foil=4, per_head=True))
+    record = explanation.to_record()["logit"]
+    assert record["method"] == "alti-logit" and record["foil"]["id"] == 4
+    assert record["target"] == {"id": explanation.logit.target.index, "token": explanation.logit.target.label}
+    assert len(record["attribution"]) == len(explanation.tokens)
+    assert np.shape(record["per_layer"]) == (2, len(explanation.tokens))
+    assert np.shape(record["per_head"]) == (2, 4, len(explanation.tokens))
+    assert record["value"] == pytest.approx(explanation.logit.value)
+    path = explanation.save(tmp_path / "saved.npz")
+    assert Explanation.load(path).to_record() == explanation.to_record()
