@@ -186,6 +186,7 @@ def test_bad_classes(classifier: Explainer, query: LogitQuery, message: str) -> 
 @pytest.mark.parametrize("query, message", [
     (LogitQuery(target="cat dog"), "is 2 tokens"),
     (LogitQuery(target=10**7), "token ids of this tokenizer run from 0"),
+    (LogitQuery(target="zebra"), "not in the vocabulary"),
     (LogitQuery(position=40), "outside the"),
 ])
 def test_bad_tokens(llama: Explainer, query: LogitQuery, message: str) -> None:
@@ -209,3 +210,83 @@ def test_record_and_saved_explanation(llama: Explainer, tmp_path: Path) -> None:
     assert record["value"] == pytest.approx(explanation.logit.value)
     path = explanation.save(tmp_path / "saved.npz")
     assert Explanation.load(path).to_record() == explanation.to_record()
+
+
+# --------------------------------------------------------------------------- the commands
+def test_explain_logit_command(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "e.json"
+    result = run_cli("explain", FIXTURES / "tiny-bert-classifier", "--text", "the cat sat", "--class", "positive",
+                     "--foil", "0", "--json", out)
+    assert result.returncode == 0, result.stderr
+    assert "logit decomposition of 'positive' (class 1) minus 'negative' (class 0)" in " ".join(result.stdout.split())
+    record = json.loads(out.read_text())["logit"]
+    with Explainer(FIXTURES / "tiny-bert-classifier") as explainer:
+        expected = explainer.explain("the cat sat", logit=LogitQuery(target=1, foil=0)).logit
+    np.testing.assert_allclose(record["attribution"], expected.attribution, atol=1e-6)
+    assert record["value"] == pytest.approx(expected.value, abs=1e-6)
+
+
+def test_explain_logit_on_a_decoder_reads_the_target_position(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "e.json"
+    result = run_cli("explain", FIXTURES / "tiny-llama", "--text", "the cat sat on the", "--target-token", "cat",
+                     "--target", "2", "--per-head", "--json", out, "--attribution-only")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())["logit"]
+    assert record["position"] == 2 and record["target"]["token"] == "cat"
+    assert not any(record["attribution"][3:]) and np.shape(record["per_head"])[:2] == (2, 4)
+
+
+@pytest.mark.parametrize("model, args, words", [
+    ("tiny-llama", ["--class", "positive"], ["--class is for classifiers"]),
+    ("tiny-bert-classifier", ["--target-token", "cat"], ["--target-token is for language models"]),
+    ("tiny-bert-classifier", ["--class", "neutral"], ["no class of this model"]),
+    ("tiny-bert-classifier", ["--per-head"], ["--per-head is for language models"]),
+    ("tiny-bert", ["--logit"], ["'logits' output"]),
+    ("tiny-llama", ["--logit", "--target", "mean"], ["--target N"]),
+    ("tiny-llama", ["--class", "a", "--target-token", "b"], ["cannot go together"]),
+])
+def test_explain_logit_refusals(model: str, args: list[str], words: list[str]) -> None:
+    from tests.cli_helpers import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("explain", FIXTURES / model, "--text", "the cat", *args), *words)
+
+
+def test_batch_logit_with_per_record_targets(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    corpus = tmp_path / "in.jsonl"
+    lines = [{"text": "the cat sat"}, {"text": "a dog", "foil": "positive"}, {"text": "a cat", "class": "neutral"},
+             {"text": "the mat", "class": 0, "foil": 1}, {"text": "a big dog", "class": True}]
+    corpus.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("batch", FIXTURES / "tiny-bert-classifier", "--input", corpus, "--output", out, "--logit",
+                     "--class", "negative")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    with Explainer(FIXTURES / "tiny-bert-classifier") as explainer:
+        for record, (target, foil) in zip([records[0], records[1], records[3]], [(0, None), (0, 1), (0, 1)]):
+            text = lines[record["index"]]["text"]
+            expected = explainer.explain(text, logit=LogitQuery(target=target, foil=foil)).logit
+            assert record["logit"]["target"]["index"] == target
+            assert (record["logit"]["foil"] or {}).get("index") == foil
+            np.testing.assert_allclose(record["logit"]["attribution"], expected.attribution, atol=1e-6)
+    assert "no class of this model" in records[2]["error"]
+    assert "'class' must be a string or an integer" in records[4]["error"]
+    # the logit query is part of the job: another query does not resume into this output
+    again = run_cli("batch", FIXTURES / "tiny-bert-classifier", "--input", corpus, "--output", out, "--logit")
+    assert again.returncode == 2 and "another batch job" in again.stderr and "logit=" in again.stderr
+
+
+def test_batch_record_fields_need_logit(tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text(json.dumps({"text": "the cat", "class": 1}) + "\n" + json.dumps("a dog") + "\n")
+    result = run_cli("batch", FIXTURES / "tiny-bert-classifier", "--input", corpus, "--output", tmp_path / "o.jsonl")
+    assert result.returncode == 0, result.stderr
+    first = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
+    assert "run batch with --logit" in first["error"]

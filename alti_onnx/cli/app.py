@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,6 +54,16 @@ StartTokenOption = Annotated[
                                 "neither config.json nor generation_config.json gives it (T5: 0)")
 ]
 DEFAULT_TOLERANCE = 1e-3  # explainer.DEFAULT_SELF_CHECK_TOLERANCE (not imported here: the CLI starts without onnx)
+LogitOption = Annotated[bool, typer.Option("--logit", help="also decompose the logit of a class or next token "
+                                           "(default: the prediction) into signed token parts and named parts")]
+ClassOption = Annotated[Optional[str], typer.Option("--class", help="classifier: the class whose logit is decomposed, "
+                                                    "by label or index (implies --logit)")]
+TargetTokenOption = Annotated[Optional[str], typer.Option(
+    "--target-token", help="language model: the next token whose logit is decomposed, as text or id (implies --logit)")]
+FoilOption = Annotated[Optional[str], typer.Option(
+    "--foil", help="the contrast: a class or token whose logit is subtracted everywhere (implies --logit)")]
+PerHeadOption = Annotated[bool, typer.Option("--per-head", help="language model: keep ALTI-Logit's per-head terms in "
+                                             "--json (implies --logit)")]
 
 
 @contextmanager
@@ -186,12 +197,19 @@ def explain(
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     decoder_start_token_id: StartTokenOption = None,
+    logit: LogitOption = False,
+    class_: ClassOption = None,
+    target_token: TargetTokenOption = None,
+    foil: FoilOption = None,
+    per_head: PerHeadOption = False,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
     For a decoder (causal LM) the target defaults to the last token, whose output predicts the next
     token; that prediction and its probability are printed too. Only the target's row is carried
     through the layers unless --json (without --attribution-only), --html or --png needs them all.
+    With --logit, also the logit of a class or next token (or its difference from --foil's) as one
+    signed part per token plus named parts (docs/logit.md).
     """
     with user_errors():
         if attribution_only and (html_path is not None or png_path is not None):
@@ -200,8 +218,13 @@ def explain(
         target = _target_option(target)
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider,
                                encoder=encoder, decoder=decoder, decoder_start_token_id=decoder_start_token_id)
+        query = _logit_query(explainer, logit, class_, target_token, foil, per_head)
+        if query is not None and target is not None and getattr(explainer, "causal", False):
+            if not isinstance(target, int):
+                raise InputError("--logit on a language model reads the next token at one position: --target N")
+            query = replace(query, position=target)  # a decoder's --target is where the next token is read
         explanation = explainer.explain(text, target_text, full=full, targets=None if target is None else [target],
-                                        max_new_tokens=max_new_tokens)
+                                        max_new_tokens=max_new_tokens, **({} if query is None else {"logit": query}))
         if target is None and explanation.default_target == "mean":
             out.print(escape(f"target: the mean of all {len(explanation.tokens)} tokens (the model is mean-pooled: "
                              f"{explainer.pooling.source.relative_to(explainer.files.folder)}; --target 0 for the "
@@ -219,10 +242,50 @@ def explain(
                 json_path.write_text(json.dumps(record, allow_nan=False))
         written = _write_pictures(explanation, target, html_path, page, png_path)
     print_table(view)
+    if getattr(explanation, "logit", None) is not None:
+        print_table(explanation.logit.table(list(explanation.tokens)))
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
     for path in written:
         out.print(escape(f"wrote {path}"), soft_wrap=True)
+
+
+def _logit_query(explainer, logit: bool, class_: Optional[str], target_token: Optional[str], foil: Optional[str],
+                 per_head: bool):
+    """The LogitQuery the options ask for (--class, --target-token, --foil and --per-head imply --logit),
+    checked against the model: classes for a classifier, tokens for a decoder; None without them."""
+    from alti_onnx.results.logit import LogitQuery
+
+    if not (logit or class_ is not None or target_token is not None or foil is not None or per_head):
+        return None
+    if class_ is not None and target_token is not None:
+        raise InputError("--class (a classifier's) and --target-token (a language model's) cannot go together")
+    decoder = bool(getattr(explainer, "causal", False))
+    if class_ is not None and decoder:
+        raise InputError("--class is for classifiers; this is a language model: give --target-token TOKEN|ID")
+    if target_token is not None and not decoder:
+        raise InputError("--target-token is for language models; this model is not one: give --class LABEL|INDEX")
+    if per_head and not decoder:
+        raise InputError("--per-head is for language models (ALTI-Logit's per-layer terms, by head)")
+    return LogitQuery(target=class_ if class_ is not None else target_token, foil=foil, per_head=per_head)
+
+
+def _logit_fields(explainer, logit: bool, class_: Optional[str], target_token: Optional[str], foil: Optional[str],
+                  per_head: bool, target) -> Optional[dict]:
+    """``batch``'s logit options as the JSON-friendly fields of a LogitQuery (they enter the job's
+    identity); checked against the model when ``explainer`` is given (on Ray, each actor checks)."""
+    if explainer is None:
+        if not (logit or class_ is not None or target_token is not None or foil is not None or per_head):
+            return None
+        if class_ is not None and target_token is not None:
+            raise InputError("--class (a classifier's) and --target-token (a language model's) cannot go together")
+        return {"target": class_ if class_ is not None else target_token, "foil": foil, "per_head": per_head,
+                "position": None}
+    query = _logit_query(explainer, logit, class_, target_token, foil, per_head)
+    if query is None:
+        return None
+    position = target if getattr(explainer, "causal", False) and isinstance(target, int) else None
+    return {"target": query.target, "foil": query.foil, "per_head": query.per_head, "position": position}
 
 
 def _model_name(model: Path) -> str:
@@ -294,10 +357,11 @@ def print_table(view) -> None:
         out.print(Text(line, style="bold"))
     table = Table(title=Text(view.title), title_justify="left")
     for column in view.columns:
-        table.add_column(column, justify="right" if column in ("pos", "attribution", "source share") else "left")
-    for number, row in enumerate(view.rows):
-        cells = [Text("█" * max(0, round(view.bar_width * cell)), style="cyan") if isinstance(cell, float)
-                 else Text(cell) for cell in row]
+        table.add_column(column, justify="right" if column in ("pos", "attribution", "source share", "logit part")
+                         else "left")
+    for number, row in enumerate(view.rows):  # a negative share (a logit part against) is a red bar
+        cells = [Text("█" * round(view.bar_width * abs(cell)), style="cyan" if cell >= 0 else "red")
+                 if isinstance(cell, float) else Text(cell) for cell in row]
         table.add_row(*cells, style="bold" if number == view.highlight else "")
     out.print(table)
     out.print(view.footer)
@@ -486,18 +550,26 @@ def batch(
     encoder: EncoderOption = None,
     decoder: DecoderOption = None,
     decoder_start_token_id: StartTokenOption = None,
+    logit: LogitOption = False,
+    class_: ClassOption = None,
+    target_token: TargetTokenOption = None,
+    foil: FoilOption = None,
+    per_head: PerHeadOption = False,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
     Each input line gets one record in its place: the explanation, or an 'error' saying why not. For an
     encoder-decoder export a line may be {"text": SOURCE, "target": TARGET}: the target is explained
-    teacher-forced, and without one the model's greedy output.
+    teacher-forced, and without one the model's greedy output. With --logit each record also holds
+    the logit decomposition; a line's own "class" or "target_token" and "foil" replace the options'.
     """
     if ray is not None:
+        with user_errors():
+            query = _logit_fields(None, logit, class_, target_token, foil, per_head, target)
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
                       target=target, full=full, words=words, max_new_tokens=max_new_tokens, pairs_per_run=pairs_per_run,
                       self_check_tolerance=self_check_tolerance, input_map=input_map, encoder=encoder, decoder=decoder,
-                      decoder_start_token_id=decoder_start_token_id)
+                      decoder_start_token_id=decoder_start_token_id, logit=query)
         return
     from rich.progress import Progress
 
@@ -511,13 +583,14 @@ def batch(
         require_corpus(input_path)
         explainer = _explainer(model, input_map, self_check_tolerance, encoder=encoder, decoder=decoder,
                                decoder_start_token_id=decoder_start_token_id)
+        query = _logit_fields(explainer, logit, class_, target_token, foil, per_head, target)
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(Path(output_path)):
             task = progress.add_task("explaining", total=count_lines(input_path))
             summary = explain_corpus(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
                 on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
-                chunk_size=chunk_size, max_new_tokens=max_new_tokens, words=words,
+                chunk_size=chunk_size, max_new_tokens=max_new_tokens, words=words, logit=query,
             )
         if summary.written and summary.failed == summary.written:
             raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")

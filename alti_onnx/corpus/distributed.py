@@ -152,6 +152,7 @@ def plan_shards(
     encoder: str | Path | None = None,
     decoder: str | Path | None = None,
     decoder_start_token_id: int | None = None,
+    logit: dict[str, object] | None = None,
 ) -> ShardPlan:
     """Check the corpus and the model, claim ``output_dir`` for this job (or find it is this job's),
     and list the shards not written yet. Needs no Ray: bad input is refused before a cluster starts."""
@@ -166,6 +167,8 @@ def plan_shards(
                "self_check_tolerance": self_check_tolerance, "words": words, "max_new_tokens": max_new_tokens,
                "batch_size": batch_size, "pairs_per_run": pairs_per_run, "layout": layout,
                **job_model_identity(files, prepared)}
+    if logit is not None:
+        options["logit"] = dict(logit)
     shard_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     _claim(output_dir, Job.of(input_path, files.onnx, files.tokenizer, {**options, "shard_size": shard_size}))
     pending, skipped = [], 0
@@ -264,7 +267,7 @@ class _RecordMaker:
 def _explained(explainer, records: list[CorpusRecord], options: dict) -> list[dict]:
     """``batch``'s records for one chunk (its own code, so its numbers), with a job's options."""
     return explain_chunk(explainer, records, options["batch_size"], options["pairs_per_run"], options["target"],
-                          options["full"], options["max_new_tokens"], options["words"])
+                          options["full"], options["max_new_tokens"], options["words"], options.get("logit"))
 
 
 def _claim(output_dir: Path, job: Job) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
 from alti_onnx.errors import InputError, RuntimeFailure, SelfCheckError
 from alti_onnx.layouts.base import Explainer
 from alti_onnx.results.base import ExplanationBase
+from alti_onnx.results.logit import LogitQuery
 from alti_onnx.results.record import Target, error_record, json_line
 
 from .inputs import CorpusRecord, read_records
@@ -64,19 +65,24 @@ def explain_corpus(
     pairs_per_run: int = PAIRS_PER_RUN,
     max_new_tokens: int = 32,
     words: bool = False,
+    logit: dict[str, object] | None = None,
 ) -> CorpusSummary:
     """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
     of the same job stopped.
 
     ``on_record`` is called with the number of records done so far (earlier runs included). A
     record's ``target`` (an encoder-decoder's output) is explained teacher-forced, or the model's
-    greedy output (at most ``max_new_tokens``) where the record has none.
+    greedy output (at most ``max_new_tokens``) where the record has none. ``logit`` (the fields of a
+    ``results.logit.LogitQuery``) adds each record's logit decomposition; a record's own ``class`` /
+    ``target_token`` and ``foil`` take the place of the query's.
     """
     input_path = Path(input_path)
     require_corpus(input_path)
     if chunk_size is None:
         chunk_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     options = {"full": full, "target": target, "words": words, **explainer.corpus_options()}
+    if logit is not None:
+        options["logit"] = dict(logit)
     if explainer.takes_target_text:  # what bounds a generated output
         options["max_new_tokens"] = max_new_tokens
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
@@ -88,7 +94,8 @@ def explain_corpus(
         written = failed = 0
         first_error = None
         while chunk := list(islice(records, chunk_size)):
-            payloads = explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words)
+            payloads = explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words,
+                                     logit)
             out.write_chunk([json_line(payload) for payload in payloads])
             for payload in payloads:
                 written += 1
@@ -131,6 +138,7 @@ def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[
 def explain_chunk(
     explainer: Explainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
     target: Target | None, full: bool, max_new_tokens: int = 32, words: bool = False,
+    logit: dict[str, object] | None = None,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
     payloads: dict[int, dict[str, object]] = {}
@@ -143,6 +151,10 @@ def explain_chunk(
             payloads[record.index] = _error(record, f"line {record.line}: a 'target' (the output to explain) is for "
                                                     "encoder-decoder exports")
             continue
+        if logit is None and (record.logit_target is not None or record.foil is not None):
+            payloads[record.index] = _error(record, f"line {record.line}: 'class', 'target_token' and 'foil' choose the "
+                                                    "logit explained: run batch with --logit")
+            continue
         try:
             valid.append((explainer.text_encoder.token_count(record.text), record))
         except InputError as exc:
@@ -150,7 +162,7 @@ def explain_chunk(
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        for record, outcome in zip(group, _explain_records(explainer, group, target, full, max_new_tokens)):
+        for record, outcome in zip(group, _explain_records(explainer, group, target, full, max_new_tokens, logit)):
             payloads[record.index] = (
                 _record(record, outcome, target, full, words) if isinstance(outcome, ExplanationBase)
                 else _error(record, f"line {record.line}: {outcome}")
@@ -159,18 +171,29 @@ def explain_chunk(
 
 
 def _explain_records(explainer: Explainer, records: list[CorpusRecord], target: Target | None, full: bool,
-                     max_new_tokens: int) -> list[ExplanationBase | str]:
+                     max_new_tokens: int, logit: dict[str, object] | None = None) -> list[ExplanationBase | str]:
     """Each record's explanation (every layer's matrices with ``full``, else the target's row alone), or
     why it failed: a batch that fails is run again one record at a time."""
     targets = None if all(r.target is None for r in records) else [r.target for r in records]
+    extra = {} if logit is None else {"logit": [_query(logit, r) for r in records]}
     try:
         return explainer.explain([r.text for r in records], targets, full=full,
-                                 targets=None if target is None else [target], max_new_tokens=max_new_tokens)
+                                 targets=None if target is None else [target], max_new_tokens=max_new_tokens, **extra)
     except TEXT_ERRORS as exc:
         if len(records) == 1:
             return [str(exc)]
     return [outcome for record in records
-            for outcome in _explain_records(explainer, [record], target, full, max_new_tokens)]
+            for outcome in _explain_records(explainer, [record], target, full, max_new_tokens, logit)]
+
+
+def _query(logit: dict[str, object], record: CorpusRecord) -> LogitQuery:
+    """The record's logit query: the run's, with the record's own class or token and foil in their place."""
+    query = LogitQuery(**logit)
+    if record.logit_target is not None:
+        query = replace(query, target=record.logit_target)
+    if record.foil is not None:
+        query = replace(query, foil=record.foil)
+    return query
 
 
 def _record(record: CorpusRecord, explanation: ExplanationBase, target: Target | None, full: bool,

@@ -123,14 +123,16 @@ class Explainer(ABC):
     @abstractmethod
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
-                baselines: bool = False, max_new_tokens: int = 32) -> ExplanationBase | list[ExplanationBase]:
+                baselines: bool = False, max_new_tokens: int = 32,
+                logit=None) -> ExplanationBase | list[ExplanationBase]:
         """Explain one text, or a list of texts run as one padded batch.
 
         ``target_text`` (encoder-decoders) is the output explained teacher-forced, one per text
         (None: the model's greedy output, at most ``max_new_tokens``). With ``full=False`` only the
         attributions of ``targets`` (default: the default target) are kept. With ``check`` (the
         default) a self-check error above the tolerance raises SelfCheckError; ``baselines`` also
-        computes the norm-based matrices.
+        computes the norm-based matrices. ``logit`` (a ``results.logit.LogitQuery``, or one per
+        text) adds the decomposition of a class's or next token's logit (docs/logit.md).
         """
 
     @property

@@ -118,12 +118,17 @@ class EncoderDecoderExplainer(Explainer):
     # ------------------------------------------------------------------ API
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
-                baselines: bool = False, max_new_tokens: int = 32) -> Seq2SeqExplanation | list[Seq2SeqExplanation]:
+                baselines: bool = False, max_new_tokens: int = 32,
+                logit: object = None) -> Seq2SeqExplanation | list[Seq2SeqExplanation]:
         """ALTI+ of each source and its target (teacher-forced), or of the model's greedy output
         (``target_text`` None, or None for that source). Every matrix is kept (``full`` and ``targets``
-        choose what ``to_record`` writes); the self-check is always enforced."""
+        choose what ``to_record`` writes); the self-check is always enforced. No logit decomposition
+        (``logit``) yet: refused."""
         self.require_open()
         self.refuse_options(baselines=baselines)
+        if logit is not None:
+            raise InputError("--logit explains classifiers and decoders in one graph; an encoder-decoder's logits are "
+                             "not decomposed yet")
         if not check:
             raise InputError("an encoder-decoder's self-check cannot be turned off")
         sources = require_texts(text)

@@ -102,7 +102,7 @@ class LogitDecomposer:
         try:
             index = int(given)
         except ValueError:
-            raise InputError(f"--{'class' if role == 'target' else 'foil'} {given!r} is no class of this model "
+            raise InputError(f"{'class' if role == 'target' else 'foil'} {given!r} is no class of this model "
                              f"(its classes: {', '.join(labels) or 'unnamed'})") from None
         classes = len(labels) if labels else None
         if index < 0 or (classes is not None and index >= classes):
@@ -111,7 +111,7 @@ class LogitDecomposer:
 
     def _token_id(self, given: int | str, role: str) -> int:
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        option = "--target-token" if role == "target" else "--foil"
+        option = "target token" if role == "target" else "foil"
         if isinstance(given, int) or (isinstance(given, str) and given.strip().isdigit()):
             token = int(given)
             if not 0 <= token < vocab:
@@ -124,6 +124,10 @@ class LogitDecomposer:
         if len(pieces) != 1:
             raise InputError(f"{option} {given!r} is {len(pieces)} tokens "
                              f"({', '.join(repr(self.tokenizer.id_to_token(p)) for p in pieces)}); give one token or its id")
+        read = self.tokenizer.decode(pieces, skip_special_tokens=False)
+        if read.strip() != given.strip():  # the unknown token, or a normalizer's change
+            raise InputError(f"{option} {given!r} is not in the vocabulary (it reads as {read!r}); give one token or "
+                             "its id")
         return int(pieces[0])
 
     def _named(self, index: int) -> LogitItem:
@@ -133,9 +137,10 @@ class LogitDecomposer:
         return LogitItem(index, label)
 
     # ------------------------------------------------------------------ the decompositions
-    def decompose(self, query: LogitQuery, run: LogitRun, outputs: dict[str, np.ndarray], kept: list,
+    def decompose(self, queries: list[LogitQuery], run: LogitRun, outputs: dict[str, np.ndarray], kept: list,
                   contributions: list, check: bool) -> list[LogitExplanation]:
-        """One LogitExplanation per row. ``contributions[row](v, l)`` is v @ C^l of ALTI for that row."""
+        """One LogitExplanation per row (``queries``: one per row). ``contributions[row](v, l)`` is
+        v @ C^l of ALTI for that row."""
         logits = np.asarray(outputs[LOGITS], dtype=np.float64)
         if logits.ndim != (3 if self.decoder else 2):
             raise InputError(f"--logit reads a classifier's [batch, classes] or a causal language model's [batch, "
@@ -146,7 +151,7 @@ class LogitDecomposer:
         wanted = []
         for row in rows:
             row_logits = logits[row, run.positions[row]] if self.decoder else logits[row]
-            wanted.append(self.resolve(query, row_logits))
+            wanted.append(self.resolve(queries[row], row_logits))
         if self.decoder:
             found = self._alti_logit(run, logits, wanted, contributions)
         else:
@@ -161,7 +166,7 @@ class LogitDecomposer:
                 "alti-logit" if self.decoder else "linearized", "token" if self.decoder else "class", target, foil,
                 parts.value, parts.attribution, parts.parts, parts.reconstruction_error,
                 run.token_positions[row] if self.decoder else None, parts.per_layer,
-                parts.per_head if query.per_head else None))
+                parts.per_head if queries[row].per_head else None))
         return explanations
 
     def _seed(self, shape: tuple[int, ...], wanted: list, position: list[int] | None) -> np.ndarray:

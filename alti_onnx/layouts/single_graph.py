@@ -106,7 +106,7 @@ class SingleGraphExplainer(Explainer):
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
                 baselines: bool = False, max_new_tokens: int = 32,
-                logit: LogitQuery | None = None) -> Explanation | list[Explanation]:
+                logit: LogitQuery | Sequence[LogitQuery] | None = None) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch (``Explainer.explain``).
 
         With ``full=False`` only the attributions of ``targets`` (default: the default target) are
@@ -114,17 +114,20 @@ class SingleGraphExplainer(Explainer):
         long inputs need (``contributions``, ``rollout`` and ``attention`` are then None). A target
         is a token position or "mean" (the average of every position: the default for a model whose
         files declare mean pooling, as sentence-transformers models do). With ``logit`` each
-        explanation also holds the decomposition of that logit (``Explanation.logit``, docs/logit.md).
+        explanation also holds the decomposition of that logit (``Explanation.logit``, docs/logit.md);
+        a list gives one query per text.
         """
         self.require_open()
         self.require_no_target_text(target_text)
         texts = require_texts(text)
+        logit = _queries(logit, len(texts))
         explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,
                                           targets=None if targets is None else list(targets), logit=logit)
         return explanations[0] if isinstance(text, str) else explanations
 
     def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
-                      targets: list[int | str] | None = None, logit: LogitQuery | None = None) -> list[Explanation]:
+                      targets: list[int | str] | None = None,
+                      logit: list[LogitQuery] | None = None) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
         model takes no attention mask: it would attend to the padding)."""
         lengths = batch.lengths
@@ -133,13 +136,14 @@ class SingleGraphExplainer(Explainer):
         explanations: list[Explanation | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [row for row, n in enumerate(lengths) if n == length]
+            queries = None if logit is None else [logit[row] for row in rows]
             for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets,
-                                                                logit)):
+                                                                queries)):
                 explanations[row] = explanation
         return explanations  # type: ignore[return-value]
 
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
-                     targets: list[int | str] | None, logit: LogitQuery | None = None) -> list[Explanation]:
+                     targets: list[int | str] | None, logit: list[LogitQuery] | None = None) -> list[Explanation]:
         """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
         at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
         with whole layers while long ones hold one layer at a time."""
@@ -190,12 +194,12 @@ class SingleGraphExplainer(Explainer):
             for store in stores or []:
                 store.close()
 
-    def _logit_run(self, batch: Batch, kept: list, logit: LogitQuery) -> LogitRun:
-        """Where each row's logit is read: its last real token, or ``logit.position`` among its tokens."""
+    def _logit_run(self, batch: Batch, kept: list, logit: list[LogitQuery]) -> LogitRun:
+        """Where each row's logit is read: its last real token, or its query's ``position`` among its tokens."""
         positions, token_positions = [], []
         for row, keep in enumerate(kept):
             real = np.arange(batch.attention_mask.shape[1])[keep]
-            at = len(real) - 1 if logit.position is None else logit.position
+            at = len(real) - 1 if logit[row].position is None else logit[row].position
             if not -len(real) <= at < len(real):
                 raise InputError(f"position {at} is outside the {len(real)} tokens of text {row}")
             at %= len(real)
@@ -295,6 +299,16 @@ class SingleGraphExplainer(Explainer):
 
     def _self_check(self, layer: int, computed: LayerContributions, tokens: list[str]) -> None:
         check_layer(f"layer {layer}", computed, tokens, self.self_check_tolerance, self.int8)
+
+
+def _queries(logit: LogitQuery | Sequence[LogitQuery] | None, count: int) -> list[LogitQuery] | None:
+    """One logit query per text (the same one for all, or one each)."""
+    if logit is None or isinstance(logit, LogitQuery):
+        return None if logit is None else [logit] * count
+    queries = list(logit)
+    if len(queries) != count or not all(isinstance(q, LogitQuery) for q in queries):
+        raise InputError(f"logit takes one LogitQuery, or one per text ({count}); got {len(queries)} items")
+    return queries
 
 
 def _times_contributions(layers: list[LayerContributions], store: LayerStore | None):

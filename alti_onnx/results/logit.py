@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import TableView
+
+#: Parts the table lists by name (the largest in magnitude); the rest are summed in one line.
+SHOWN_PARTS = 6
+
 
 @dataclass(frozen=True)
 class LogitQuery:
@@ -50,6 +55,37 @@ class LogitExplanation:
     position: int | None = None
     per_layer: np.ndarray | None = None
     per_head: np.ndarray | None = None
+
+    def describe(self) -> str:
+        """'positive' (class 1), or 'positive' (class 1) minus 'negative' (class 0)."""
+        def one(item: LogitItem) -> str:
+            return f"{item.label!r} ({self.kind if self.kind == 'class' else 'token'} {item.index})"
+
+        return one(self.target) + ("" if self.foil is None else f" minus {one(self.foil)}")
+
+    def table(self, tokens: list[str]) -> TableView:
+        """Each token's signed part of the logit (bars: blue for, red against), then the named parts."""
+        peak = float(max(np.abs(self.attribution).max(initial=0.0), 1e-12))
+        rows: list[list[str | float]] = [[str(k), token, f"{v:+.4f}", float(v) / peak]
+                                         for k, (token, v) in enumerate(zip(tokens, self.attribution))]
+        ordered = sorted(self.parts.items(), key=lambda item: -abs(item[1]))
+        shown, rest = ordered[:SHOWN_PARTS], ordered[SHOWN_PARTS:]
+        parts = ", ".join(f"{name} {value:+.3f}" for name, value in shown)
+        if rest:
+            parts += f", {len(rest)} more {sum(v for _, v in rest):+.3f}"
+        where = "" if self.position is None else f" after position {self.position}"
+        return TableView(
+            title=f"{'ALTI-Logit' if self.method == 'alti-logit' else 'logit decomposition'} of {self.describe()}{where}",
+            columns=["pos", "token", "logit part", ""], rows=rows,
+            footer=(f"value {self.value:+.4f} = tokens {self._tokens_total():+.4f} + parts "
+                    f"{sum(self.parts.values()):+.4f} ({parts}); self-check: reconstruction error "
+                    f"{self.reconstruction_error:.2e}"),
+            highlight=self.position,
+        )
+
+    def _tokens_total(self) -> float:
+        """What the token terms add up to (a decoder's per-layer terms, before their rollout)."""
+        return float(self.attribution.sum() if self.per_layer is None else self.per_layer.sum())
 
     def to_dict(self, per_head: bool = True) -> dict[str, object]:
         """The record's ``logit`` object (docs/records.md)."""
