@@ -385,9 +385,9 @@ def demo(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="export directory of a sequence classifier (output 'logits')")],
-    data: Annotated[Path, typer.Option("--data", help="TSV with a 'text' column, or one sentence per line")],
-    n: Annotated[int, typer.Option("--n", min=1, help="evaluate the first N sentences")] = 500,
+    model: Annotated[Path, typer.Argument(help="export directory of a sequence classifier (output 'logits'), or a language model for --task evidence")],
+    data: Annotated[Path, typer.Option("--data", help="TSV with a 'text' column, or one sentence per line; --task evidence: a folder of .csv cases")],
+    n: Annotated[int, typer.Option("--n", min=1, help="evaluate the first N sentences (--task evidence: N cases per phenomenon)")] = 500,
     out_dir: Annotated[Path, typer.Option("--out", help="where results.md, results.json, faithfulness.png go")] = Path(
         "evaluation"
     ),
@@ -398,14 +398,27 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="onnxruntime batch size for the perturbed inputs")] = 64,
     input_map: InputMapOption = None,
     self_check_tolerance: ToleranceOption = DEFAULT_TOLERANCE,
+    task: Annotated[str, typer.Option("--task", help="faithfulness (a classifier: AOPC) or evidence (a language model: "
+                                      "the MRR of the evidence word, --data a folder of cases)")] = "faithfulness",
+    protocol: Annotated[str, typer.Option("--protocol", help="faithfulness: deyoung (AOPC, the mean over the bins) or "
+                                          "paper (the ALTI authors' aupc.py)")] = "deyoung",
 ) -> None:
-    """Faithfulness of ALTI and the baselines: comprehensiveness and sufficiency (AOPC) on N sentences."""
+    """Faithfulness of ALTI, the logit decomposition and the baselines: comprehensiveness and sufficiency
+    on N sentences; or, with --task evidence, whether a language model's next-token explanations rank
+    the evidence word first (N cases per phenomenon)."""
     from importlib.util import find_spec
 
     from alti_onnx.evaluation import evaluate as run_evaluation
     from alti_onnx.evaluation import markdown_table, read_texts, write_report
 
     with user_errors():
+        if task not in ("faithfulness", "evidence"):
+            raise InputError(f"--task takes faithfulness or evidence, got {task!r}")
+        if protocol not in ("deyoung", "paper"):
+            raise InputError(f"--protocol takes deyoung or paper, got {protocol!r}")
+        if task == "evidence":
+            _evaluate_evidence(model, data, n, out_dir, hf_model, seed, batch_size, input_map, self_check_tolerance)
+            return
         if find_spec("matplotlib") is None:  # say so before the minutes of work, not after
             raise ExportUnavailableError("evaluate draws faithfulness.png with matplotlib: pip install 'alti-onnx[plot]'")
         _require_folder(out_dir / "results.md")  # likewise an output folder that cannot be made
@@ -419,13 +432,34 @@ def evaluate(
             hf_model = _default_hf_model(model)
         result = run_evaluation(
             explainer, dataset.texts, labels=dataset.labels, hf_model=hf_model, seed=seed, batch_size=batch_size,
-            progress=True,
+            progress=True, protocol=protocol,
         )
         result.meta["data"] = str(data)
         with _writing(out_dir / "results.md"):
             paths = write_report(result, out_dir, title=f"Faithfulness of {model.name}")
     print(markdown_table(result, per_bin=False))
     out.print(escape(f"{len(result.texts)} sentences in {result.meta['seconds']} s; wrote {', '.join(map(str, paths.values()))}"), soft_wrap=True)
+
+
+def _evaluate_evidence(model: Path, data: Path, n: int, out_dir: Path, hf_model: Optional[Path], seed: int,
+                       batch_size: int, input_map, tolerance: float) -> None:
+    """``evaluate --task evidence``: the MRR table, written to OUT/evidence.md and OUT/evidence.json."""
+    from alti_onnx.evaluation.evidence import evaluate_evidence, read_cases
+
+    _require_folder(out_dir / "evidence.md")
+    if hf_model is not None and not (hf_model / "config.json").is_file():
+        raise InputError(f"--hf-model {hf_model} is not a Hugging Face model directory (no config.json)")
+    cases = read_cases(data, n)
+    explainer = _explainer(model, input_map, tolerance)
+    result = evaluate_evidence(explainer, cases, hf_model=hf_model, batch_size=min(batch_size, 32), seed=seed)
+    table = result.markdown()
+    with _writing(out_dir / "evidence.md"):
+        (out_dir / "evidence.md").write_text(f"# Linguistic evidence: {model.name}\n\n{table}", encoding="utf-8")
+        (out_dir / "evidence.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    print(table)
+    out.print(escape(f"{sum(result.cases.values())} cases ({sum(result.skipped.values())} skipped) in "
+                     f"{result.meta['seconds']} s; wrote {out_dir / 'evidence.md'}, {out_dir / 'evidence.json'}"),
+              soft_wrap=True)
 
 
 def _default_model() -> Path:

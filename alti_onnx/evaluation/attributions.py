@@ -19,6 +19,7 @@ from .perturbation import without_tokens
 __all__ = [
     "TARGET",
     "alti",
+    "logit_decomposition",
     "last_layer_attention",
     "attention_rollout",
     "norm_based",
@@ -33,6 +34,13 @@ TARGET = 0
 def alti(e: Explanation) -> np.ndarray:
     """ALTI: the last rollout layer's row for [CLS] (how much each input token makes up its final vector)."""
     return np.asarray(e.rollout[-1, TARGET], dtype=np.float64)
+
+
+def logit_decomposition(e: Explanation) -> np.ndarray:
+    """The predicted class's logit decomposed (docs/logit.md): each token's signed part."""
+    if e.logit is None:
+        raise ValueError("the explanation holds no logit decomposition")
+    return np.asarray(e.logit.attribution, dtype=np.float64)
 
 
 def last_layer_attention(e: Explanation) -> np.ndarray:

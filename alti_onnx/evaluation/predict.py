@@ -21,7 +21,7 @@ from alti_onnx.runtime.model_inputs import ModelInputs, declared_inputs
 from alti_onnx.runtime.sessions import plain_session
 from alti_onnx.runtime.text_inputs import Batch
 
-__all__ = ["OnnxClassifier"]
+__all__ = ["OnnxClassifier", "OnnxNextToken"]
 
 
 class OnnxClassifier:
@@ -31,6 +31,9 @@ class OnnxClassifier:
     a ``logits`` output [B, C]; ``input_map`` names input roles as for the Explainer. Results are
     memoized by sequence.
     """
+
+    logits_rank = 2
+    what = "evaluation needs a sequence classifier, whose logits are [batch, classes]"
 
     def __init__(
         self,
@@ -45,9 +48,8 @@ class OnnxClassifier:
         if "logits" not in outputs:
             raise InputError(f"{model} has no 'logits' output (outputs: {', '.join(outputs)}); evaluation needs a classifier")
         rank = len(outputs["logits"].shape or [])
-        if rank != 2:
-            raise InputError(f"evaluation needs a sequence classifier, whose logits are [batch, classes]; the logits of "
-                             f"{model} have {rank} axes (a language model?)")
+        if rank != self.logits_rank:
+            raise InputError(f"{self.what}; the logits of {model} have {rank} axes")
         self.inputs = ModelInputs(declared_inputs(onnx.load(str(model), load_external_data=False)), input_map)
         self.pad_id = int(pad_id)
         self.batch_size = int(batch_size)
@@ -91,4 +93,19 @@ class OnnxClassifier:
             (logits,) = self.session.run(["logits"], self.inputs.feeds(padded))
         except Exception as exc:  # noqa: BLE001
             raise RuntimeFailure(f"onnxruntime failed on a batch of {len(batch)} x {width} tokens: {exc}") from None
+        return self._read(np.asarray(logits), padded)
+
+    def _read(self, logits: np.ndarray, padded: Batch) -> np.ndarray:
         return softmax(np.asarray(logits, dtype=np.float64))
+
+
+class OnnxNextToken(OnnxClassifier):
+    """``predict(list of id sequences) -> [N, V]``: a causal language model's next-token logits after
+    each sequence's last token (memoized, batched as ``OnnxClassifier``)."""
+
+    logits_rank = 3
+    what = "the evidence task needs a causal language model, whose logits are [batch, positions, vocabulary]"
+
+    def _read(self, logits: np.ndarray, padded: Batch) -> np.ndarray:
+        last = np.asarray(padded.lengths) - 1
+        return np.asarray(logits[np.arange(len(last)), last], dtype=np.float64)

@@ -47,6 +47,12 @@ def summary_lines(result: EvaluationResult) -> list[str]:
         f"- bins: {', '.join(_pct(b) for b in result.bins)} of the non-special tokens (rounded up); tokens deleted, "
         "specials kept; y = the class predicted on the full sentence; means over sentences"
     )
+    if meta.get("protocol") == "paper":
+        lines.append("- protocol: the ALTI authors' aupc.py (k = 0 and the bins; comprehensiveness made monotone by a "
+                     "running minimum of p(y), sufficiency by a running maximum; the bins' sum divided by 6); "
+                     "the per-bin columns are the raw drops")
+    else:
+        lines.append("- protocol: DeYoung et al. (2020): AOPC, the mean over the bins of p(y|x) - p(y|perturbed)")
     lines.append(
         f"- random: mean of {meta.get('random_draws')} seeded draws (seed {meta.get('seed')}); "
         f"{meta.get('forward_passes')} distinct forward passes; {meta.get('seconds')} s"

@@ -20,10 +20,11 @@ import numpy as np
 from alti_onnx.errors import InputError
 from alti_onnx.explainer import Explainer
 from alti_onnx.results.explanation import Explanation
+from alti_onnx.results.logit import LogitQuery
 
 from . import attributions as attr
 from .gradients import GRADIENT_METHODS, GradientModel, GradientsUnavailable
-from .metrics import FaithfulnessScores, faithfulness, perturbed_inputs
+from .metrics import PROTOCOLS, FaithfulnessScores, faithfulness, perturbed_inputs
 from .perturbation import BINS
 from .predict import OnnxClassifier
 
@@ -32,6 +33,7 @@ __all__ = ["METHODS", "MethodResult", "EvaluationResult", "evaluate"]
 #: Every method, in report order.
 METHODS: tuple[str, ...] = (
     "ALTI",
+    "logit decomposition",
     "attention (last layer)",
     "attention rollout",
     "norm-based",
@@ -41,6 +43,7 @@ METHODS: tuple[str, ...] = (
 )
 _FROM_EXPLANATION: dict[str, Callable[[Explanation], np.ndarray]] = {
     "ALTI": attr.alti,
+    "logit decomposition": attr.logit_decomposition,
     "attention (last layer)": attr.last_layer_attention,
     "attention rollout": attr.attention_rollout,
     "norm-based": attr.norm_based,
@@ -166,14 +169,18 @@ def evaluate(
     batch_size: int = 64,
     explain_batch: int = 32,
     progress: bool = False,
+    protocol: str = "deyoung",
 ) -> EvaluationResult:
     """Comprehensiveness and sufficiency (per bin and AOPC) of each of ``methods`` on ``texts``.
 
     ``hf_model``: the Hugging Face checkpoint of the same weights, for the gradient methods (they
     are reported as not computed without it or without PyTorch). ``seed`` and ``random_draws``
     define the random baseline. ``batch_size`` bounds the onnxruntime batches of perturbed
-    inputs, ``explain_batch`` the ALTI batches.
+    inputs, ``explain_batch`` the ALTI batches. ``protocol``: "deyoung" (AOPC, the mean over the
+    bins) or "paper" (the ALTI authors' aupc.py: ``metrics``).
     """
+    if protocol not in PROTOCOLS:
+        raise InputError(f"--protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -194,7 +201,8 @@ def evaluate(
             raise InputError(f"a label of the data is {max(int(labels[i]) for i in kept)}, but the model has "
                              f"{probs.shape[-1]} classes (0 to {probs.shape[-1] - 1}): labels of another task?")
         full = probs[np.arange(len(ids)), targets]
-        explanations = _explain(explainer, [texts[i] for i in kept], ids, explain_batch, ui.task("explaining (ALTI)", len(ids)))
+        explanations = _explain(explainer, [texts[i] for i in kept], ids, explain_batch, ui.task("explaining (ALTI)", len(ids)),
+                                targets if "logit decomposition" in methods else None)
 
         def score(name: str, attributions_per_draw: list[list[np.ndarray]], t0: float) -> None:
             sequences = [
@@ -205,7 +213,8 @@ def evaluate(
                 for s in part
             ]
             classifier.on_batch = ui.task(f"scoring {name}", classifier.pending(sequences))
-            draws = [faithfulness(classifier, ids, special, draw, targets, full, bins) for draw in attributions_per_draw]
+            draws = [faithfulness(classifier, ids, special, draw, targets, full, bins, protocol)
+                     for draw in attributions_per_draw]
             scores = draws[0] if len(draws) == 1 else FaithfulnessScores.average(draws)
             result_methods[name] = MethodResult(name, scores, seconds=time.perf_counter() - t0)
 
@@ -235,6 +244,7 @@ def evaluate(
         "hf_model": str(hf_model) if hf_model is not None else None,
         "seed": seed,
         "random_draws": random_draws,
+        "protocol": protocol,
         "forward_passes": classifier.runs,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -271,13 +281,16 @@ def _tokenize(explainer: Explainer, texts: list[str]):
     return ids, special, kept, skipped
 
 
-def _explain(explainer: Explainer, texts: list[str], ids: list[list[int]], batch: int, advance) -> list[Explanation]:
-    """ALTI explanations in padded batches of similar length, returned in the input order."""
+def _explain(explainer: Explainer, texts: list[str], ids: list[list[int]], batch: int, advance,
+             logit_targets: np.ndarray | None = None) -> list[Explanation]:
+    """ALTI explanations in padded batches of similar length, returned in the input order; with
+    ``logit_targets``, each also decomposes the logit of that class (the one predicted)."""
     order = np.argsort([len(s) for s in ids], kind="stable")
     out: list = [None] * len(texts)
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        for i, e in zip(chunk, explainer.explain([texts[i] for i in chunk], baselines=True)):
+        extra = {} if logit_targets is None else {"logit": [LogitQuery(target=int(logit_targets[i])) for i in chunk]}
+        for i, e in zip(chunk, explainer.explain([texts[i] for i in chunk], baselines=True, **extra)):
             if e.input_ids != ids[i]:
                 raise RuntimeError(f"explainer tokenized sentence {i} differently from the tokenizer")
             out[i] = e
