@@ -24,7 +24,10 @@ from alti_onnx.evaluation import (
     read_texts,
     write_report,
 )
+from alti_onnx.errors import InputError
 from alti_onnx.evaluation import attributions as attr
+from alti_onnx.evaluation.metrics import FaithfulnessScores
+from alti_onnx.results.logit import LogitQuery
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert-classifier"
 CLS, SEP = 101, 102
@@ -314,3 +317,52 @@ def test_onnx_path_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_logit_decomposition_method_ranks_by_the_predicted_class(explainer, session, result):
+    """The method's attribution is the predicted class's logit decomposition; its scores are those of
+    deleting the tokens it ranks first."""
+    for n, text in enumerate(SENTENCES):
+        y = int(result.targets[n])
+        parts = explainer.explain(text, logit=LogitQuery(target=y)).logit.attribution
+        ids = result.input_ids[n]
+        ranked = sorted(range(1, len(ids) - 1), key=lambda j: -parts[j])
+        top = set(ranked[: math.ceil(BINS[-1] * len(ranked) - 1e-9)])
+        removed = [t for j, t in enumerate(ids) if j not in top]
+        full = result.full_probability[n]
+        assert result.methods["logit decomposition"].scores.comprehensiveness[n, -1] == pytest.approx(
+            full - direct_probs(session, removed)[y], abs=1e-5)
+
+
+def test_paper_protocol_follows_aupc_py():
+    """aupc.py's loop, written out: the running minimum (maximum) of p(y) from k = 0, summed over the bins, / 6."""
+    rng = np.random.default_rng(0)
+    full, removed, kept, empty = rng.uniform(0.5, 1, 9), rng.uniform(0, 1, (9, 5)), rng.uniform(0, 1, (9, 5)), rng.uniform(0, 1, 9)
+    scores = FaithfulnessScores(BINS, full[:, None] - removed, full[:, None] - kept, full - empty, "paper")
+    for n in range(9):
+        lowest, comp = 1.0, []
+        for p in [full[n], *removed[n]]:
+            lowest = p if p <= lowest else lowest
+            comp.append(lowest)
+        highest, suff = 0.0, []
+        for p in [empty[n], *kept[n]]:
+            highest = p if p > highest else highest
+            suff.append(highest)
+        assert scores.comprehensiveness_aopc[n] == pytest.approx(sum(full[n] - c for c in comp[1:]) / 6)
+        assert scores.sufficiency_aopc[n] == pytest.approx(sum(full[n] - s for s in suff[1:]) / 6)
+    deyoung = FaithfulnessScores(BINS, full[:, None] - removed, full[:, None] - kept)
+    np.testing.assert_allclose(deyoung.comprehensiveness_aopc, (full[:, None] - removed).mean(1))
+
+
+def test_paper_protocol_end_to_end(explainer, session):
+    paper = evaluate(explainer, SENTENCES[:4], methods=["ALTI", "random"], protocol="paper", random_draws=2)
+    scores = paper.methods["ALTI"].scores
+    for n, ids in enumerate(paper.input_ids):
+        y = int(paper.targets[n])
+        alone = [ids[0], ids[-1]]  # the specials alone: k = 0 of the sufficiency curve
+        assert scores.empty[n] == pytest.approx(paper.full_probability[n] - direct_probs(session, alone)[y], abs=1e-5)
+    assert paper.meta["protocol"] == "paper"
+    draws = paper.methods["random"].scores
+    assert draws.averaged is not None and draws.comprehensiveness_aopc.shape == (4,)
+    with pytest.raises(InputError, match="--protocol"):
+        evaluate(explainer, SENTENCES[:2], protocol="other")

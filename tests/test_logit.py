@@ -290,3 +290,23 @@ def test_batch_record_fields_need_logit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     first = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
     assert "run batch with --logit" in first["error"]
+
+
+# --------------------------------------------------------------------------- the views
+def test_report_and_notebook_show_signed_parts(classifier: Explainer) -> None:
+    import re
+
+    from alti_onnx.report import style
+    from alti_onnx.report.html import render_html
+
+    explanation = classifier.explain("the cat sat on the mat", logit=LogitQuery(target="positive", foil="negative"))
+    for page in (render_html(explanation), explanation._repr_html_()):
+        values = [float(v) for v in re.findall(r'class="alti-logit-chip" data-part="([^"]+)"', page)]
+        np.testing.assert_allclose(values, explanation.logit.attribution, rtol=1e-5, atol=1e-6)
+        colors = re.findall(r'class="alti-logit-chip"[^>]*background:(#[0-9a-f]{6})', page)
+        peak = np.abs(explanation.logit.attribution).max()
+        assert colors == [style.diverging_color(v / peak) for v in explanation.logit.attribution]
+        assert len(re.findall('class="alti-logit-part"', page)) == len(explanation.logit.parts)
+    assert style.diverging_color(-1) == "#b2182b" and style.diverging_color(0) == "#f7f7f7"
+    assert style.diverging_color(1) == "#2166ac" and style.diverging_color(7) == "#2166ac"
+    assert "logit-section" not in render_html(classifier.explain("the cat"))

@@ -83,6 +83,7 @@ def report_data(
         "heat_stops": [list(stop) for stop in style.HEAT_STOPS],
         "accent": style.ACCENT,
         "words": _words(explanation),
+        "logit": None if explanation.logit is None else explanation.logit.to_dict(per_head=False),
     }
 
 
@@ -124,8 +125,20 @@ def render_html(
     """The report as one HTML string (no external resources)."""
     data = report_data(explanation, text=text, model=model, target=target)
     title = title or (f"ALTI explanation · {model}" if model else "ALTI explanation")
-    parts = {"TITLE": html.escape(title), "CSS": styled(CSS), "JS": styled(JS), "DATA": json_for_script(data)}
-    return re.sub(r"__(TITLE|CSS|JS|DATA)__", lambda m: parts[m[1]], _PAGE)
+    parts = {"TITLE": html.escape(title), "CSS": styled(CSS), "JS": styled(JS), "DATA": json_for_script(data),
+             "LOGIT": _logit_section(explanation)}
+    return re.sub(r"__(TITLE|CSS|JS|DATA|LOGIT)__", lambda m: parts[m[1]], _PAGE)
+
+
+def _logit_section(explanation: Explanation) -> str:
+    """The logit decomposition's section (static HTML), when the explanation has one."""
+    if explanation.logit is None:
+        return ""
+    from .logit_view import logit_html
+
+    return ('<section id="logit-section">\n  <h2>Logit decomposition</h2>\n  <p class="muted hint">The logit of '
+            'the class or next token (minus the foil\'s) as one signed part per token and the named parts: blue for, '
+            'red against.</p>\n  ' + logit_html(explanation.logit, list(explanation.tokens)) + "\n</section>")
 
 
 def write_html(
@@ -180,6 +193,7 @@ _PAGE = PAGE_START + """
   <p id="text-view" class="text-view"></p>
   <div class="legend"><span id="token-scale-min">0</span><span class="bar" id="token-scale-bar"></span><span id="token-scale-max"></span></div>
 </section>
+__LOGIT__
 <section id="matrix-section">
   <h2>Contributions</h2>
   <p class="muted hint">Row <i>i</i> receives from column <i>j</i>. Pick a layer's contribution matrix or the rollout (all layers combined); hover a cell to read its value.</p>

@@ -50,6 +50,10 @@ def inline_html(explanation) -> str:
     error = float(np.max(explanation.reconstruction_error)) if len(explanation.reconstruction_error) else 0.0
     facts.append(f"self-check: max reconstruction error {error:.2e} over {explanation.num_layers} layers")
     parts.append(f'<div style="font-size:12px;color:{style.MUTED}">{" · ".join(facts)}</div>')
+    if getattr(explanation, "logit", None) is not None:
+        from .logit_view import logit_html
+
+        parts.append(logit_html(explanation.logit, list(explanation.tokens)))
     if explanation.rollout is not None and len(explanation.tokens) <= HEATMAP_TOKENS:
         parts.append(_heatmap(explanation))
     parts.append("</div>")

@@ -109,6 +109,28 @@ def heat_color(value: float) -> str:
     return HEAT_STOPS[-1][1]
 
 
+#: The diverging scale of signed parts (a logit decomposition): against the target (-1), nothing (0), for it (+1).
+DIVERGING_STOPS: tuple[tuple[float, str], ...] = ((-1.0, "#b2182b"), (-0.5, "#ef8a62"), (0.0, "#f7f7f7"),
+                                                  (0.5, "#67a9cf"), (1.0, "#2166ac"))
+
+
+def diverging_color(value: float) -> str:
+    """The hex color of ``value`` in [-1, 1] on the diverging scale (values outside are clipped)."""
+    value = min(1.0, max(-1.0, float(value)))
+    for (x0, c0), (x1, c1) in zip(DIVERGING_STOPS, DIVERGING_STOPS[1:]):
+        if value <= x1:
+            t = 0.0 if x1 == x0 else (value - x0) / (x1 - x0)
+            a, b = _rgb(c0), _rgb(c1)
+            return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(a, b))
+    return DIVERGING_STOPS[-1][1]
+
+
+def text_color_on_signed(value: float) -> str:
+    """Ink or white, whichever reads better on ``diverging_color(value)``."""
+    r, g, b = _rgb(diverging_color(value))
+    return INK if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#ffffff"
+
+
 def text_color_on(value: float) -> str:
     """Ink or white, whichever reads better on ``heat_color(value)``."""
     r, g, b = _rgb(heat_color(value))
