@@ -4,7 +4,8 @@ Each configuration (sequence length, batch size) runs in two fresh worker proces
 resident memory is its own: one runs only the plain model, as its users do (the forward's own
 peak); the other explains (its peak is read before it loads anything else), then times the plain
 forward and the explanation in turns on onnxruntime sessions with the same options and providers.
-Times are medians after warm-up.
+Times are medians after warm-up. With ``logit`` the explanation also decomposes the predicted
+class's or next token's logit (docs/logit.md), and ALTI alone is timed in the same turns.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class BenchResult:
     #: not (the plain model's own working memory on top of the explanation's would not fit), and
     #: their forward time comes from the process that runs only the forward
     in_turns: bool = True
+    #: the explanation decomposed the prediction's logit too; ``alti_s`` is ALTI alone, timed in the same turns
+    logit: bool = False
+    alti_s: float | None = None
 
 
 def synthetic_batch(tokenizer: Tokenizer, seq_len: int, batch_size: int) -> Batch:
@@ -119,13 +123,19 @@ def _peak_mb() -> float:
 
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
             warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None,
-            attribution_only: bool = False) -> BenchResult:
+            attribution_only: bool = False, logit: bool = False) -> BenchResult:
     """Time one configuration in this process. The explanation runs first, alone, so the peak memory
     read before the plain model is loaded is the explanation's own."""
+    from alti_onnx.results.logit import LogitQuery
+
     explainer = Explainer(model, providers=providers, input_map=input_map)
     batch = synthetic_batch(explainer.tokenizer, seq_len, batch_size)
+    queries = [LogitQuery()] * batch_size if logit else None
 
     def explain() -> None:
+        explainer.explain_batch(batch, full=not attribution_only, logit=queries)
+
+    def alti() -> None:
         explainer.explain_batch(batch, full=not attribution_only)
 
     began = time.perf_counter()
@@ -136,15 +146,15 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
         (explained,), done = _median_seconds([explain], 0, 1, budget_s=0.0)
         # the timed run's peak counts too (at 8,192 tokens SmolLM2's second run peaked 2.8 GB above its first)
         return BenchResult(seq_len, batch_size, float("nan"), explained, float("nan"), _peak_mb(), done,
-                           attribution_only=attribution_only, in_turns=False)
+                           attribution_only=attribution_only, in_turns=False, logit=logit)
     plain = plain_session(explainer.files.onnx, providers)
     feeds = explainer.session.batch_feeds(batch)
     plain.run(None, feeds)  # the forward's warm-up
-    (forward, explained), done = _median_seconds(
-        [lambda: plain.run(None, feeds), explain], 0 if long_run else max(0, warmup - 1), repeats, budget_s
-    )
+    runs = [lambda: plain.run(None, feeds), explain] + ([alti] if logit else [])
+    medians, done = _median_seconds(runs, 0 if long_run else max(0, warmup - 1), repeats, budget_s)
+    forward, explained = medians[:2]
     return BenchResult(seq_len, batch_size, forward, explained, explained / forward, peak_mb, done,
-                       attribution_only=attribution_only)
+                       attribution_only=attribution_only, logit=logit, alti_s=medians[2] if logit else None)
 
 
 def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
@@ -166,7 +176,7 @@ def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers:
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
                   progress=None, input_map: dict[str, str] | None = None,
-                  attribution_only: bool = False) -> list[BenchResult]:
+                  attribution_only: bool = False, logit: bool = False) -> list[BenchResult]:
     """Every configuration, each in two worker processes (so each peak memory is its own): one runs
     the plain forward alone, the other the explanation and, timed in turns with it, the forward
     (for runs over ``LONG_RUN_S``, the explanation alone, set against the first process's forward)."""
@@ -178,7 +188,8 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
             options = [f"--provider={p}" for p in providers or []] + [f"--input-map={n}={r}" for n, r in (input_map or {}).items()]
             forward_s, forward_peak = _worker_result(model, seq_len, batch_size, options + ["--forward-only"])
             explained = BenchResult(**_worker_result(model, seq_len, batch_size,
-                                                     options + (["--attribution-only"] if attribution_only else [])))
+                                                     options + (["--attribution-only"] if attribution_only else [])
+                                                     + (["--logit"] if logit else [])))
             if not explained.in_turns:
                 explained = replace(explained, forward_s=forward_s, ratio=explained.explain_s / forward_s)
             results.append(replace(explained, forward_peak_rss_mb=forward_peak))
@@ -255,13 +266,14 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("--input-map", action="append", default=[])
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--attribution-only", action="store_true")
+    parser.add_argument("--logit", action="store_true")
     args = parser.parse_args(argv)
     roles = parse_input_map(args.input_map)
     if args.forward_only:
         print(json.dumps(measure_forward(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles)))
         return
     result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles,
-                     attribution_only=args.attribution_only)
+                     attribution_only=args.attribution_only, logit=args.logit)
     print(json.dumps(asdict(result)))
 
 

@@ -76,3 +76,18 @@ def test_a_long_explanation_is_timed_alone(monkeypatch):
     result = measure(FIXTURE, seq_len=16, batch_size=1, attribution_only=True)
     assert not result.in_turns and result.explain_s > 0 and result.repeats == 1
     assert np.isnan(result.forward_s) and np.isnan(result.ratio)
+
+
+def test_logit_mode_times_alti_beside_the_decomposition(tmp_path):
+    classifier = FIXTURE.parent / "tiny-bert-classifier"
+    result = measure(classifier, seq_len=16, batch_size=2, warmup=1, repeats=3, logit=True)
+    assert result.logit and result.alti_s is not None and 0 < result.forward_s < result.explain_s
+    assert result.alti_s > result.forward_s
+    out = tmp_path / "bench.json"
+    cli = CliRunner().invoke(app, ["bench", str(FIXTURE.parent / "tiny-llama"), "--lengths", "8", "--batch-sizes", "1",
+                                   "--logit", "--json", str(out)])
+    assert cli.exit_code == 0, cli.output
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["logit"] and record["alti_s"] > 0 and "ALTI" in cli.output
+    refused = CliRunner().invoke(app, ["bench", str(FIXTURE), "--lengths", "8", "--logit"])
+    assert refused.exit_code == 2 and "'logits' output" in refused.output

@@ -497,6 +497,8 @@ def bench(
     attribution_only: Annotated[
         bool, typer.Option("--attribution-only", help="time the target-only explanation (the default target's row)")
     ] = False,
+    logit: Annotated[bool, typer.Option("--logit", help="the explanation decomposes the prediction's logit too; "
+                                        "ALTI alone is timed beside it")] = False,
 ) -> None:
     """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
     from alti_onnx.bench import run_benchmark, to_json
@@ -512,23 +514,29 @@ def bench(
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
         with _explainer(model, input_map, DEFAULT_TOLERANCE) as explainer:  # one-line errors before any worker
             limit = explainer.text_encoder.max_length
+            if logit:
+                explainer.logit_decomposer()
         if limit is not None and max(seq_lens) > limit:
             raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
         if json_path is not None:
             _require_folder(json_path)  # before minutes of measuring, not after
         results = run_benchmark(
-            model, seq_lens, sizes, provider, input_map=roles, attribution_only=attribution_only,
+            model, seq_lens, sizes, provider, input_map=roles, attribution_only=attribution_only, logit=logit,
             progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
         )
         if json_path is not None:
             with _writing(json_path):
                 json_path.write_text(json.dumps(to_json(results, model, provider), indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
-    for column in ("S", "batch", "forward ms", "explain ms", "explain/fwd", "peak MB fwd/explain"):
+    columns = ["S", "batch", "forward ms", "explain ms", "explain/fwd", "peak MB fwd/explain"]
+    for column in columns + (["ALTI ms", "explain/ALTI"] if logit else []):
         table.add_column(column, justify="right")
     for r in results:
-        table.add_row(str(r.seq_len), str(r.batch_size), f"{r.forward_s * 1e3:.1f}", f"{r.explain_s * 1e3:.1f}",
-                      f"{r.ratio:.2f}x", f"{r.forward_peak_rss_mb:.0f} / {r.peak_rss_mb:.0f}")
+        cells = [str(r.seq_len), str(r.batch_size), f"{r.forward_s * 1e3:.1f}", f"{r.explain_s * 1e3:.1f}",
+                 f"{r.ratio:.2f}x", f"{r.forward_peak_rss_mb:.0f} / {r.peak_rss_mb:.0f}"]
+        if logit:
+            cells += ["-", "-"] if r.alti_s is None else [f"{r.alti_s * 1e3:.1f}", f"{r.explain_s / r.alti_s:.2f}x"]
+        table.add_row(*cells)
     out.print(table)
 
 
