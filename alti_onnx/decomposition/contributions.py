@@ -88,7 +88,7 @@ class LayerContributions:
 
 def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
     """v^h_j @ W^h for every token j and head h, laid out [S_j, H, D] (grouped key/value heads expanded)."""
-    per_head = _values_per_head(values, num_heads)
+    per_head = values_per_head(values, num_heads)
     _, seq_len, head_size = per_head.shape
     weight = weight.reshape(num_heads, head_size, -1)
     out = np.empty((seq_len, num_heads, weight.shape[-1]), dtype=np.result_type(per_head, weight))
@@ -96,7 +96,7 @@ def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.n
     return out
 
 
-def _values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
+def values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
     """[H_kv, S, dh] -> [H, S, dh]: each query head with the key/value head that serves it."""
     kv_heads = values.shape[0]
     return values if kv_heads == num_heads else values[np.arange(num_heads) // (num_heads // kv_heads)]
@@ -246,7 +246,7 @@ def block_terms(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, re
     num_heads, rows, _ = probs.shape
     values = np.asarray(values, dtype=dtype)
     residual = np.asarray(residual, dtype=exact)
-    per_head = _values_per_head(values, num_heads)
+    per_head = values_per_head(values, num_heads)
     attention = np.empty((rows, block.hidden_size), dtype=exact)
 
     @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another

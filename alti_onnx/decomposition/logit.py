@@ -24,7 +24,7 @@ import numpy as np
 from graph_rewrites import AttentionBlock
 
 from .block_kinds import kind_of
-from .contributions import _values_per_head
+from .contributions import values_per_head
 
 #: Block kinds whose attention output is added to the residual stream as it is (or through its own
 #: norm): the logit is additive over them. Post-LN blocks normalize the stream itself.
@@ -50,7 +50,7 @@ def capture_layer(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, 
     [S, D], [S, D]; positions already restricted to the real tokens)."""
     kind = kind_of(block)
     row = probs[:, position, :]
-    per_head = _values_per_head(values, row.shape[0])
+    per_head = values_per_head(values, row.shape[0])
     merged = np.einsum("hs,hsd->hd", row.astype(np.float64), per_head.astype(np.float64)).reshape(-1)
     attention = merged @ block.out_proj_weight.astype(np.float64)
     if block.out_proj_bias is not None:
@@ -87,7 +87,7 @@ def alti_logit(blocks: list[AttentionBlock], layers: list[LayerAtTarget], gradie
         kind = kind_of(block)
         heads = at.probs.shape[0]
         projected = (kind.mixing_weight(block) @ g).reshape(heads, -1) / at.scale  # W~^h g / s_t, [H, dh]
-        per_head = at.probs * np.einsum("hsd,hd->hs", _values_per_head(at.values, heads).astype(np.float64), projected)
+        per_head = at.probs * np.einsum("hsd,hd->hs", values_per_head(at.values, heads).astype(np.float64), projected)
         per_head_rows.append(per_head)
         parts[f"layer {layer} attention bias"] = float(g @ _attention_constant(block, at.scale))
         following = layers[layer + 1].residual if layer + 1 < len(layers) else final_residual

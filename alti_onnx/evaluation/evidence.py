@@ -1,6 +1,6 @@
 """``evaluate --task evidence``: does a next-token explanation rank first the word that is the evidence?
 
-Each case (``../shared/data/linguistic-evidence``, from the ALTI-Logit authors' release) is a prefix,
+Each case (one CSV per phenomenon, from the ALTI-Logit authors' release) is a prefix,
 the correct next word, a foil and the evidence word in the prefix ("Some organizations" -> "aren't"
 rather than "isn't": the evidence is "organizations"). Every method attributes the contrast, the
 logit of the correct word's first token minus the foil's, at the prefix's last token; the score of
@@ -77,7 +77,8 @@ def read_cases(folder: str | Path, n: int | None = None) -> list[EvidenceCase]:
     folder = Path(folder)
     files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     if not files:
-        raise InputError(f"--data {folder}: no .csv files of evidence cases (../shared/data/linguistic-evidence)")
+        raise InputError(f"--data {folder}: no .csv files of evidence cases (one per phenomenon, with the columns "
+                         f"{', '.join(_COLUMNS)})")
     cases = []
     for path in files:
         with open(path, newline="", encoding="utf-8") as handle:
