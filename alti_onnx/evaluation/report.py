@@ -16,7 +16,8 @@ def _pct(fraction: float) -> str:
 
 def markdown_table(result: EvaluationResult, per_bin: bool = True) -> str:
     """Method x (comprehensiveness AOPC, sufficiency AOPC[, per-bin values]) as a markdown table."""
-    header = ["method", "comprehensiveness AOPC ↑", "sufficiency AOPC ↓"]
+    score = "(aupc.py)" if result.meta.get("protocol") == "paper" else "AOPC"
+    header = ["method", f"comprehensiveness {score} ↑", f"sufficiency {score} ↓"]
     if per_bin:
         header += [f"comp {_pct(b)}" for b in result.bins] + [f"suff {_pct(b)}" for b in result.bins]
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]

@@ -191,11 +191,7 @@ class LogitDecomposer:
         source = self.blocks[0].residual
         graph = LinearizedGraph(nodes, [source], values)
         graph.nodes = named_parts(nodes, [b.residual for b in self.blocks], graph.live)
-        seed = self._seed(logits.shape, wanted, None)
-        try:
-            sweep = graph.sweep({LOGITS: seed}, stops=[source], rows=len(kept))
-        except LinearizationError:
-            raise
+        sweep = graph.sweep({LOGITS: self._seed(logits.shape, wanted, None)}, stops=[source], rows=len(kept))
         adjoint = sweep.adjoints.get(source, np.zeros(np.shape(values(source))))
         x0 = np.asarray(values(source), dtype=np.float64)
         found = []
