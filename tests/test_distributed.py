@@ -166,3 +166,23 @@ def test_a_partial_shard_left_by_a_killed_worker_does_not_block_the_rerun(job, t
     leftover.write_text('{"index": 0')
     again = plan_shards(MODEL, texts, out)
     assert not leftover.exists() and len(again.pending) == len(first.pending)
+
+
+def test_ray_logit_records_equal_batch_logit_records(tmp_path):
+    """batch --logit on Ray: the query travels to the actors, records equal batch's."""
+    classifier = FIXTURES / "tiny-bert-classifier"
+    texts = corpus(tmp_path / "texts.jsonl", 60)
+    lines = texts.read_text().splitlines()
+    lines[3] = json.dumps({"text": "the cat sat", "class": "negative", "foil": 1})
+    texts.write_text("\n".join(lines) + "\n")
+    local = run_cli("batch", classifier, "--input", texts, "--output", tmp_path / "batch.jsonl", "--logit",
+                    "--class", "positive")
+    assert local.returncode == 0, local.stderr
+    out = tmp_path / "shards"
+    result = run_cli("batch", classifier, "--input", texts, "--output", out, "--ray", "local", "--logit",
+                     "--class", "positive", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shards(out) == (tmp_path / "batch.jsonl").read_text().splitlines(keepends=True)
+    records = [json.loads(line) for line in shards(out)]
+    assert records[0]["logit"]["target"]["label"] == "positive"
+    assert records[3]["logit"]["target"]["label"] == "negative" and records[3]["logit"]["foil"]["index"] == 1

@@ -205,14 +205,22 @@ def _carrier(graph: LinearizedGraph, node: Node, first: str, second: str) -> tup
 
 
 def _matmul(graph: LinearizedGraph, node: Node, adjoint: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Products run in the held operand's precision (float32 weights: a float32 product, half the
+    time of float64, each adjoint entry off by ~1e-7 relative), the result in float64."""
     a_name, b_name = node.inputs
     carrier, held = _carrier(graph, node, a_name, b_name)
-    a, b = (_array(graph.value(name)) for name in (a_name, b_name))
+    a, b = (np.asarray(graph.value(name)) for name in (a_name, b_name))
     if a.ndim < 2 or b.ndim < 2:
         raise _unsupported(node, "a one-dimensional operand")
+    precision = np.result_type(np.asarray(graph.value(held)).dtype, np.float32)
+    adjoint = adjoint.astype(precision, copy=False)
     if carrier == a_name:
-        return [(a_name, adjoint @ np.swapaxes(b, -1, -2))]
-    return [(b_name, np.swapaxes(a, -1, -2) @ adjoint)]
+        if b.ndim == 2:  # a weight: one BLAS call over every row (a stacked product of a view would loop)
+            found = (adjoint.reshape(-1, adjoint.shape[-1]) @ b.T).reshape(*adjoint.shape[:-1], b.shape[0])
+        else:
+            found = adjoint @ np.swapaxes(b, -1, -2)
+        return [(a_name, found.astype(np.float64))]
+    return [(b_name, (np.swapaxes(a, -1, -2) @ adjoint).astype(np.float64))]
 
 
 def _gemm(graph: LinearizedGraph, node: Node, adjoint: np.ndarray) -> list[tuple[str, np.ndarray]]:
