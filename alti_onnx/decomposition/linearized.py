@@ -63,7 +63,7 @@ _STEP = ELEMENTWISE | {"Softmax", "LogSoftmax"}
 class Sweep:
     """What one backward sweep found.
 
-    ``adjoints``: the output's adjoint at each stop tensor (float64, the tensor's shape).
+    ``adjoints``: the output's adjoint at each stop tensor (in the forward's precision, the tensor's shape).
     ``parts``: per part name, the constants' share of the output, one number per batch row.
     """
 
@@ -105,7 +105,9 @@ class LinearizedGraph:
         sweep stops too, keeping the adjoint of their first output.
         """
         stops = set(stops)
-        adjoints: dict[str, np.ndarray] = {name: np.asarray(a, dtype=np.float64) for name, a in seeds.items()}
+        # The adjoint runs in the forward's own precision (float32: each entry off by ~1e-7 relative,
+        # what the forward itself carries); the parts are summed in float64.
+        adjoints: dict[str, np.ndarray] = {name: np.asarray(a, dtype=np.float32) for name, a in seeds.items()}
         parts: dict[str, np.ndarray] = {}
         kept: dict[str, np.ndarray] = {}
         for node in reversed(self.nodes):
@@ -126,7 +128,7 @@ class LinearizedGraph:
                     adjoint = _unbroadcast(adjoint, shape)
                     adjoints[name] = adjoints[name] + adjoint if name in adjoints else adjoint
                 else:
-                    constant = np.asarray(self.value(name), dtype=np.float64)
+                    constant = np.asarray(self.value(name))
                     share = _per_row(np.where(adjoint != 0, adjoint * constant, 0.0), rows)
                     parts[node.part] = parts[node.part] + share if node.part in parts else share
         found = {name: adjoints.pop(name) for name in stops if name in adjoints}
@@ -176,7 +178,8 @@ def _rule(graph: LinearizedGraph, node: Node, out: list[np.ndarray | None]) -> l
         sizes = [np.shape(value(name))[axis] for name in ins]
         return list(zip(ins, np.split(adjoint, np.cumsum(sizes)[:-1], axis=axis)))
     if op == "Split":
-        pieces = [np.zeros(np.shape(value(name))) if a is None else a for name, a in zip(node.outputs, out)]
+        given = next(a for a in out if a is not None)
+        pieces = [np.zeros(np.shape(value(name)), dtype=given.dtype) if a is None else a for name, a in zip(node.outputs, out)]
         return [(ins[0], np.concatenate(pieces, axis=int(node.attributes.get("axis", 0))))]
     if op == "Expand":
         return [(ins[0], adjoint)]
@@ -205,22 +208,30 @@ def _carrier(graph: LinearizedGraph, node: Node, first: str, second: str) -> tup
 
 
 def _matmul(graph: LinearizedGraph, node: Node, adjoint: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Products run in the held operand's precision (float32 weights: a float32 product, half the
-    time of float64, each adjoint entry off by ~1e-7 relative), the result in float64."""
     a_name, b_name = node.inputs
     carrier, held = _carrier(graph, node, a_name, b_name)
-    a, b = (np.asarray(graph.value(name)) for name in (a_name, b_name))
+    a, b = (_array(graph.value(name)) for name in (a_name, b_name))
     if a.ndim < 2 or b.ndim < 2:
         raise _unsupported(node, "a one-dimensional operand")
-    precision = np.result_type(np.asarray(graph.value(held)).dtype, np.float32)
-    adjoint = adjoint.astype(precision, copy=False)
+    adjoint = adjoint.astype(np.result_type(adjoint, b if carrier == a_name else a), copy=False)
     if carrier == a_name:
-        if b.ndim == 2:  # a weight: one BLAS call over every row (a stacked product of a view would loop)
-            found = (adjoint.reshape(-1, adjoint.shape[-1]) @ b.T).reshape(*adjoint.shape[:-1], b.shape[0])
-        else:
-            found = adjoint @ np.swapaxes(b, -1, -2)
-        return [(a_name, found.astype(np.float64))]
-    return [(b_name, (np.swapaxes(a, -1, -2) @ adjoint).astype(np.float64))]
+        if b.ndim == 2:  # a weight: one BLAS call (a stacked product of a transposed view would loop)
+            return [(a_name, _rows_times(adjoint, b.T))]
+        return [(a_name, adjoint @ np.swapaxes(b, -1, -2))]
+    return [(b_name, np.swapaxes(a, -1, -2) @ adjoint)]
+
+
+def _rows_times(adjoint: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """adjoint [..., k] @ weight [k, n] over the rows that are not all zero (a classifier's last
+    layers carry the adjoint of one position only)."""
+    rows = adjoint.reshape(-1, adjoint.shape[-1])
+    live = np.flatnonzero(rows.any(axis=1))
+    if len(live) * 2 > len(rows):
+        found = rows @ weight
+    else:
+        found = np.zeros((len(rows), weight.shape[1]), dtype=np.result_type(rows, weight))
+        found[live] = rows[live] @ weight
+    return found.reshape(*adjoint.shape[:-1], weight.shape[1])
 
 
 def _gemm(graph: LinearizedGraph, node: Node, adjoint: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -256,7 +267,7 @@ def _reduce_adjoint(node: Node, adjoint: np.ndarray, shape: tuple[int, ...], val
         adjoint = np.expand_dims(adjoint, axes)
     spread = np.broadcast_to(adjoint, shape)
     if node.op == "ReduceMean":
-        spread = spread / np.prod([shape[a] for a in axes])
+        spread = spread / int(np.prod([shape[a] for a in axes]))  # a Python int keeps the adjoint's precision
     return spread
 
 
@@ -264,7 +275,7 @@ def _gather_adjoint(node: Node, adjoint: np.ndarray, shape: tuple[int, ...], val
     axis = int(node.attributes.get("axis", 0)) % len(shape)
     indices = np.asarray(value(node.inputs[1])).astype(np.int64)
     indices = np.where(indices < 0, indices + shape[axis], indices)
-    result = np.zeros(shape)
+    result = np.zeros(shape, dtype=adjoint.dtype)
     moved = np.moveaxis(result, axis, 0)
     pieces = np.moveaxis(adjoint, list(range(axis, axis + indices.ndim)), list(range(indices.ndim)))
     np.add.at(moved, indices.ravel(), pieces.reshape(indices.size, *moved.shape[1:]))
@@ -289,7 +300,7 @@ def _slice_adjoint(node: Node, adjoint: np.ndarray, shape: tuple[int, ...], valu
             end = clamp(end + size if end < 0 else end, -1, size - 1)
             end = None if end < 0 else end
         index[axis] = slice(start, end, step)
-    result = np.zeros(shape)
+    result = np.zeros(shape, dtype=adjoint.dtype)
     result[tuple(index)] += adjoint
     return result
 
@@ -349,18 +360,18 @@ def _unbroadcast(adjoint: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _per_row(share: np.ndarray, rows: int | None) -> np.ndarray:
-    """A constant's share of the output, per batch row (the share's first axis), or in total."""
-    if rows is None:
-        return np.array([share.sum()])
-    if share.ndim == 0 or share.shape[0] != rows:
-        if rows == 1:
-            return np.array([share.sum()])
+    """A constant's share of the output, per batch row (the share's first axis), or in total (float64)."""
+    if rows is None or share.ndim == 0 or share.shape[0] != rows:
+        if rows is None or rows == 1:
+            return np.array([share.sum(dtype=np.float64)])
         raise LinearizationError("a constant enters where the batch is not the first axis")
-    return share.reshape(rows, -1).sum(1)
+    return share.reshape(rows, -1).sum(1, dtype=np.float64)
 
 
 def _array(value: np.ndarray) -> np.ndarray:
-    return np.asarray(value, dtype=np.float64)
+    """A value as the sweep computes with it: float as it ran (float16 widened to float32)."""
+    value = np.asarray(value)
+    return value.astype(np.float32) if value.dtype == np.float16 else value
 
 
 def _unsupported(node: Node, why: str) -> LinearizationError:

@@ -52,6 +52,7 @@ class LogitDecomposer:
         self.labels = labels
         self.tokenizer = tokenizer
         self.decoder = bool(causal)
+        self.loaded: dict[str, np.ndarray] = {}  # the graph's constants and weights, read on the first sweep
         head = len(prepared.segments) - 1
         if self.decoder:
             unfit = [b.layer for b in self.blocks if b.kind not in ADDITIVE_KINDS]
@@ -70,6 +71,10 @@ class LogitDecomposer:
             self.graphs = [read_segment(segment) for segment in prepared.segments]
             exposed = {number: graph.exposed for number, graph in enumerate(self.graphs)}
             self.session = SegmentedSession(prepared, providers, input_map, exposed=exposed)
+            self._session_args = (providers, input_map)
+            #: the whole graph read linearly: made on the first run (its structure needs every
+            #: tensor's type), then reused, the session narrowed to the tensors its sweep reads
+            self.linear: LinearizedGraph | None = None
 
     def _head_model(self, head: int) -> bytes:
         import onnx
@@ -186,12 +191,18 @@ class LogitDecomposer:
         return float(value), float(scale)
 
     def _linearized(self, run: LogitRun, logits: np.ndarray, wanted: list, kept: list) -> list[LogitParts]:
-        values = SegmentValues(self.graphs, self.prepared.weights_dir, run.collected)
-        nodes = [node for graph in self.graphs for node in graph.nodes]
+        values = SegmentValues(self.graphs, self.prepared.weights_dir, run.collected, self.loaded)
         source = self.blocks[0].residual
-        graph = LinearizedGraph(nodes, [source], values)
-        graph.nodes = named_parts(nodes, [b.residual for b in self.blocks], graph.live)
-        sweep = graph.sweep({LOGITS: self._seed(logits.shape, wanted, None)}, stops=[source], rows=len(kept))
+        first = self.linear is None
+        if first:
+            nodes = [node for graph in self.graphs for node in graph.nodes]
+            self.linear = LinearizedGraph(nodes, [source], values)
+            self.linear.nodes = named_parts(nodes, [b.residual for b in self.blocks], self.linear.live)
+        read: set[str] = set()
+        self.linear.value = _Reading(values, read) if first else values
+        sweep = self.linear.sweep({LOGITS: self._seed(logits.shape, wanted, None)}, stops=[source], rows=len(kept))
+        if first:
+            self._narrow(read | {source, LOGITS})
         adjoint = sweep.adjoints.get(source, np.zeros(np.shape(values(source))))
         x0 = np.asarray(values(source), dtype=np.float64)
         found = []
@@ -203,9 +214,18 @@ class LogitDecomposer:
             found.append(LogitParts(value, every[kept[row]], parts, abs(total - value) / scale))
         return found
 
+    def _narrow(self, read: set[str]) -> None:
+        """Expose only what the sweep read: which tensors it reads is a property of the graph (each
+        operator's carrier follows from the structure), not of the input, and onnxruntime keeps
+        more of its own fusions and copies out less."""
+        exposed = {number: [name for name in graph.exposed if name in read] for number, graph in enumerate(self.graphs)}
+        narrowed = SegmentedSession(self.prepared, *self._session_args, exposed=exposed)
+        self.session.close()
+        self.session = narrowed
+
     def _alti_logit(self, run: LogitRun, logits: np.ndarray, wanted: list, contributions: list) -> list[LogitParts]:
         head_values, at = self._run_head(run, logits)
-        values = SegmentValues([self.head], self.prepared.weights_dir, head_values)
+        values = SegmentValues([self.head], self.prepared.weights_dir, head_values, self.loaded)
         nodes = [Node(n.op, n.inputs, n.outputs, n.attributes, HEAD) for n in self.head.nodes]
         sources = [name for name in self.prepared.segments[-1].inputs
                    if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
@@ -258,6 +278,17 @@ class LogitDecomposer:
         except Exception as exc:  # noqa: BLE001
             raise LinearizationError(f"the decoder's head did not run again: {str(exc).splitlines()[0]}") from None
         return {**feeds, **results}, [int(p) for p in picks]
+
+
+class _Reading:
+    """Values that remember which tensors were asked for (the first sweep's, to narrow the session)."""
+
+    def __init__(self, values, read: set[str]):
+        self.values, self.read = values, read
+
+    def __call__(self, name: str) -> np.ndarray:
+        self.read.add(name)
+        return self.values(name)
 
 
 def _part_order(item: tuple[str, np.ndarray]) -> tuple[int, int]:

@@ -63,9 +63,11 @@ class SegmentValues:
     """Tensor values for a sweep: the forward pass's, the segments' constants, and their weights
     (read from disk when first asked for, in float64 where they are float)."""
 
-    def __init__(self, graphs: Sequence[SegmentGraph], weights_dir: Path, run: dict[str, np.ndarray]):
+    def __init__(self, graphs: Sequence[SegmentGraph], weights_dir: Path, run: dict[str, np.ndarray],
+                 loaded: dict[str, np.ndarray] | None = None):
         self.run = run
-        self.constants: dict[str, np.ndarray] = {}
+        #: weights read so far: pass the same dict to every sweep of a model, so each is read once
+        self.constants: dict[str, np.ndarray] = {} if loaded is None else loaded
         self.initializers: dict[str, onnx.TensorProto] = {}
         for graph in graphs:
             self.constants.update(graph.constants)
