@@ -88,6 +88,14 @@ def test_evidence_refusals(data: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="lacks the column"):
         read_cases(tmp_path)
+    header = ",one_prefix_prefix,one_prefix_word_good,one_prefix_word_bad,target\n"
+    (tmp_path / "bad.csv").write_bytes((header + "0,caf\xe9 is,good,bad,caf\xe9\n").encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_cases(tmp_path)
+    (tmp_path / "bad.csv").write_text(header + "0,the cat\n1,the cat sat on the,mat,dog,cat\n")
+    with Explainer(FIXTURES / "tiny-llama") as llama:
+        result = evaluate_evidence(llama, read_cases(tmp_path))
+    assert result.cases == {"bad": 1} and result.skipped == {"bad": 1}  # the short row is skipped, counted
 
 
 def test_cli_evidence(data: Path, tmp_path: Path) -> None:
@@ -99,3 +107,5 @@ def test_cli_evidence(data: Path, tmp_path: Path) -> None:
     written = json.loads((tmp_path / "o" / "evidence.json").read_text())
     assert written["cases"] == {"agreement": 3, "names": 2} and written["skipped"] == {"agreement": 2}
     assert_one_line_error(run_cli("evaluate", FIXTURES / "tiny-llama", "--task", "nope", "--data", data), "--task")
+    assert_one_line_error(run_cli("evaluate", FIXTURES / "tiny-llama", "--task", "evidence", "--protocol", "paper",
+                                  "--data", data), "--protocol")

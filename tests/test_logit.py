@@ -177,21 +177,46 @@ def test_targets_by_label_and_token_text(classifier: Explainer, llama: Explainer
     (LogitQuery(target="neutral"), "is no class of this model"),
     (LogitQuery(target=7), "out of range"),
     (LogitQuery(foil="maybe"), "is no class"),
+    (LogitQuery(foil=5), "foil 5 is out of range"),
+    (LogitQuery(target=1, kind="token"), "this model is a classifier"),
+    (LogitQuery(per_head=True), "per-head terms are for language models"),
+    (LogitQuery(target=1.0), "a label, a token's text or an integer"),
 ])
 def test_bad_classes(classifier: Explainer, query: LogitQuery, message: str) -> None:
+    """(also: a token asked of a classifier, per-head terms, a float index)"""
     with pytest.raises(InputError, match=message):
         classifier.explain("a cat", logit=query)
 
 
 @pytest.mark.parametrize("query, message", [
     (LogitQuery(target="cat dog"), "is 2 tokens"),
-    (LogitQuery(target=10**7), "token ids of this tokenizer run from 0"),
+    (LogitQuery(target=10**7), "token ids of this model run from 0"),
+    (LogitQuery(target="²"), "is 0 tokens|not in the vocabulary|tokens \\("),
+    (LogitQuery(target="\ud800"), "not text the tokenizer can read"),
+    (LogitQuery(target=5, kind="class"), "this model is a language model"),
+    (LogitQuery(target=2.0), "a label, a token's text or an integer"),
     (LogitQuery(target="zebra"), "not in the vocabulary"),
     (LogitQuery(position=40), "outside the"),
 ])
 def test_bad_tokens(llama: Explainer, query: LogitQuery, message: str) -> None:
     with pytest.raises(InputError, match=message):
         llama.explain("a cat", logit=query)
+
+
+def test_numpy_integers_and_unlabelled_classes(tmp_path: Path) -> None:
+    import shutil
+
+    with Explainer(FIXTURES / "tiny-llama") as llama:
+        assert llama.explain("the cat", logit=LogitQuery(target=np.int64(5))).logit.target.index == 5
+    folder = tmp_path / "unlabelled"
+    shutil.copytree(FIXTURES / "tiny-bert-classifier", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("id2label"), config.pop("label2id")
+    (folder / "config.json").write_text(json.dumps(config))
+    with Explainer(folder) as unlabelled:
+        assert unlabelled.explain("the cat", logit=LogitQuery(target="1")).logit.target.label == "1"
+        with pytest.raises(InputError, match="class 2 is out of range: this model has 2 classes"):
+            unlabelled.explain("the cat", logit=LogitQuery(target=2))
 
 
 def test_a_model_without_logits_is_refused() -> None:
@@ -260,7 +285,8 @@ def test_batch_logit_with_per_record_targets(tmp_path: Path) -> None:
 
     corpus = tmp_path / "in.jsonl"
     lines = [{"text": "the cat sat"}, {"text": "a dog", "foil": "positive"}, {"text": "a cat", "class": "neutral"},
-             {"text": "the mat", "class": 0, "foil": 1}, {"text": "a big dog", "class": True}]
+             {"text": "the mat", "class": 0, "foil": 1, "target_token": None}, {"text": "a big dog", "class": True},
+             {"text": "a cat", "target_token": 1}, {"text": "a cat", "class": "\ud800"}]
     corpus.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     out = tmp_path / "out.jsonl"
     result = run_cli("batch", FIXTURES / "tiny-bert-classifier", "--input", corpus, "--output", out, "--logit",
@@ -276,6 +302,8 @@ def test_batch_logit_with_per_record_targets(tmp_path: Path) -> None:
             np.testing.assert_allclose(record["logit"]["attribution"], expected.attribution, atol=1e-6)
     assert "no class of this model" in records[2]["error"]
     assert "'class' must be a string or an integer" in records[4]["error"]
+    assert "this model is a classifier" in records[5]["error"]
+    assert "lone surrogate" in records[6]["error"]
     # the logit query is part of the job: another query does not resume into this output
     again = run_cli("batch", FIXTURES / "tiny-bert-classifier", "--input", corpus, "--output", out, "--logit")
     assert again.returncode == 2 and "another batch job" in again.stderr and "logit=" in again.stderr

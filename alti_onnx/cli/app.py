@@ -267,25 +267,33 @@ def _logit_query(explainer, logit: bool, class_: Optional[str], target_token: Op
         raise InputError("--target-token is for language models; this model is not one: give --class LABEL|INDEX")
     if per_head and not decoder:
         raise InputError("--per-head is for language models (ALTI-Logit's per-layer terms, by head)")
-    return LogitQuery(target=class_ if class_ is not None else target_token, foil=foil, per_head=per_head)
+    kind = "class" if class_ is not None else "token" if target_token is not None else None
+    return LogitQuery(target=class_ if class_ is not None else target_token, foil=foil, per_head=per_head, kind=kind)
 
 
 def _logit_fields(explainer, logit: bool, class_: Optional[str], target_token: Optional[str], foil: Optional[str],
                   per_head: bool, target) -> Optional[dict]:
     """``batch``'s logit options as the JSON-friendly fields of a LogitQuery (they enter the job's
     identity); checked against the model when ``explainer`` is given (on Ray, each actor checks)."""
-    if explainer is None:
-        if not (logit or class_ is not None or target_token is not None or foil is not None or per_head):
-            return None
-        if class_ is not None and target_token is not None:
-            raise InputError("--class (a classifier's) and --target-token (a language model's) cannot go together")
-        return {"target": class_ if class_ is not None else target_token, "foil": foil, "per_head": per_head,
-                "position": None}
-    query = _logit_query(explainer, logit, class_, target_token, foil, per_head)
-    if query is None:
+    if not (logit or class_ is not None or target_token is not None or foil is not None or per_head):
         return None
-    position = target if getattr(explainer, "causal", False) and isinstance(target, int) else None
-    return {"target": query.target, "foil": query.foil, "per_head": query.per_head, "position": position}
+    if class_ is not None and target_token is not None:
+        raise InputError("--class (a classifier's) and --target-token (a language model's) cannot go together")
+    parsed = _target_option(target)
+    kind = "class" if class_ is not None else "token" if target_token is not None else None
+    if explainer is None:  # on Ray: each actor checks the query against the model (LogitQuery.kind)
+        return {"target": class_ if class_ is not None else target_token, "foil": foil, "per_head": per_head,
+                "position": parsed if isinstance(parsed, int) else None, "kind": kind}
+    query = _logit_query(explainer, logit, class_, target_token, foil, per_head)
+    decoder = bool(getattr(explainer, "causal", False))
+    if decoder and parsed is not None and not isinstance(parsed, int):
+        raise InputError("--logit on a language model reads the next token at one position: --target N")
+    if not hasattr(explainer, "logit_decomposer"):
+        raise InputError("--logit explains classifiers and decoders in one graph; an encoder-decoder's logits are "
+                         "not decomposed yet")
+    explainer.logit_decomposer()  # a model without logits is refused before any record is written
+    return {"target": query.target, "foil": query.foil, "per_head": query.per_head,
+            "position": parsed if decoder and isinstance(parsed, int) else None, "kind": kind}
 
 
 def _model_name(model: Path) -> str:
@@ -416,6 +424,8 @@ def evaluate(
             raise InputError(f"--task takes faithfulness or evidence, got {task!r}")
         if protocol not in ("deyoung", "paper"):
             raise InputError(f"--protocol takes deyoung or paper, got {protocol!r}")
+        if task == "evidence" and protocol != "deyoung":
+            raise InputError("--protocol is for --task faithfulness (the evidence task reports reciprocal ranks)")
         if task == "evidence":
             _evaluate_evidence(model, data, n, out_dir, hf_model, seed, batch_size, input_map, self_check_tolerance)
             return
@@ -514,8 +524,10 @@ def bench(
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
         with _explainer(model, input_map, DEFAULT_TOLERANCE) as explainer:  # one-line errors before any worker
             limit = explainer.text_encoder.max_length
-            if logit:
-                explainer.logit_decomposer()
+            if logit:  # an operator the decomposition cannot read is one line here, not a worker's traceback
+                from alti_onnx.results.logit import LogitQuery
+
+                explainer.explain("a", logit=LogitQuery())
         if limit is not None and max(seq_lens) > limit:
             raise InputError(f"--lengths asks for {max(seq_lens)} tokens, the model takes at most {limit}")
         if json_path is not None:

@@ -33,6 +33,7 @@ class CorpusRecord:
     #: with ``batch --logit``: the record's own class (``"class"``) or next token (``"target_token"``), and ``"foil"``
     logit_target: str | int | None = None
     foil: str | int | None = None
+    logit_kind: str | None = None  #: "class" or "token": which key the record used
 
     @property
     def line(self) -> int:
@@ -104,27 +105,31 @@ def _record(index: int, raw: bytes, json_lines: bool) -> CorpusRecord:
     target = value.get("target")
     if target is not None and not isinstance(target, str):
         return CorpusRecord(index, id=value.get("id"), error=f"{where}: 'target' must be a string, got {_kind(target)}")
-    if "class" in value and "target_token" in value:
-        return CorpusRecord(index, id=value.get("id"), error=f"{where}: 'class' and 'target_token' cannot go together")
     logit = {key: value.get(key) for key in ("class", "target_token", "foil")}
+    if logit["class"] is not None and logit["target_token"] is not None:
+        return CorpusRecord(index, id=value.get("id"), error=f"{where}: 'class' and 'target_token' cannot go together")
     for key, given in logit.items():
         if given is not None and (isinstance(given, bool) or not isinstance(given, (str, int))):
             return CorpusRecord(index, id=value.get("id"),
                                 error=f"{where}: '{key}' must be a string or an integer, got {_kind(given)}")
+    kind = "class" if logit["class"] is not None else "token" if logit["target_token"] is not None else None
     chosen = logit["class"] if logit["class"] is not None else logit["target_token"]
-    return _checked(index, value["text"], value.get("id"), target, chosen, logit["foil"])
+    return _checked(index, value["text"], value.get("id"), target, chosen, logit["foil"], kind)
 
 
 def _checked(index: int, text: str, record_id: object, target: str | None = None,
-             logit_target: str | int | None = None, foil: str | int | None = None) -> CorpusRecord:
+             logit_target: str | int | None = None, foil: str | int | None = None,
+             logit_kind: str | None = None) -> CorpusRecord:
     """A text that is Unicode throughout (JSON can spell lone surrogates, which encode to nothing)."""
-    for what, value in (("text", text), ("target", target or "")):
+    named = [(what, v) for what, v in (("class or target_token", logit_target), ("foil", foil)) if isinstance(v, str)]
+    for what, value in (("text", text), ("target", target or ""), *named):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             return CorpusRecord(index, id=record_id, error=f"line {index + 1}: the {what} holds a lone surrogate "
                                                            f"(\\u{ord(value[exc.start]):04x}), not Unicode text")
-    return CorpusRecord(index, text, record_id, target=target, logit_target=logit_target, foil=foil)
+    return CorpusRecord(index, text, record_id, target=target, logit_target=logit_target, foil=foil,
+                        logit_kind=logit_kind)
 
 
 def _no_constants(name: str) -> object:

@@ -190,7 +190,7 @@ def _query(logit: dict[str, object], record: CorpusRecord) -> LogitQuery:
     """The record's logit query: the run's, with the record's own class or token and foil in their place."""
     query = LogitQuery(**logit)
     if record.logit_target is not None:
-        query = replace(query, target=record.logit_target)
+        query = replace(query, target=record.logit_target, kind=record.logit_kind)
     if record.foil is not None:
         query = replace(query, foil=record.foil)
     return query

@@ -169,6 +169,9 @@ def _rule(graph: LinearizedGraph, node: Node, out: list[np.ndarray | None]) -> l
         return _gemm(graph, node, adjoint)
     if op in ("ReduceMean", "ReduceSum"):
         return [(ins[0], _reduce_adjoint(node, adjoint, np.shape(value(ins[0])), value))]
+    if op == "GlobalAveragePool":  # the mean over every axis after the first two (tf2onnx's LayerNorm mean)
+        shape = np.shape(value(ins[0]))
+        return [(ins[0], np.broadcast_to(adjoint, shape) / int(np.prod(shape[2:])))]
     if op == "Gather":
         return [(ins[0], _gather_adjoint(node, adjoint, np.shape(value(ins[0])), value))]
     if op == "Slice":

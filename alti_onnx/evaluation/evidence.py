@@ -81,15 +81,21 @@ def read_cases(folder: str | Path, n: int | None = None) -> list[EvidenceCase]:
                          f"{', '.join(_COLUMNS)})")
     cases = []
     for path in files:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path} lacks the column(s) {', '.join(missing)}")
-            for number, row in enumerate(reader):
-                if n is not None and number >= n:
-                    break
-                cases.append(EvidenceCase(path.stem, *(row[c] for c in _COLUMNS)))
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise InputError(f"{path} lacks the column(s) {', '.join(missing)}")
+                for number, row in enumerate(reader):
+                    if n is not None and number >= n:
+                        break
+                    # a short row leaves columns None: a case of its own that is skipped (and counted)
+                    cases.append(EvidenceCase(path.stem, *(row[c] or "" for c in _COLUMNS)))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
+        except csv.Error as exc:
+            raise InputError(f"{path} is not a CSV file: {exc}") from None
     return cases
 
 
@@ -101,8 +107,9 @@ def evaluate_evidence(explainer, cases: Sequence[EvidenceCase], *, hf_model: str
     started = time.perf_counter()
     tokenizer = explainer.tokenizer
     kept, skipped = [], {}
+    limit = explainer.text_encoder.max_length
     for case in cases:
-        found = _prepared(tokenizer, case)
+        found = _prepared(tokenizer, case, limit)
         if found is None:
             skipped[case.phenomenon] = skipped.get(case.phenomenon, 0) + 1
         else:
@@ -145,15 +152,18 @@ class _Case:
     candidates: list[int]  #: the prefix's non-special positions
 
 
-def _prepared(tokenizer, case: EvidenceCase) -> _Case | None:
-    """The case in tokens, or None when it cannot be scored (see the module docstring)."""
+def _prepared(tokenizer, case: EvidenceCase, limit: int | None = None) -> _Case | None:
+    """The case in tokens, or None when it cannot be scored (see the module docstring). The next
+    word's first token is read from the prefix and the word encoded together (the token right after
+    the prefix's): tokenizers that mark a word's start (SentencePiece's "▁") spell it as in text."""
     evidence = case.evidence.strip()
-    if not evidence or evidence == "NA":
+    if not evidence or evidence == "NA" or not case.prefix.strip() or not case.good.strip() or not case.bad.strip():
         return None
     encoding = tokenizer.encode(case.prefix)
-    good = tokenizer.encode(" " + case.good.strip(), add_special_tokens=False).ids
-    bad = tokenizer.encode(" " + case.bad.strip(), add_special_tokens=False).ids
-    if not good or not bad or good[0] == bad[0]:
+    if limit is not None and len(encoding.ids) + 1 > limit:
+        return None
+    good, bad = (_next_token(tokenizer, case.prefix, encoding.ids, word) for word in (case.good, case.bad))
+    if good is None or bad is None or good == bad:
         return None
     spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(evidence)}(?!\w)", case.prefix)]
     special = encoding.special_tokens_mask
@@ -162,7 +172,20 @@ def _prepared(tokenizer, case: EvidenceCase) -> _Case | None:
     if not positions:
         return None
     candidates = [k for k in range(len(encoding.ids)) if not special[k]]
-    return _Case(case.phenomenon, case.prefix, list(encoding.ids), good[0], bad[0], positions, candidates)
+    return _Case(case.phenomenon, case.prefix, list(encoding.ids), good, bad, positions, candidates)
+
+
+def _next_token(tokenizer, prefix: str, prefix_ids: list[int], word: str) -> int | None:
+    """The first token of `` word`` after ``prefix``, as the tokenizer encodes the two together (None
+    when the prefix's own tokens change, or nothing follows them). Special tokens a template appends
+    (a classifier's [SEP]) are left out: the causal models this explains prepend theirs."""
+    together = tokenizer.encode(prefix + " " + word.strip())
+    special = together.special_tokens_mask
+    ids = [token for token, mark in zip(together.ids, special) if not mark]
+    head = [token for token, mark in zip(prefix_ids, tokenizer.encode(prefix).special_tokens_mask) if not mark]
+    if ids[:len(head)] != head or len(ids) == len(head):
+        return None
+    return int(ids[len(head)])
 
 
 def _reciprocal_rank(attribution: np.ndarray, evidence: list[int], candidates: list[int]) -> float:

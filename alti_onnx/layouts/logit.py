@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 
@@ -91,41 +92,60 @@ class LogitDecomposer:
     # ------------------------------------------------------------------ which logit
     def resolve(self, query: LogitQuery, logits: np.ndarray) -> tuple[LogitItem, LogitItem | None]:
         """The target (default: the argmax of ``logits``, one row) and foil as classes or tokens."""
-        target = self._item(query.target, "target") if query.target is not None else self._named(int(np.argmax(logits)))
-        foil = None if query.foil is None else self._item(query.foil, "foil")
+        self.require_fits(query)
+        width = int(np.shape(logits)[-1])
+        target = self._item(query.target, "target", width) if query.target is not None \
+            else self._named(int(np.argmax(logits)))
+        foil = None if query.foil is None else self._item(query.foil, "foil", width)
         return target, foil
 
-    def _item(self, given: int | str, role: str) -> LogitItem:
+    def require_fits(self, query: LogitQuery) -> None:
+        """A query for a class on a language model (or a token, or per-head terms, on a classifier) is
+        refused, not read as something else. A position means nothing to a classifier's logit (it
+        has one): ``batch --target N`` sets it for ALTI's sake, and it is not used."""
+        if query.kind is not None and query.kind != ("token" if self.decoder else "class"):
+            raise InputError(f"a {'class' if query.kind == 'class' else 'target token'} is asked for, but this model is "
+                             f"{'a language model: give a target token' if self.decoder else 'a classifier: give a class'}")
+        if not self.decoder and query.per_head:
+            raise InputError("per-head terms are for language models (ALTI-Logit); this model is a classifier")
+        for given in (query.target, query.foil):
+            if given is not None and (isinstance(given, bool) or not isinstance(given, (str, Integral))):
+                raise InputError(f"a class or token is a label, a token's text or an integer index, got {given!r}")
+
+    def _item(self, given: int | str, role: str, width: int) -> LogitItem:
         if self.decoder:
-            return self._named(self._token_id(given, role))
+            return self._named(self._token_id(given, role, width))
         labels = self.labels or []
-        if isinstance(given, str) and given in labels:
+        what = "class" if role == "target" else "foil"
+        if isinstance(given, str) and given in labels:  # a label first: a label "1" is that class
             return self._named(labels.index(given))
         lowered = [label.lower() for label in labels]
         if isinstance(given, str) and given.lower() in lowered:
             return self._named(lowered.index(given.lower()))
-        try:
-            index = int(given)
-        except ValueError:
-            raise InputError(f"{'class' if role == 'target' else 'foil'} {given!r} is no class of this model "
-                             f"(its classes: {', '.join(labels) or 'unnamed'})") from None
-        classes = len(labels) if labels else None
-        if index < 0 or (classes is not None and index >= classes):
-            raise InputError(f"class {index} is out of range: this model has {classes} classes")
+        if isinstance(given, str) and not (given.isascii() and given.isdigit()):
+            raise InputError(f"{what} {given!r} is no class of this model (its classes: "
+                             f"{', '.join(labels) or ', '.join(map(str, range(width)))})")
+        index = int(given)
+        if not 0 <= index < width:
+            raise InputError(f"{what} {index} is out of range: this model has {width} classes (0 to {width - 1})")
         return self._named(index)
 
-    def _token_id(self, given: int | str, role: str) -> int:
-        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+    def _token_id(self, given: int | str, role: str, width: int) -> int:
+        """A token id: an integer (or a string of ASCII digits) is an id; any other text is the
+        token it spells exactly, or the one token it encodes to (" 5", with its space, is a token)."""
         option = "target token" if role == "target" else "foil"
-        if isinstance(given, int) or (isinstance(given, str) and given.strip().isdigit()):
+        if not isinstance(given, str) or (given.isascii() and given.isdigit()):
             token = int(given)
-            if not 0 <= token < vocab:
-                raise InputError(f"{option} {given}: token ids of this tokenizer run from 0 to {vocab - 1}")
+            if not 0 <= token < width:
+                raise InputError(f"{option} {given}: token ids of this model run from 0 to {width - 1}")
             return token
-        exact = self.tokenizer.token_to_id(given)
+        try:
+            exact = self.tokenizer.token_to_id(given)
+            pieces = self.tokenizer.encode(given, add_special_tokens=False).ids if exact is None else [exact]
+        except (UnicodeError, TypeError, ValueError):
+            raise InputError(f"{option} {given!r} is not text the tokenizer can read") from None
         if exact is not None:
             return int(exact)
-        pieces = self.tokenizer.encode(given, add_special_tokens=False).ids
         if len(pieces) != 1:
             raise InputError(f"{option} {given!r} is {len(pieces)} tokens "
                              f"({', '.join(repr(self.tokenizer.id_to_token(p)) for p in pieces)}); give one token or its id")

@@ -154,6 +154,8 @@ class SingleGraphExplainer(Explainer):
         causal = self.causal
         pending: list[tuple[int, BlockTensors]] = []
         decomposer = self.logit_decomposer() if logit is not None else None
+        for query in logit or []:
+            decomposer.require_fits(query)
         logit_run = None if decomposer is None else self._logit_run(batch, kept, logit)
 
         def decompose_pending() -> None:
@@ -201,7 +203,7 @@ class SingleGraphExplainer(Explainer):
             real = np.arange(batch.attention_mask.shape[1])[keep]
             at = len(real) - 1 if logit[row].position is None else logit[row].position
             if not -len(real) <= at < len(real):
-                raise InputError(f"position {at} is outside the {len(real)} tokens of text {row}")
+                raise InputError(f"position {at} is outside the text's {len(real)} tokens")
             at %= len(real)
             positions.append(int(real[at]))
             token_positions.append(int(at))

@@ -8,13 +8,10 @@ import html
 
 import numpy as np
 
-from alti_onnx.results.logit import LogitExplanation
+from alti_onnx.results.logit import SHOWN_PARTS, LogitExplanation
 
 from . import style
 from .html import display_token
-
-#: Parts listed by name in the table (the largest in magnitude); the rest are summed in one row.
-SHOWN_PARTS = 12
 
 
 def logit_html(logit: LogitExplanation, tokens: list[str]) -> str:
@@ -45,10 +42,9 @@ def logit_html(logit: LogitExplanation, tokens: list[str]) -> str:
         rows.append(f'<tr class="alti-logit-part"><th style="text-align:left;font-weight:normal;padding-right:8px">'
                     f'{html.escape(name)}</th><td style="text-align:right;padding-right:8px">{value:+.4f}</td>'
                     f'<td><span style="display:inline-block;height:8px;width:{width}px;background:{color}"></span></td></tr>')
-    tokens_total = float(logit.attribution.sum() if logit.per_layer is None else logit.per_layer.sum())
     parts.append('<table class="alti-logit-parts" style="border-collapse:collapse;font-size:12px;margin-top:4px">'
                  + "".join(rows) + "</table>")
     parts.append(f'<div style="font-size:12px;color:{style.MUTED}">value {logit.value:+.4f} = tokens '
-                 f'{tokens_total:+.4f} + parts {sum(logit.parts.values()):+.4f}; self-check: reconstruction error '
+                 f'{logit.tokens_total:+.4f} + parts {sum(logit.parts.values()):+.4f}; self-check: reconstruction error '
                  f'{logit.reconstruction_error:.2e} (relative)</div></div>')
     return "".join(parts)

@@ -18,12 +18,14 @@ class LogitQuery:
     """Which logit to decompose: ``target`` a class (index or label) or a token (id or text), None for
     the prediction; ``foil`` the same for the contrast (target minus foil); ``per_head`` keeps a
     decoder's per-head values; ``position`` the decoder position whose next token is explained
-    (default: the last token)."""
+    (default: the last token; a classifier has one logit and no use for it); ``kind`` what the asker meant ("class" or "token"; None: either), so
+    that a class asked of a language model is refused rather than read as a token id."""
 
     target: int | str | None = None
     foil: int | str | None = None
     per_head: bool = False
     position: int | None = None
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class LogitExplanation:
     def describe(self) -> str:
         """'positive' (class 1), or 'positive' (class 1) minus 'negative' (class 0)."""
         def one(item: LogitItem) -> str:
-            return f"{item.label!r} ({self.kind if self.kind == 'class' else 'token'} {item.index})"
+            return f"{item.label!r} ({self.kind} {item.index})"
 
         return one(self.target) + ("" if self.foil is None else f" minus {one(self.foil)}")
 
@@ -77,13 +79,14 @@ class LogitExplanation:
         return TableView(
             title=f"{'ALTI-Logit' if self.method == 'alti-logit' else 'logit decomposition'} of {self.describe()}{where}",
             columns=["pos", "token", "logit part", ""], rows=rows,
-            footer=(f"value {self.value:+.4f} = tokens {self._tokens_total():+.4f} + parts "
+            footer=(f"value {self.value:+.4f} = tokens {self.tokens_total:+.4f} + parts "
                     f"{sum(self.parts.values()):+.4f} ({parts}); self-check: reconstruction error "
                     f"{self.reconstruction_error:.2e}"),
             highlight=self.position,
         )
 
-    def _tokens_total(self) -> float:
+    @property
+    def tokens_total(self) -> float:
         """What the token terms add up to (a decoder's per-layer terms, before their rollout)."""
         return float(self.attribution.sum() if self.per_layer is None else self.per_layer.sum())
 

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from alti_onnx.decomposition.linearized import Node
 
-from .prepared import PreparedModel, SegmentFile
+from .prepared import SegmentFile
 
 HEAD = "head"
 
@@ -61,7 +61,7 @@ def _constant_value(attributes: dict[str, object]) -> np.ndarray:
 
 class SegmentValues:
     """Tensor values for a sweep: the forward pass's, the segments' constants, and their weights
-    (read from disk when first asked for, in float64 where they are float)."""
+    (read from disk when first asked for, in the type they are stored in)."""
 
     def __init__(self, graphs: Sequence[SegmentGraph], weights_dir: Path, run: dict[str, np.ndarray],
                  loaded: dict[str, np.ndarray] | None = None):
@@ -116,6 +116,3 @@ def last_residual_sum(nodes: list[Node], live: Callable[[str], bool]) -> Node | 
     sums = [node for node in nodes if node.op == "Add" and len(node.inputs) == 2 and all(map(live, node.inputs))]
     return sums[-1] if sums else None
 
-
-def prepared_graphs(prepared: PreparedModel, numbers: Sequence[int]) -> list[SegmentGraph]:
-    return [read_segment(prepared.segments[number]) for number in numbers]
