@@ -38,6 +38,18 @@ def llama() -> Explainer:
     return Explainer(FIXTURES / "tiny-llama")
 
 
+def _assert_matches(found, ref) -> None:
+    """Per-token values, per-layer values (decoders), parts and value within TOLERANCE of the reference."""
+    np.testing.assert_allclose(found.attribution, ref.attribution, atol=TOLERANCE, rtol=0)
+    if ref.per_layer is not None:
+        np.testing.assert_allclose(found.per_layer, ref.per_layer, atol=TOLERANCE, rtol=0)
+    assert found.parts.keys() == ref.parts.keys()
+    for name, value in ref.parts.items():
+        assert found.parts[name] == pytest.approx(value, abs=TOLERANCE), name
+    assert found.value == pytest.approx(ref.value, abs=TOLERANCE)
+    _assert_sums(found)
+
+
 def _assert_sums(logit) -> None:
     """The parts and the attribution add up to the value (computed here, not read from the self-check)."""
     total = logit.attribution.sum() + sum(logit.parts.values())
@@ -70,13 +82,7 @@ def test_alti_logit_matches_the_reference(arch: str, tmp_path: Path) -> None:
                 ref = reference_alti_logit(model, ids, single.target.index, foil)
                 for found in (single, padded.logit):
                     assert found.target == single.target and found.position == len(ids) - 1
-                    np.testing.assert_allclose(found.attribution, ref.attribution, atol=TOLERANCE, rtol=0)
-                    np.testing.assert_allclose(found.per_layer, ref.per_layer, atol=TOLERANCE, rtol=0)
-                    assert found.parts.keys() == ref.parts.keys()
-                    for name, value in ref.parts.items():
-                        assert found.parts[name] == pytest.approx(value, abs=TOLERANCE), name
-                    assert found.value == pytest.approx(ref.value, abs=TOLERANCE)
-                    _assert_sums(found)
+                    _assert_matches(found, ref)
                 np.testing.assert_allclose(padded.logit.per_head.sum(1), padded.logit.per_layer, atol=1e-12)
 
 
@@ -101,12 +107,7 @@ def test_classifier_logit_matches_the_reference(classifier: Explainer, tmp_path:
             ref = reference_classifier_logit(model, encoding.ids, encoding.type_ids, single.target.index,
                                              None if single.foil is None else single.foil.index)
             for found in (single, padded.logit):
-                np.testing.assert_allclose(found.attribution, ref.attribution, atol=TOLERANCE, rtol=0)
-                assert found.parts.keys() == ref.parts.keys()
-                for name, value in ref.parts.items():
-                    assert found.parts[name] == pytest.approx(value, abs=TOLERANCE), name
-                assert found.value == pytest.approx(ref.value, abs=TOLERANCE)
-                _assert_sums(found)
+                _assert_matches(found, ref)
 
 
 # --------------------------------------------------------------------------- invariants

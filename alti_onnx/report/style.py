@@ -100,13 +100,18 @@ def css_font(stack: Sequence[str]) -> str:
 
 def heat_color(value: float) -> str:
     """The hex color of ``value`` in [0, 1] on the heat scale (values outside are clipped)."""
-    value = min(1.0, max(0.0, float(value)))
-    for (x0, c0), (x1, c1) in zip(HEAT_STOPS, HEAT_STOPS[1:]):
+    return _interpolated(HEAT_STOPS, value)
+
+
+def _interpolated(stops: tuple[tuple[float, str], ...], value: float) -> str:
+    """The color at ``value`` between ``stops`` (clipped to the first and last stop)."""
+    value = min(stops[-1][0], max(stops[0][0], float(value)))
+    for (x0, c0), (x1, c1) in zip(stops, stops[1:]):
         if value <= x1:
             t = 0.0 if x1 == x0 else (value - x0) / (x1 - x0)
             a, b = _rgb(c0), _rgb(c1)
             return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(a, b))
-    return HEAT_STOPS[-1][1]
+    return stops[-1][1]
 
 
 #: The diverging scale of signed parts (a logit decomposition): against the target (-1), nothing (0), for it (+1).
@@ -116,24 +121,21 @@ DIVERGING_STOPS: tuple[tuple[float, str], ...] = ((-1.0, "#b2182b"), (-0.5, "#ef
 
 def diverging_color(value: float) -> str:
     """The hex color of ``value`` in [-1, 1] on the diverging scale (values outside are clipped)."""
-    value = min(1.0, max(-1.0, float(value)))
-    for (x0, c0), (x1, c1) in zip(DIVERGING_STOPS, DIVERGING_STOPS[1:]):
-        if value <= x1:
-            t = 0.0 if x1 == x0 else (value - x0) / (x1 - x0)
-            a, b = _rgb(c0), _rgb(c1)
-            return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(a, b))
-    return DIVERGING_STOPS[-1][1]
+    return _interpolated(DIVERGING_STOPS, value)
 
 
 def text_color_on_signed(value: float) -> str:
     """Ink or white, whichever reads better on ``diverging_color(value)``."""
-    r, g, b = _rgb(diverging_color(value))
-    return INK if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#ffffff"
+    return _ink_on(diverging_color(value))
 
 
 def text_color_on(value: float) -> str:
     """Ink or white, whichever reads better on ``heat_color(value)``."""
-    r, g, b = _rgb(heat_color(value))
+    return _ink_on(heat_color(value))
+
+
+def _ink_on(background: str) -> str:
+    r, g, b = _rgb(background)
     return INK if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#ffffff"
 
 
