@@ -5,7 +5,8 @@
   position alone with every tensor exposed, and the sweep through it gives the logit's adjoint at
   the final residual.
 - Any other model with a logits output (a classifier): the whole model read linearly
-  (``decomposition.linearized``), from one run of the model with every tensor exposed.
+  (``decomposition.linearized``), from one run of the model that exposes the tensors the sweep
+  reads (every tensor on the first run, which finds them).
 """
 
 from __future__ import annotations

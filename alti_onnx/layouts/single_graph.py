@@ -214,8 +214,9 @@ class SingleGraphExplainer(Explainer):
         try:
             if decomposer is None:
                 return self.session.stream(batch, on_block)
-            if decomposer.session is not None:  # the whole model read linearly: every tensor exposed
-                return decomposer.session.stream(batch, on_block, logit_run.collected)
+            if decomposer.session is not None:  # the whole model read linearly: what its sweep reads exposed
+                every = range(len(self.prepared.segments))
+                return decomposer.session.stream(batch, on_block, logit_run.collected, every)
             return self.session.stream(batch, on_block, logit_run.collected, [len(self.prepared.segments) - 1])
         except RuntimeFailure as exc:
             if self.text_encoder.max_length is None:  # nothing told us the limit, so the text may be too long
