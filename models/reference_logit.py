@@ -14,24 +14,15 @@ the equations on a Hugging Face model: the tests hold ``explain(..., logit=...)`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from models.reference import find_adapter, reference_captures
+from models.reference_logit_math import BertLayerWeights, LogitReference, decompx_classifier
 from models.reference_math import reference_alti as reference_from_captures
 from models.reference_math import transformed_vectors
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
-
-
-@dataclass
-class LogitReference:
-    value: float
-    attribution: np.ndarray
-    parts: dict[str, float]
-    per_layer: np.ndarray | None = None
 
 
 def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
@@ -111,7 +102,7 @@ def reference_alti_logit(model, input_ids, target: int, foil: int | None = None)
 
 def reference_classifier_logit(model, input_ids, token_type_ids=None, target: int = 0,
                                foil: int | None = None) -> LogitReference:
-    """The class logit of a BertForSequenceClassification, carried forward part by part (module docstring)."""
+    """The class logit of a PyTorch BertForSequenceClassification, carried forward part by part (module docstring)."""
     model.double().eval()
     bert = model.bert
     ids = torch.as_tensor(np.asarray(input_ids).reshape(1, -1))
@@ -119,75 +110,16 @@ def reference_classifier_logit(model, input_ids, token_type_ids=None, target: in
     with torch.no_grad():
         x = bert.embeddings(input_ids=ids, token_type_ids=types)[0].numpy()
         logits = model(input_ids=ids, token_type_ids=types).logits[0].numpy()
-    size, width = x.shape
-    layers = bert.encoder.layer
-    slots = size + len(layers) + 1  # tokens, then one slot of constants per layer, then the head
-    parts = np.zeros((slots, size, width))
-    parts[np.arange(size), np.arange(size)] = x
 
-    def weights(linear: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-        return linear.weight.detach().numpy().T, linear.bias.detach().numpy()
+    def linear(module) -> tuple[np.ndarray, np.ndarray]:
+        return module.weight.detach().numpy().T, module.bias.detach().numpy()
 
-    def layer_norm(module, parts: np.ndarray, actual: np.ndarray, slot: int) -> np.ndarray:
-        gamma, beta = module.weight.detach().numpy(), module.bias.detach().numpy()
-        sigma = np.sqrt(actual.var(-1, keepdims=True) + module.eps)
-        parts = gamma * (parts - parts.mean(-1, keepdims=True)) / sigma
-        parts[slot] += beta
-        return parts
+    def norm(module) -> tuple[np.ndarray, np.ndarray, float]:
+        return module.weight.detach().numpy(), module.bias.detach().numpy(), float(module.eps)
 
-    def slope(function, z: np.ndarray) -> np.ndarray:
-        return np.where(z == 0, 0.0, function(z) / np.where(z == 0, 1.0, z))
-
-    gelu = lambda z: 0.5 * z * (1.0 + _erf(z / np.sqrt(2.0)))  # noqa: E731
-    for number, layer in enumerate(layers):
-        slot = size + number
-        actual = parts.sum(0)
-        attention = layer.attention.self
-        heads, head_size = attention.num_attention_heads, attention.attention_head_size
-        (w_q, b_q), (w_k, b_k), (w_v, b_v) = (weights(m) for m in (attention.query, attention.key, attention.value))
-        q = (actual @ w_q + b_q).reshape(size, heads, head_size).transpose(1, 0, 2)
-        k = (actual @ w_k + b_k).reshape(size, heads, head_size).transpose(1, 0, 2)
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(head_size)
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        values = parts @ w_v
-        values[slot] += b_v
-        values = values.reshape(slots, size, heads, head_size)
-        mixed = np.einsum("hij,pjhd->pihd", probs, values).reshape(slots, size, width)
-        w_o, b_o = weights(layer.attention.output.dense)
-        projected = mixed @ w_o
-        projected[slot] += b_o
-        summed = parts + projected
-        parts = layer_norm(layer.attention.output.LayerNorm, summed, summed.sum(0), slot)
-        w_1, b_1 = weights(layer.intermediate.dense)
-        inner = parts @ w_1
-        inner[slot] += b_1
-        inner = inner * slope(gelu, inner.sum(0))
-        w_2, b_2 = weights(layer.output.dense)
-        outer = inner @ w_2
-        outer[slot] += b_2
-        summed = parts + outer
-        last = number == len(layers) - 1  # what follows the last residual sum is the head's
-        parts = layer_norm(layer.output.LayerNorm, summed, summed.sum(0), slots - 1 if last else slot)
-    w_p, b_p = weights(bert.pooler.dense)
-    pooled = parts[:, 0] @ w_p
-    pooled[-1] += b_p
-    pooled = pooled * slope(np.tanh, pooled.sum(0))
-    w_c, b_c = weights(model.classifier)
-    final = pooled @ w_c
-    final[-1] += b_c
-    pick = np.zeros(final.shape[-1])
-    pick[target] += 1.0
-    if foil is not None:
-        pick[foil] -= 1.0
-    shares = final @ pick
-    named = {f"layer {k}": float(shares[size + k]) for k in range(len(layers))}
-    named["head"] = float(shares[-1])
-    value = float(logits[target] - (0.0 if foil is None else logits[foil]))
-    return LogitReference(value, shares[:size], named)
-
-
-def _erf(z: np.ndarray) -> np.ndarray:
-    from math import erf
-
-    return np.vectorize(erf)(z)
+    layers = [BertLayerWeights(
+        layer.attention.self.num_attention_heads, linear(layer.attention.self.query), linear(layer.attention.self.key),
+        linear(layer.attention.self.value), linear(layer.attention.output.dense), norm(layer.attention.output.LayerNorm),
+        linear(layer.intermediate.dense), linear(layer.output.dense), norm(layer.output.LayerNorm),
+    ) for layer in bert.encoder.layer]
+    return decompx_classifier(x, layers, linear(bert.pooler.dense), linear(model.classifier), logits, target, foil)

@@ -339,3 +339,25 @@ def test_report_and_notebook_show_signed_parts(classifier: Explainer) -> None:
     assert style.diverging_color(-1) == "#b2182b" and style.diverging_color(0) == "#f7f7f7"
     assert style.diverging_color(1) == "#2166ac" and style.diverging_color(7) == "#2166ac"
     assert "logit-section" not in render_html(classifier.explain("the cat"))
+
+
+def test_tf_classifier_logit_matches_tensorflows_reference() -> None:
+    """tiny-tf-bert (tf2onnx: LayerNorm as GlobalAveragePool means, GELU through 1 - Erfc) against the
+    decomposition carried forward in float64 from TensorFlow's own weights (models/tf_bert.py)."""
+    folder = FIXTURES / "tiny-tf-bert"
+    texts = _texts("tf-bert")
+    with Explainer(folder) as explainer, np.load(folder / "expected_logit.npz") as expected:
+        for k, (target, foil) in enumerate(_TF_QUERIES):
+            batch = explainer.explain(texts, logit=LogitQuery(target=target, foil=foil))
+            for t, (text, padded) in enumerate(zip(texts, batch)):
+                single = explainer.explain(text, logit=LogitQuery(target=target, foil=foil)).logit
+                for found in (single, padded.logit):
+                    np.testing.assert_allclose(found.attribution, expected[f"attribution_{t}_{k}"], atol=TOLERANCE, rtol=0)
+                    parts = [found.parts["layer 0"], found.parts["layer 1"], found.parts["head"]]
+                    np.testing.assert_allclose(parts, expected[f"parts_{t}_{k}"], atol=TOLERANCE, rtol=0)
+                    assert found.value == pytest.approx(float(expected[f"value_{t}_{k}"]), abs=TOLERANCE)
+                    _assert_sums(found)
+
+
+#: models/tf_bert.py's LOGIT_QUERIES (that module imports TensorFlow, which the test environment lacks)
+_TF_QUERIES = ((0, None), (1, None), (2, None), (2, 0))

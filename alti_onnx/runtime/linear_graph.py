@@ -111,8 +111,22 @@ def named_parts(nodes: list[Node], block_inputs: Sequence[str], live: Callable[[
 
 
 def last_residual_sum(nodes: list[Node], live: Callable[[str], bool]) -> Node | None:
-    """The last Add of two float tensors that both depend on the sources (``live``): the end of the
-    model's residual stream."""
-    sums = [node for node in nodes if node.op == "Add" and len(node.inputs) == 2 and all(map(live, node.inputs))]
+    """The end of the model's residual stream: the last Add of two tensors that depend on the sources
+    (``live``), except a norm's own scale-and-shift written out as ``x * s + (beta - mean * s)``
+    (tf2onnx): its two operands are products by the same live tensor s."""
+    producer = {name: node for node in nodes for name in node.outputs if name}
+    sums = [node for node in nodes if node.op == "Add" and len(node.inputs) == 2 and all(map(live, node.inputs))
+            and not (_factors(producer, node.inputs[0], live) & _factors(producer, node.inputs[1], live))]
     return sums[-1] if sums else None
 
+
+def _factors(producer: dict[str, Node], name: str, live: Callable[[str], bool], depth: int = 3) -> set[str]:
+    """The live tensors ``name`` is a product by, looking through a few sums, differences and negations."""
+    node = producer.get(name)
+    if node is None or depth == 0:
+        return set()
+    if node.op == "Mul":
+        return {factor for factor in node.inputs if live(factor)}
+    if node.op in ("Add", "Sub", "Neg"):
+        return set().union(*(_factors(producer, operand, live, depth - 1) for operand in node.inputs))
+    return set()
