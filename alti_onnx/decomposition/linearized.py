@@ -76,8 +76,8 @@ class LinearizedGraph:
 
     ``sources``: the tensors the decomposition starts from (the first layer's input); a tensor is
     *live* when a float path leads to it from a source, and only live tensors carry the adjoint.
-    ``values`` maps every tensor the sweep reads (initializers included) to its value, or is a
-    callable doing so.
+    ``values`` maps every tensor the sweep reads (initializers included) to its value; the structure
+    (liveness, depth, parts) is read once, and ``value`` may be replaced by another run's tensors.
     """
 
     def __init__(self, nodes: Sequence[Node], sources: Iterable[str], values: Callable[[str], np.ndarray]):
