@@ -15,7 +15,7 @@ from alti_onnx import Explainer
 from alti_onnx.errors import InputError
 from alti_onnx.results.explanation import Explanation
 from alti_onnx.results.logit import LogitQuery
-from tests.fixture_cases import DECODERS, FIXTURES
+from tests.fixture_cases import DECODERS, ENCODERS, FIXTURES
 
 #: Per-token values and parts against the reference (fp32 model, float64 reference).
 TOLERANCE = 1e-5
@@ -361,3 +361,38 @@ def test_tf_classifier_logit_matches_tensorflows_reference() -> None:
 
 #: models/tf_bert.py's LOGIT_QUERIES (that module imports TensorFlow, which the test environment lacks)
 _TF_QUERIES = ((0, None), (1, None), (2, None), (2, 0))
+
+
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_every_encoder_family_is_read_linearly(arch: str, tmp_path: Path) -> None:
+    """Every encoder exporter's operators have a linear reading: each fixture with a small head on its
+    [CLS] output (Gather, Tanh, Gemm) decomposes with parts summing to its logit, padded or not (the
+    values themselves are held to the float64 references above on the classifiers)."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path / arch
+    shutil.copytree(FIXTURES / f"tiny-{arch}", folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    hidden = model.graph.output[0].name
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([numpy_helper.from_array(rng.normal(size=(32, 3)).astype(np.float32), "head_w"),
+                                    numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "head_b"),
+                                    numpy_helper.from_array(np.array(0, dtype=np.int64), "head_at")])
+    model.graph.node.extend([helper.make_node("Gather", [hidden, "head_at"], ["head_in"], axis=1),
+                             helper.make_node("Tanh", ["head_in"], ["head_tanh"]),
+                             helper.make_node("Gemm", ["head_tanh", "head_w", "head_b"], ["logits"])])
+    model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3]))
+    onnx.save(model, str(folder / "model.onnx"))
+    texts = _texts(arch)[:3]
+    with Explainer(folder) as explainer:
+        batch = explainer.explain(texts, logit=LogitQuery(target=1, foil=2))
+        for text, padded in zip(texts, batch):
+            alone = explainer.explain(text, logit=LogitQuery(target=1, foil=2)).logit
+            _assert_sums(alone)
+            logits = explainer.explain(text).outputs["logits"]
+            assert alone.value == pytest.approx(float(logits[1] - logits[2]), abs=1e-5)
+            np.testing.assert_allclose(padded.logit.attribution, alone.attribution, atol=1e-5)
+            assert "head" in alone.parts
