@@ -1,0 +1,75 @@
+"""Component contributions of one layer (issue 26, the first step of the routes): how much each head's
+term from each source token, the residual, and a feed-forward block's output make up the whole.
+
+The score is ALTI's proximity (docs/alti.md), ``c(part) = max(||whole||_1 - ||whole - part||_1, 0)``,
+normalized over the parts of each receiving position:
+
+- attention: the parts are each (source j, head h) term ``A^h[i, j] v^h_j W_O^h`` and the residual x_i;
+  the whole is the block's output y_i (the output bias is in the whole, not a part). Through a post-LN
+  or sandwich norm the parts and the whole are read as ALTI reads them: the norm linear at its
+  actual statistics (``block_kinds``: T~ = s_i T', distances divided by s_i);
+- feed-forward (pre-LN and sandwich blocks, where both are tensors of the stream): the parts are the
+  block's input y_i (the attention block's output) and its output f_i = x^{l+1}_i - y_i; the whole is
+  their sum, the next layer's input.
+
+Summing a row's head parts over h gives no token-to-token ALTI number (the proximity is not linear);
+it is the weight of the edge from j to i through every head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from graph_rewrites import AttentionBlock
+
+from .contributions import block_terms, normalize_rows
+from .distances import manhattan_distances
+
+
+@dataclass(frozen=True)
+class AttentionComponents:
+    """``heads`` [H, S, S]: the share of (head h, source j) in position i's output; ``residual`` [S]:
+    the residual's share; each row's shares (over h and j, and the residual) sum to 1."""
+
+    heads: np.ndarray
+    residual: np.ndarray
+
+
+def attention_components(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray,
+                         block_output: np.ndarray, dtype: type = np.float64) -> AttentionComponents:
+    """The component contributions of one self-attention block for one unpadded example ([H, S, S],
+    [H_kv, S, dh], [S, D], [S, D] as ``layer_contributions`` takes them)."""
+    probs = np.asarray(probs)
+    heads, size, _ = probs.shape
+    terms = block_terms(block, probs, values, residual, block_output, dtype, [(0, size)])
+    target = np.ascontiguousarray(terms.target.astype(dtype))
+    scale = terms.scale
+    own = terms.y_norms
+    zero = np.zeros((size, block.hidden_size), dtype=dtype)  # the residual is a part of its own
+    raw = np.empty((size, heads * size + 1))
+    with np.errstate(all="ignore"):
+        for h in range(heads):
+            distance = np.empty((size, size), dtype=dtype)
+            manhattan_distances(np.ascontiguousarray(probs[h:h + 1], dtype=dtype),
+                                np.ascontiguousarray(terms.vectors[:, h:h + 1]), zero, target, distance)
+            shares = own[:, None] - distance / scale[:, None]
+            shares[probs[h] == 0] = 0.0  # no term where the head does not attend (causal masks)
+            raw[:, h * size:(h + 1) * size] = shares
+        to_residual = np.abs(terms.target - terms.residual_vectors).sum(-1)
+        raw[:, -1] = own - to_residual / scale
+        raw[raw <= 8 * np.finfo(dtype).eps * own[:, None]] = 0.0  # rounding noise is no contribution
+    shares = normalize_rows(raw)
+    return AttentionComponents(shares[:, :-1].reshape(size, heads, size).transpose(1, 0, 2), shares[:, -1])
+
+
+def ffn_components(block_input: np.ndarray, next_input: np.ndarray) -> np.ndarray:
+    """[S, 2]: the shares of the feed-forward block's input (the stream) and of its output in the
+    next layer's input, for blocks whose stream holds both (pre-LN and sandwich)."""
+    whole = np.asarray(next_input, dtype=np.float64)
+    stream = np.asarray(block_input, dtype=np.float64)
+    own = np.abs(whole).sum(-1)
+    parts = np.stack([stream, whole - stream], axis=1)  # [S, 2, D]
+    raw = np.maximum(own[:, None] - np.abs(whole[:, None] - parts).sum(-1), 0.0)
+    return normalize_rows(raw)

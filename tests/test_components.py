@@ -1,0 +1,72 @@
+"""Component contributions (issue 26's first step, alti_onnx/decomposition/components.py) against the
+definitions written out with loops, on random blocks of every kind (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+
+from alti_onnx.decomposition.components import attention_components, ffn_components
+from tests.test_properties import exposed_output, naive_alti, random_case, shapes
+
+
+def naive_components(block, probs, values, residual):
+    """Each (head, source) term and the residual, read through the block's norm as ALTI reads them,
+    and each one's proximity to the block's output, normalized over all parts of a row."""
+    heads, seq, _ = probs.shape
+    group = heads // values.shape[0]
+    d = block.head_size
+    bias = np.zeros(block.hidden_size) if block.out_proj_bias is None else block.out_proj_bias
+    terms = np.zeros((heads, seq, seq, block.hidden_size))
+    for h in range(heads):
+        for i in range(seq):
+            for j in range(seq):
+                terms[h, i, j] = probs[h, i, j] * values[h // group, j] @ block.out_proj_weight[h * d:(h + 1) * d]
+    attention = terms.sum((0, 2)) + bias
+    centre = (lambda t: t) if block.norm_rms else (lambda t: t - t.mean(-1, keepdims=True))
+    if block.kind == "post":  # y = LN(x + a): every part centred, scaled by gamma / sigma(x + a)
+        sigma = np.sqrt(centre(residual + attention).var(-1) + block.norm_epsilon)
+        mapped = block.norm_weight * centre(terms) / sigma[None, :, None, None]
+        own = block.norm_weight * centre(residual) / sigma[:, None]
+        y = mapped.sum((0, 2)) + own + block.norm_weight * centre(bias) / sigma[:, None] + block.norm_bias
+    elif block.kind == "sandwich":  # y = x + n(a): the attention terms through the norm, the residual as it is
+        s = np.sqrt((np.square(attention).mean(-1) if block.norm_rms else attention.var(-1)) + block.norm_epsilon)
+        mapped = block.norm_weight * centre(terms) / s[None, :, None, None]
+        own = residual
+        y = residual + mapped.sum((0, 2)) + block.norm_weight * centre(bias) / s[:, None] + block.norm_bias
+    else:
+        mapped, own, y = terms, residual, residual + attention
+    norm_y = np.abs(y).sum(-1)
+    c = np.zeros((seq, heads * seq + 1))
+    for i in range(seq):
+        for h in range(heads):
+            for j in range(seq):
+                if probs[h, i, j] != 0:
+                    c[i, h * seq + j] = max(0.0, norm_y[i] - np.abs(y[i] - mapped[h, i, j]).sum())
+        c[i, -1] = max(0.0, norm_y[i] - np.abs(y[i] - own[i]).sum())
+    totals = c.sum(-1, keepdims=True)
+    c = np.divide(c, totals, out=np.zeros_like(c), where=totals > 0)
+    return c[:, :-1].reshape(seq, heads, seq).transpose(1, 0, 2), c[:, -1], y
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_attention_components_equal_naive_loops(shape):
+    block, probs, values, residual, causal = random_case(shape)
+    want_heads, want_residual, y = naive_components(block, probs, values, residual)
+    np.testing.assert_allclose(y, naive_alti(block, probs, values, residual)[2], atol=1e-9)  # the same whole as ALTI
+    got = attention_components(block, probs, values, residual, exposed_output(block, y, residual))
+    np.testing.assert_allclose(got.heads, want_heads, atol=1e-9)
+    np.testing.assert_allclose(got.residual, want_residual, atol=1e-9)
+    totals = got.heads.sum((0, 2)) + got.residual
+    np.testing.assert_allclose(totals[totals > 0], 1.0, atol=1e-12)  # every row's shares sum to 1
+    if causal:  # no edge from a later position
+        assert not np.any(np.triu(got.heads.sum(0), k=1))
+
+
+def test_ffn_components_by_hand():
+    stream = np.array([[1.0, 0.0], [2.0, -2.0]])
+    after = np.array([[3.0, 0.0], [2.0, -2.0]])  # the FFN adds (2, 0) to the first, nothing to the second
+    shares = ffn_components(stream, after)
+    # first row: whole (3, 0): stream 3 - 2 = 1, output 3 - 1 = 2 -> 1/3, 2/3; second: all the stream
+    np.testing.assert_allclose(shares, [[1 / 3, 2 / 3], [1.0, 0.0]])
