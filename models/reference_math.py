@@ -161,3 +161,42 @@ def reference_alti_plus(encoder: list[LayerCapture], self_blocks: list[LayerCapt
     errors = np.array([e for pair in zip(own, cross) for _, e in pair])
     return Seq2SeqReference(encoded, np.stack([c for c, _ in own]), np.stack([c for c, _ in cross]), combined,
                             combined[-1][:, :sources].sum(-1), errors)
+
+
+def component_contributions(layer: LayerCapture) -> tuple[np.ndarray, np.ndarray]:
+    """Issue 26's component contributions of one self-attention block, from the definitions: each
+    (head h, source j) term A^h[i, j] v^h_j W_O^h and the residual x_i, read through the block's norm
+    as ALTI reads them (post-LN: centred, times gamma / sigma(x + a); sandwich: the attention terms
+    through the norm at a's statistics), and each one's proximity max(||y_i|| - ||y_i - part||, 0) to
+    the block's output, normalized over a row's parts. Returns ([H, S, S], [S])."""
+    heads, _, seq = layer.probs.shape
+    head_size = layer.out_weight.shape[0] // heads
+    kv_heads = layer.values.shape[1] // head_size
+    per_head = np.repeat(layer.values.reshape(seq, kv_heads, head_size).transpose(1, 0, 2), heads // kv_heads, axis=0)
+    weight = layer.out_weight.reshape(heads, head_size, -1)
+    terms = np.einsum("hij,hjk,hkd->hijd", layer.probs, per_head, weight)  # [H, S_i, S_j, D]
+    bias = np.zeros(weight.shape[-1]) if layer.out_bias is None else layer.out_bias
+    attention = terms.sum((0, 2)) + bias
+    centre = (lambda t: t) if layer.norm_rms else (lambda t: t - t.mean(-1, keepdims=True))
+    kind = layer.block_kind
+    if kind == "post":
+        gamma, _, eps = layer.norm
+        summed = layer.x + attention
+        sigma = np.sqrt((np.square(summed).mean(-1) if layer.norm_rms else summed.var(-1)) + eps)
+        mapped = gamma * centre(terms) / sigma[None, :, None, None]
+        own = gamma * centre(layer.x) / sigma[:, None]
+    elif kind == "sandwich":
+        gamma, _, eps = layer.norm
+        s = np.sqrt((np.square(attention).mean(-1) if layer.norm_rms else attention.var(-1)) + eps)
+        mapped = gamma * centre(terms) / s[None, :, None, None]
+        own = layer.x
+    else:
+        mapped, own = terms, layer.x
+    y = layer.block_output
+    norm_y = np.abs(y).sum(-1)
+    shares = np.maximum(norm_y[None, :, None] - np.abs(y[None, :, None, :] - mapped).sum(-1), 0.0)
+    shares[layer.probs == 0] = 0.0
+    residual = np.maximum(norm_y - np.abs(y - own).sum(-1), 0.0)
+    totals = shares.sum((0, 2)) + residual
+    scale = np.where(totals > 0, totals, 1.0)
+    return shares / scale[None, :, None], residual / scale

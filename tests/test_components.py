@@ -1,12 +1,15 @@
 """Component contributions (issue 26's first step, alti_onnx/decomposition/components.py) against the
-definitions written out with loops, on random blocks of every kind (hypothesis)."""
+definitions written out with loops, on random blocks of every kind (hypothesis), and against the
+float64 reference on the Hugging Face model of every fixture family."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 from alti_onnx.decomposition.components import attention_components, ffn_components
+from tests.fixture_cases import DECODERS, ENCODERS, FIXTURES
 from tests.test_properties import exposed_output, naive_alti, random_case, shapes
 
 
@@ -70,3 +73,36 @@ def test_ffn_components_by_hand():
     shares = ffn_components(stream, after)
     # first row: whole (3, 0): stream 3 - 2 = 1, output 3 - 1 = 2 -> 1/3, 2/3; second: all the stream
     np.testing.assert_allclose(shares, [[1 / 3, 2 / 3], [1.0, 0.0]])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ENCODERS + DECODERS)
+def test_components_match_the_reference(arch, tmp_path):
+    """Every fixture family: the attention components from the ONNX model's block tensors against
+    models.reference_math.component_contributions on the Hugging Face model's float64 captures; and,
+    for pre-LN and sandwich blocks, the feed-forward shares from consecutive layers' inputs."""
+    pytest.importorskip("transformers")
+    import json
+
+    from alti_onnx import Explainer
+    from models.reference import reference_captures
+    from models.reference_math import component_contributions
+    from models.tiny import build_tiny_hf_model, load_saved
+
+    model = load_saved(build_tiny_hf_model(arch, tmp_path / "hf"))
+    folder = FIXTURES / f"tiny-{arch}"
+    text = json.loads((folder / "texts.json").read_text())[1]
+    with Explainer(folder) as explainer:
+        batch = explainer.text_encoder.encode([text])
+        _, tensors = explainer.session.run(batch)
+        encoding = explainer.tokenizer.encode(text)
+        captures, _ = reference_captures(model, encoding.ids, token_type_ids=np.asarray(encoding.type_ids))
+        for layer, (block, found, capture) in enumerate(zip(explainer.blocks, tensors, captures)):
+            got = attention_components(block, found.probs[0], found.values[0], found.residual[0], found.output[0])
+            want_heads, want_residual = component_contributions(capture)
+            np.testing.assert_allclose(got.heads, want_heads, atol=1e-5, err_msg=f"layer {layer}")
+            np.testing.assert_allclose(got.residual, want_residual, atol=1e-5, err_msg=f"layer {layer}")
+            if block.kind in ("pre", "sandwich") and layer + 1 < len(captures):
+                shares = ffn_components(found.output[0], tensors[layer + 1].residual[0])
+                want = ffn_components(capture.block_output, captures[layer + 1].x)
+                np.testing.assert_allclose(shares, want, atol=1e-5, err_msg=f"layer {layer}")
