@@ -106,3 +106,63 @@ def test_components_match_the_reference(arch, tmp_path):
                 shares = ffn_components(found.output[0], tensors[layer + 1].residual[0])
                 want = ffn_components(capture.block_output, captures[layer + 1].x)
                 np.testing.assert_allclose(shares, want, atol=1e-5, err_msg=f"layer {layer}")
+
+
+@pytest.fixture(scope="module")
+def llama_routes():
+    """The tiny Llama's components for one text: every layer's attention, the feed-forward shares of
+    all but the last layer (whose output the stream does not hand over)."""
+    from alti_onnx import Explainer
+
+    with Explainer(FIXTURES / "tiny-llama") as explainer:
+        batch = explainer.text_encoder.encode(["the quick brown fox jumps over the lazy dog"])
+        _, tensors = explainer.session.run(batch)
+        attention = [attention_components(b, t.probs[0], t.values[0], t.residual[0], t.output[0])
+                     for b, t in zip(explainer.blocks, tensors)]
+        ffn = [ffn_components(t.output[0], tensors[layer + 1].residual[0]) for layer, t in enumerate(tensors[:-1])]
+    return attention, ffn + [None]
+
+
+def test_route_graph_weights_and_pruning(llama_routes):
+    from collections import defaultdict
+
+    from alti_onnx.decomposition.routes import prune, route_edges
+
+    attention, ffn = llama_routes
+    layers, size = len(attention), attention[0].residual.shape[0]
+    has_ffn = [shares is not None for shares in ffn]
+    sites = ["ffn" if f else "attention" for f in has_ffn]
+    edges = route_edges(attention, ffn)
+    incoming = defaultdict(float)
+    for edge in edges:
+        incoming[edge.ends(sites)[1]] += edge.weight
+        assert edge.kind != "attention" or edge.source <= edge.target  # causal: nothing from a later position
+    np.testing.assert_allclose(list(incoming.values()), 1.0, atol=1e-9)  # every node's incoming weights
+    target = size - 1
+    final = (sites[-1], layers - 1, target)
+    for threshold, renormalize in ((0.0, False), (0.04, False), (0.04, True), (0.2, True)):
+        graph = prune(edges, layers, has_ffn, target, threshold, renormalize)
+        kept = [edge.ends(sites) for edge in graph.edges]
+        assert all(edge.weight >= threshold for edge in graph.edges) or renormalize
+        into = defaultdict(list)
+        for source, node in kept:
+            into[node].append(source)
+        reached, stack = {final}, [final]  # every kept edge leads on to the prediction's node
+        while stack:
+            for source in into[stack.pop()]:
+                if source is not None and source not in reached:
+                    reached.add(source)
+                    stack.append(source)
+        assert all(node in reached for _, node in kept)
+        assert all(source is None or source in reached for source, _ in kept)
+        if renormalize:
+            totals = defaultdict(float)
+            for edge, (_, node) in zip(graph.edges, kept):
+                totals[node] += edge.weight
+            assert all(total <= 1.0 + 1e-9 for total in totals.values())
+        if threshold == 0.0:  # nothing pruned but what cannot reach the prediction
+            assert final in graph.nodes and ("embedding", None, 0) in graph.nodes
+            assert {e.target for e in graph.edges if e.layer == layers - 1} == {target}
+        record = graph.to_dict()
+        assert record["threshold"] == threshold and len(record["edges"]) == len(graph.edges)
+        assert set(record["edges"][0]) == {"layer", "kind", "head", "source", "target", "weight"}

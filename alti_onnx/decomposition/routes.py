@@ -1,0 +1,139 @@
+"""The route graph of one example (issue 26, second step): the layers' component contributions
+(``components``) as a graph of the residual stream, pruned to the routes that reach the prediction.
+
+Nodes are the stream at each position after each layer's attention and after its feed-forward
+block, and the embeddings; edges carry the component contributions:
+
+- ``attention`` (one per source position and head): the stream before layer l at j -> after its
+  attention at i;
+- ``attention_residual``: before layer l at i -> after its attention at i;
+- ``ffn`` (source None: the block's own output) and ``ffn_residual``: after the attention at i ->
+  after the feed-forward block at i.
+
+Before pruning, each node's incoming weights sum to 1 (or 0 where nothing reaches it). Pruning keeps
+the edges of weight ``threshold`` or more (optionally renormalizing each node's incoming weights),
+then only those on a route from the inputs to the prediction's node.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .components import AttentionComponents
+
+#: The anchor's default threshold (Ferrando & Voita, 2024).
+THRESHOLD = 0.04
+#: A node: (site, layer, position); site "embedding" (layer None), "attention" or "ffn".
+Node = tuple[str, "int | None", int]
+
+
+@dataclass(frozen=True)
+class Edge:
+    layer: int
+    kind: str
+    head: int | None
+    source: int | None
+    target: int
+    weight: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"layer": self.layer, "kind": self.kind, "head": self.head, "source": self.source,
+                "target": self.target, "weight": self.weight}
+
+    def ends(self, sites: list[str]) -> tuple[Node | None, Node]:
+        """The edge's source and target nodes, given each layer's last site (``_stream_site``)."""
+        if self.kind in ("ffn", "ffn_residual"):
+            target = ("ffn", self.layer, self.target)
+            return (None if self.kind == "ffn" else ("attention", self.layer, self.target)), target
+        before = _before(self.layer, sites)
+        return (before[0], before[1], self.source), ("attention", self.layer, self.target)
+
+
+@dataclass(frozen=True)
+class RouteGraph:
+    threshold: float
+    nodes: list[Node]
+    edges: list[Edge]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"threshold": self.threshold,
+                "nodes": [{"site": site, "layer": layer, "position": position} for site, layer, position in self.nodes],
+                "edges": [edge.to_dict() for edge in self.edges]}
+
+
+def route_edges(attention: Sequence[AttentionComponents], ffn: Sequence[np.ndarray | None]) -> list[Edge]:
+    """Every edge of positive weight: per layer its attention components, and its feed-forward shares
+    ([S, 2]: the stream, the block's output) where ``ffn[l]`` is given."""
+    edges = []
+    for layer, found in enumerate(attention):
+        heads, rows, columns = np.nonzero(found.heads)
+        edges += [Edge(layer, "attention", int(h), int(j), int(i), float(found.heads[h, i, j]))
+                  for h, i, j in zip(heads, rows, columns)]
+        edges += [Edge(layer, "attention_residual", None, int(i), int(i), float(w))
+                  for i, w in enumerate(found.residual) if w > 0]
+        shares = ffn[layer] if layer < len(ffn) else None
+        if shares is not None:
+            for i, (stream, output) in enumerate(shares):
+                if stream > 0:
+                    edges.append(Edge(layer, "ffn_residual", None, i, i, float(stream)))
+                if output > 0:
+                    edges.append(Edge(layer, "ffn", None, None, i, float(output)))
+    return edges
+
+
+def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: int,
+          threshold: float = THRESHOLD, renormalize: bool = False) -> RouteGraph:
+    """The edges of weight ``threshold`` or more (renormalized per node on request) that lie on a
+    route from the inputs to the prediction's node: the stream at ``target`` after the last layer."""
+    sites = [_stream_site(layer, has_ffn) for layer in range(layers)]
+    kept = [edge for edge in edges if edge.weight >= threshold]
+    if renormalize:
+        totals: dict[Node, float] = defaultdict(float)
+        for edge in kept:
+            totals[edge.ends(sites)[1]] += edge.weight
+        kept = [Edge(e.layer, e.kind, e.head, e.source, e.target, e.weight / totals[e.ends(sites)[1]]) for e in kept]
+    final: Node = (sites[-1], layers - 1, target)
+    ends = [edge.ends(sites) for edge in kept]
+    into: dict[Node, list[Node | None]] = defaultdict(list)
+    out_of: dict[Node, list[Node]] = defaultdict(list)
+    for source, node in ends:
+        into[node].append(source)
+        if source is not None:
+            out_of[source].append(node)
+    reaches_final = _closure([final], lambda node: [s for s in into[node] if s is not None])
+    starts = [source for source, _ in ends if source is not None and source[0] == "embedding"]
+    starts += [node for source, node in ends if source is None]  # a feed-forward block's own output
+    from_inputs = _closure(starts, lambda node: out_of[node])
+    on_route = [edge for edge, (source, node) in zip(kept, ends)
+                if node in reaches_final and node in from_inputs and (source is None or source in from_inputs)]
+    nodes = sorted({node for edge in on_route for node in edge.ends(sites) if node is not None}, key=_order)
+    return RouteGraph(threshold, nodes, on_route)
+
+
+def _order(node: Node) -> tuple[int, int, int]:
+    site, layer, position = node
+    return (-1 if layer is None else layer, ("embedding", "attention", "ffn").index(site), position)
+
+
+def _stream_site(layer: int, has_ffn: Sequence[bool]) -> str:
+    """The site of the stream after ``layer``: its feed-forward block's, or its attention's."""
+    return "ffn" if layer < len(has_ffn) and has_ffn[layer] else "attention"
+
+
+def _before(layer: int, sites: list[str]) -> tuple[str, int | None]:
+    """The stream before ``layer``: after the previous layer, or the embeddings."""
+    return ("embedding", None) if layer == 0 else (sites[layer - 1], layer - 1)
+
+
+def _closure(starts: list[Node], step) -> set[Node]:
+    seen, stack = set(starts), list(starts)
+    while stack:
+        for nxt in step(stack.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
