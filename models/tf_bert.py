@@ -185,6 +185,8 @@ def record_logit_references(out: Path) -> Path:
         for name, value in logit_references(model, config, np.array(encoding.ids), np.array(encoding.type_ids)).items():
             key, k = name.rsplit("_", 1)
             arrays[f"{key}_{t}_{k}"] = value
+    # the queries travel with their answers (a foil of -1: none), so the test needs no copy of them
+    arrays["queries"] = np.array([(target, -1 if foil is None else foil) for target, foil in LOGIT_QUERIES])
     path = folder / "expected_logit.npz"
     np.savez_compressed(path, **arrays)
     return path

@@ -162,7 +162,8 @@ def _prepared(tokenizer, case: EvidenceCase, limit: int | None = None) -> _Case 
     encoding = tokenizer.encode(case.prefix)
     if limit is not None and len(encoding.ids) + 1 > limit:
         return None
-    good, bad = (_next_token(tokenizer, case.prefix, encoding.ids, word) for word in (case.good, case.bad))
+    own = [token for token, mark in zip(encoding.ids, encoding.special_tokens_mask) if not mark]
+    good, bad = (_next_token(tokenizer, case.prefix, own, word) for word in (case.good, case.bad))
     if good is None or bad is None or good == bad:
         return None
     spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(evidence)}(?!\w)", case.prefix)]
@@ -175,14 +176,13 @@ def _prepared(tokenizer, case: EvidenceCase, limit: int | None = None) -> _Case 
     return _Case(case.phenomenon, case.prefix, list(encoding.ids), good, bad, positions, candidates)
 
 
-def _next_token(tokenizer, prefix: str, prefix_ids: list[int], word: str) -> int | None:
-    """The first token of `` word`` after ``prefix``, as the tokenizer encodes the two together (None
-    when the prefix's own tokens change, or nothing follows them). Special tokens a template appends
-    (a classifier's [SEP]) are left out: the causal models this explains prepend theirs."""
+def _next_token(tokenizer, prefix: str, head: list[int], word: str) -> int | None:
+    """The first token of `` word`` after ``prefix`` (whose tokens, specials left out, are ``head``),
+    as the tokenizer encodes the two together (None when the prefix's own tokens change, or nothing
+    follows them). Special tokens a template appends (a classifier's [SEP]) are left out: the causal
+    models this explains prepend theirs."""
     together = tokenizer.encode(prefix + " " + word.strip())
-    special = together.special_tokens_mask
-    ids = [token for token, mark in zip(together.ids, special) if not mark]
-    head = [token for token, mark in zip(prefix_ids, tokenizer.encode(prefix).special_tokens_mask) if not mark]
+    ids = [token for token, mark in zip(together.ids, together.special_tokens_mask) if not mark]
     if ids[:len(head)] != head or len(ids) == len(head):
         return None
     return int(ids[len(head)])

@@ -64,6 +64,10 @@ class LogitDecomposer:
             if head < len(self.blocks):
                 raise InputError("this decoder's graph has no head after its last attention block to decompose")
             self.head = read_segment(prepared.segments[head])
+            self.head_nodes = [Node(n.op, n.inputs, n.outputs, n.attributes, HEAD) for n in self.head.nodes]
+            #: the head read linearly and its last residual sum: made on the first run, then reused
+            self.head_graph: LinearizedGraph | None = None
+            self.head_sum: Node | None = None
             options = session_options()  # the head's weights are read from the prepared entry, as its segments' are
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(prepared.weights_dir))
@@ -92,8 +96,8 @@ class LogitDecomposer:
 
     # ------------------------------------------------------------------ which logit
     def resolve(self, query: LogitQuery, logits: np.ndarray) -> tuple[LogitItem, LogitItem | None]:
-        """The target (default: the argmax of ``logits``, one row) and foil as classes or tokens."""
-        self.require_fits(query)
+        """The target (default: the argmax of ``logits``, one row) and foil as classes or tokens, for a
+        query ``require_fits`` accepted (the explainer asks before the run)."""
         width = int(np.shape(logits)[-1])
         target = self._item(query.target, "target", width) if query.target is not None \
             else self._named(int(np.argmax(logits)))
@@ -247,13 +251,17 @@ class LogitDecomposer:
     def _alti_logit(self, run: LogitRun, logits: np.ndarray, wanted: list, contributions: list) -> list[LogitParts]:
         head_values, at = self._run_head(run, logits)
         values = SegmentValues([self.head], self.prepared.weights_dir, head_values, self.loaded)
-        nodes = [Node(n.op, n.inputs, n.outputs, n.attributes, HEAD) for n in self.head.nodes]
-        sources = [name for name in self.prepared.segments[-1].inputs
-                   if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
-        graph = LinearizedGraph(nodes, sources, values)
-        last = last_residual_sum(nodes, graph.live)
-        if last is None:
-            raise LinearizationError("no residual sum before the decoder's head: the final residual stream is not found")
+        if self.head_graph is None:
+            sources = [name for name in self.prepared.segments[-1].inputs
+                       if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
+            graph = LinearizedGraph(self.head_nodes, sources, values)
+            last = last_residual_sum(self.head_nodes, graph.live)
+            if last is None:
+                raise LinearizationError("no residual sum before the decoder's head: the final residual stream is "
+                                         "not found")
+            self.head_graph, self.head_sum = graph, last
+        graph, last = self.head_graph, self.head_sum
+        graph.value = values
         seed = self._seed(np.shape(head_values[LOGITS]), wanted, at)
         sweep = graph.sweep({LOGITS: seed}, rows=len(wanted), stop_at=lambda node: node is last)
         final = last.outputs[0]
