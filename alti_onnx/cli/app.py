@@ -64,6 +64,12 @@ FoilOption = Annotated[Optional[str], typer.Option(
     "--foil", help="the contrast: a class or token whose logit is subtracted everywhere (implies --logit)")]
 PerHeadOption = Annotated[bool, typer.Option("--per-head", help="language model: keep ALTI-Logit's per-head terms in "
                                              "--json (implies --logit)")]
+RoutesOption = Annotated[bool, typer.Option("--routes", help="also the routes to the prediction through heads and "
+                                            "feed-forward blocks (docs/routes.md)")]
+ThresholdOption = Annotated[Optional[float], typer.Option(
+    "--threshold", help="routes: the smallest edge weight kept (default 0.04; 0 keeps every edge; implies --routes)")]
+RenormalizeOption = Annotated[bool, typer.Option(
+    "--renormalize", help="routes: rescale each node's kept incoming weights to sum to 1 (implies --routes)")]
 
 
 @contextmanager
@@ -202,6 +208,9 @@ def explain(
     target_token: TargetTokenOption = None,
     foil: FoilOption = None,
     per_head: PerHeadOption = False,
+    routes: RoutesOption = False,
+    threshold: ThresholdOption = None,
+    renormalize: RenormalizeOption = False,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -209,7 +218,8 @@ def explain(
     token; that prediction and its probability are printed too. Only the target's row is carried
     through the layers unless --json (without --attribution-only), --html or --png needs them all.
     With --logit, also the logit of a class or next token (or its difference from --foil's) as one
-    signed part per token plus named parts (docs/logit.md).
+    signed part per token plus named parts (docs/logit.md). With --routes, also the routes to the
+    prediction through heads and feed-forward blocks, pruned at --threshold (docs/routes.md).
     """
     with user_errors():
         if attribution_only and (html_path is not None or png_path is not None):
@@ -223,8 +233,12 @@ def explain(
             if not isinstance(target, int):
                 raise InputError("--logit on a language model reads the next token at one position: --target N")
             query = replace(query, position=target)  # a decoder's --target is where the next token is read
+        extra = {} if query is None else {"logit": query}
+        route_query = _route_query(explainer, routes, threshold, renormalize, target)
+        if route_query is not None:
+            extra["routes"] = route_query
         explanation = explainer.explain(text, target_text, full=full, targets=None if target is None else [target],
-                                        max_new_tokens=max_new_tokens, **({} if query is None else {"logit": query}))
+                                        max_new_tokens=max_new_tokens, **extra)
         if target is None and explanation.default_target == "mean":
             out.print(escape(f"target: the mean of all {len(explanation.tokens)} tokens (the model is mean-pooled: "
                              f"{explainer.pooling.source.relative_to(explainer.files.folder)}; --target 0 for the "
@@ -244,6 +258,8 @@ def explain(
     print_table(view)
     if getattr(explanation, "logit", None) is not None:
         print_table(explanation.logit.table(list(explanation.tokens)))
+    if getattr(explanation, "routes", None) is not None:
+        print_table(explanation.routes.table(list(explanation.tokens)))
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
     for path in written:
@@ -269,6 +285,21 @@ def _logit_query(explainer, logit: bool, class_: Optional[str], target_token: Op
         raise InputError("--per-head is for language models (ALTI-Logit's per-layer terms, by head)")
     kind = "class" if class_ is not None else "token" if target_token is not None else None
     return LogitQuery(target=class_ if class_ is not None else target_token, foil=foil, per_head=per_head, kind=kind)
+
+
+def _route_query(explainer, routes: bool, threshold: Optional[float], renormalize: bool, target):
+    """The RouteQuery the options ask for (--threshold and --renormalize imply --routes), None without
+    them; the prediction's position is --target's where one position is given."""
+    if not (routes or threshold is not None or renormalize):
+        return None
+    if not hasattr(explainer, "routes"):
+        raise InputError("--routes explains models in one graph (encoders, decoders, classifiers); an "
+                         "encoder-decoder's routes are not traced yet")
+    from alti_onnx.decomposition.routes import THRESHOLD
+    from alti_onnx.results.routes import RouteQuery
+
+    return RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
+                      position=target if isinstance(target, int) else None)
 
 
 def _logit_fields(explainer, logit: bool, class_: Optional[str], target_token: Optional[str], foil: Optional[str],

@@ -24,7 +24,7 @@ import numpy as np
 
 from graph_rewrites import AttentionBlock
 
-from .contributions import block_terms, normalize_rows
+from .contributions import block_terms, normalize_rows, values_per_head
 from .distances import manhattan_distances
 
 
@@ -38,30 +38,47 @@ class AttentionComponents:
 
 
 def attention_components(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray,
-                         block_output: np.ndarray, dtype: type = np.float64) -> AttentionComponents:
+                         block_output: np.ndarray, dtype: type = np.float64,
+                         rows: np.ndarray | None = None) -> AttentionComponents:
     """The component contributions of one self-attention block for one unpadded example ([H, S, S],
-    [H_kv, S, dh], [S, D], [S, D] as ``layer_contributions`` takes them)."""
+    [H_kv, S, dh], [S, D], [S, D] as ``layer_contributions`` takes them): of every receiving
+    position, or of ``rows`` only (``heads`` is then [H, len(rows), S], ``residual`` [len(rows)]).
+    A row's shares depend on that row alone, so a subset costs its share of the work."""
     probs = np.asarray(probs)
-    heads, size, _ = probs.shape
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.intp)
+        probs, residual, block_output = probs[:, rows], np.asarray(residual)[rows], np.asarray(block_output)[rows]
+    heads, size, sources = probs.shape
     terms = block_terms(block, probs, values, residual, block_output, dtype, [(0, size)])
     target = np.ascontiguousarray(terms.target.astype(dtype))
     scale = terms.scale
     own = terms.y_norms
-    zero = np.zeros((size, block.hidden_size), dtype=dtype)  # the residual is a part of its own
-    raw = np.empty((size, heads * size + 1))
+    zero = np.zeros((sources, block.hidden_size), dtype=dtype)  # the residual is a part of its own
+    raw = np.empty((size, heads * sources + 1))
     with np.errstate(all="ignore"):
         for h in range(heads):
-            distance = np.empty((size, size), dtype=dtype)
+            distance = np.empty((size, sources), dtype=dtype)
             manhattan_distances(np.ascontiguousarray(probs[h:h + 1], dtype=dtype),
                                 np.ascontiguousarray(terms.vectors[:, h:h + 1]), zero, target, distance)
             shares = own[:, None] - distance / scale[:, None]
             shares[probs[h] == 0] = 0.0  # no term where the head does not attend (causal masks)
-            raw[:, h * size:(h + 1) * size] = shares
+            raw[:, h * sources:(h + 1) * sources] = shares
         to_residual = np.abs(terms.target - terms.residual_vectors).sum(-1)
         raw[:, -1] = own - to_residual / scale
         raw[raw <= 8 * np.finfo(dtype).eps * own[:, None]] = 0.0  # rounding noise is no contribution
     shares = normalize_rows(raw)
-    return AttentionComponents(shares[:, :-1].reshape(size, heads, size).transpose(1, 0, 2), shares[:, -1])
+    return AttentionComponents(shares[:, :-1].reshape(size, heads, sources).transpose(1, 0, 2), shares[:, -1])
+
+
+def head_vectors(block: AttentionBlock, probs_row: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[H, D]: each head's term in the attention output of one position i, ``sum_j A^h[i, j] v^h_j W_O^h``
+    (no bias, no norm), from that position's attention ``probs_row`` [H, S]: what a head's logit lens reads."""
+    probs_row = np.asarray(probs_row, dtype=np.float64)
+    heads = probs_row.shape[0]
+    per_head = values_per_head(np.asarray(values, dtype=np.float64), heads)  # [H, S, dh]
+    context = np.einsum("hj,hjd->hd", probs_row, per_head)
+    weight = np.asarray(block.out_proj_weight, dtype=np.float64).reshape(heads, per_head.shape[-1], -1)
+    return np.einsum("hd,hdo->ho", context, weight)
 
 
 def ffn_components(block_input: np.ndarray, next_input: np.ndarray) -> np.ndarray:

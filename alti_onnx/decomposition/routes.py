@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -85,10 +86,61 @@ def route_edges(attention: Sequence[AttentionComponents], ffn: Sequence[np.ndarr
     return edges
 
 
-def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: int,
+class RouteLayer(Protocol):
+    """What ``trace`` asks of one layer: its components for some receiving positions."""
+
+    #: whether the stream after this layer's feed-forward block is a node (else the layer ends at its attention)
+    has_ffn: bool
+
+    def attention(self, rows: np.ndarray) -> AttentionComponents:
+        """The attention components of the positions ``rows`` (heads [H, R, S], residual [R])."""
+
+    def ffn(self, rows: np.ndarray) -> np.ndarray:
+        """[R, 2]: the shares of the stream and of the feed-forward block's output at ``rows``."""
+
+
+def trace(layers: Sequence[RouteLayer], target: int | Sequence[int], threshold: float = THRESHOLD,
+          renormalize: bool = False) -> RouteGraph:
+    """The pruned route graph, computing only the rows that can reach the prediction: from the last
+    layer down, the components of the positions whose node an edge of weight ``threshold`` or more
+    already reaches. The same graph as ``prune(route_edges(every row))``, since a node's incoming
+    weights (and their renormalization) depend on its own row alone; at a threshold above 0 it
+    costs a few rows per layer instead of S."""
+    has_ffn = [layer.has_ffn for layer in layers]
+    edges: list[Edge] = []
+    needed = set(_targets(target))  # positions whose stream node after the current layer is on a route
+    for number in reversed(range(len(layers))):
+        layer = layers[number]
+        if has_ffn[number]:
+            rows = np.array(sorted(needed), dtype=np.intp)
+            needed = set()
+            for i, (stream, output) in zip(rows.tolist(), layer.ffn(rows)):
+                if output > 0 and output >= threshold:
+                    edges.append(Edge(number, "ffn", None, None, i, float(output)))
+                if stream > 0 and stream >= threshold:
+                    edges.append(Edge(number, "ffn_residual", None, i, i, float(stream)))
+                    needed.add(i)
+        rows = np.array(sorted(needed), dtype=np.intp)
+        needed = set()
+        if not len(rows):
+            break
+        found = layer.attention(rows)
+        heads, at, sources = np.nonzero((found.heads > 0) & (found.heads >= threshold))
+        edges += [Edge(number, "attention", int(h), int(j), int(rows[r]), float(found.heads[h, r, j]))
+                  for h, r, j in zip(heads, at, sources)]
+        needed.update(int(j) for j in sources)
+        for i, weight in zip(rows.tolist(), found.residual):
+            if weight > 0 and weight >= threshold:
+                edges.append(Edge(number, "attention_residual", None, i, i, float(weight)))
+                needed.add(i)
+    return prune(edges, len(layers), has_ffn, target, threshold, renormalize)
+
+
+def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: int | Sequence[int],
           threshold: float = THRESHOLD, renormalize: bool = False) -> RouteGraph:
     """The edges of weight ``threshold`` or more (renormalized per node on request) that lie on a
-    route from the inputs to the prediction's node: the stream at ``target`` after the last layer."""
+    route from the inputs to the prediction's node: the stream at ``target`` after the last layer
+    (several positions: a mean-pooled encoder's prediction reads them all)."""
     sites = [_stream_site(layer, has_ffn) for layer in range(layers)]
     kept = [edge for edge in edges if edge.weight >= threshold]
     if renormalize:
@@ -96,7 +148,7 @@ def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: i
         for edge in kept:
             totals[edge.ends(sites)[1]] += edge.weight
         kept = [Edge(e.layer, e.kind, e.head, e.source, e.target, e.weight / totals[e.ends(sites)[1]]) for e in kept]
-    final: Node = (sites[-1], layers - 1, target)
+    finals: list[Node] = [(sites[-1], layers - 1, t) for t in _targets(target)]
     ends = [edge.ends(sites) for edge in kept]
     into: dict[Node, list[Node | None]] = defaultdict(list)
     out_of: dict[Node, list[Node]] = defaultdict(list)
@@ -104,7 +156,7 @@ def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: i
         into[node].append(source)
         if source is not None:
             out_of[source].append(node)
-    reaches_final = _closure([final], lambda node: [s for s in into[node] if s is not None])
+    reaches_final = _closure(finals, lambda node: [s for s in into[node] if s is not None])
     starts = [source for source, _ in ends if source is not None and source[0] == "embedding"]
     starts += [node for source, node in ends if source is None]  # a feed-forward block's own output
     from_inputs = _closure(starts, lambda node: out_of[node])
@@ -112,6 +164,10 @@ def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: i
                 if node in reaches_final and node in from_inputs and (source is None or source in from_inputs)]
     nodes = sorted({node for edge in on_route for node in edge.ends(sites) if node is not None}, key=_order)
     return RouteGraph(threshold, nodes, on_route)
+
+
+def _targets(target: int | Sequence[int]) -> list[int]:
+    return [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
 
 
 def _order(node: Node) -> tuple[int, int, int]:

@@ -55,6 +55,10 @@ class LogitDecomposer:
         self.tokenizer = tokenizer
         self.decoder = bool(causal)
         self.loaded: dict[str, np.ndarray] = {}  # the graph's constants and weights, read on the first sweep
+        self.providers = providers
+        self.lens_session = None  # the logit lens (the head from its final residual on), made on first use
+        self.lens_inputs: list[str] = []
+        self.lens_rank, self.lens_dtype = 3, np.dtype(np.float32)
         head = len(prepared.segments) - 1
         if self.decoder:
             unfit = [b.layer for b in self.blocks if b.kind not in ADDITIVE_KINDS]
@@ -251,17 +255,7 @@ class LogitDecomposer:
     def _alti_logit(self, run: LogitRun, logits: np.ndarray, wanted: list, contributions: list) -> list[LogitParts]:
         head_values, at = self._run_head(run, logits)
         values = SegmentValues([self.head], self.prepared.weights_dir, head_values, self.loaded)
-        if self.head_graph is None:
-            sources = [name for name in self.prepared.segments[-1].inputs
-                       if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
-            graph = LinearizedGraph(self.head_nodes, sources, values)
-            last = last_residual_sum(self.head_nodes, graph.live)
-            if last is None:
-                raise LinearizationError("no residual sum before the decoder's head: the final residual stream is "
-                                         "not found")
-            self.head_graph, self.head_sum = graph, last
-        graph, last = self.head_graph, self.head_sum
-        graph.value = values
+        graph, last = self._head_reading(values, head_values)
         seed = self._seed(np.shape(head_values[LOGITS]), wanted, at)
         sweep = graph.sweep({LOGITS: seed}, rows=len(wanted), stop_at=lambda node: node is last)
         final = last.outputs[0]
@@ -279,6 +273,82 @@ class LogitDecomposer:
                                     float(sweep.parts.get(HEAD, np.zeros(len(wanted)))[row]), value, scale,
                                     contributions[row]))
         return found
+
+    def _head_reading(self, values: SegmentValues, head_values: dict[str, np.ndarray]) -> tuple[LinearizedGraph, Node]:
+        """The head read linearly and its last residual sum (made on the first run, then reused),
+        reading ``values``."""
+        if self.head_graph is None:
+            sources = [name for name in self.prepared.segments[-1].inputs
+                       if np.issubdtype(np.asarray(head_values[name]).dtype, np.floating)]
+            graph = LinearizedGraph(self.head_nodes, sources, values)
+            last = last_residual_sum(self.head_nodes, graph.live)
+            if last is None:
+                raise LinearizationError("no residual sum before the decoder's head: the final residual stream is "
+                                         "not found")
+            self.head_graph, self.head_sum = graph, last
+        self.head_graph.value = values
+        return self.head_graph, self.head_sum
+
+    def final_residual(self, collected: dict[str, np.ndarray], positions: list[int],
+                       logits: np.ndarray) -> np.ndarray:
+        """[B, D]: the final residual stream (the input of the final norm) at each row's position,
+        from the head run again on those positions."""
+        run = LogitRun(positions, positions, [], collected)
+        head_values, at = self._run_head(run, logits)
+        values = SegmentValues([self.head], self.prepared.weights_dir, head_values, self.loaded)
+        _, last = self._head_reading(values, head_values)
+        batch, length = np.shape(head_values[LOGITS])[:2]
+        found = np.asarray(head_values[last.outputs[0]])
+        self.lens_rank, self.lens_dtype = found.ndim, found.dtype  # [B, S, D], or [B*S, D] (flattened positions)
+        final = found.astype(np.float64)
+        return final.reshape(batch, length, -1)[np.arange(batch), at]
+
+    def lens(self, vectors: np.ndarray, collected: dict[str, np.ndarray], batch: int, length: int) -> np.ndarray:
+        """[N, V]: the logit lens of residual-stream vectors [N, D]: the model's own final norm and
+        unembedding (the head from its final residual on) applied to each vector. The head may read
+        the run's shapes from its other inputs (GPT-2 reshapes to its input's), so the vectors go in
+        as the run's first row, ``length`` positions at a time (``collected``: the head's inputs, of a
+        run of ``batch`` rows)."""
+        if self.head_sum is None:
+            raise LinearizationError("the logit lens needs the head's final residual, found on a first run")
+        final = self.head_sum.outputs[0]
+        if self.lens_session is None:
+            self.lens_session, self.lens_inputs = self._lens_session(final)
+        extra = {name: _first_row(np.asarray(collected[name]), batch) for name in self.lens_inputs}
+        vectors = np.asarray(vectors, dtype=self.lens_dtype)
+        found = []
+        for start in range(0, len(vectors), length):
+            chunk = vectors[start:start + length]
+            feed = np.zeros((length, vectors.shape[-1]), dtype=self.lens_dtype)
+            feed[:len(chunk)] = chunk
+            try:
+                logits = self.lens_session.run([LOGITS], {final: feed[None] if self.lens_rank == 3 else feed,
+                                                          **extra})[0]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+                raise LinearizationError(f"the logit lens did not run: {str(exc).splitlines()[0]}") from None
+            found.append(np.asarray(logits, dtype=np.float64).reshape(length, -1)[:len(chunk)])
+        return np.concatenate(found)
+
+    def _lens_session(self, final: str):
+        """The head from ``final`` to the logits, and the head's other inputs it still reads (for shapes)."""
+        import onnx
+        import onnx.utils
+
+        model = onnx.load(str(self.prepared.segments[-1].path), load_external_data=False)
+        if final not in {v.name for v in (*model.graph.value_info, *model.graph.input)}:  # the extractor needs its type
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+                final, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(self.lens_dtype)), None))
+        others = [v.name for v in model.graph.input]
+        lens = onnx.utils.Extractor(model).extract_model([final, *others], [LOGITS])
+        read = {name for node in lens.graph.node for name in node.input}
+        kept = [v for v in lens.graph.input if v.name == final or v.name in read]
+        del lens.graph.input[:]
+        lens.graph.input.extend(kept)
+        options = session_options()
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(self.prepared.weights_dir))
+        session = open_session(lens.SerializeToString(), self.providers, options, what="the logit lens")
+        return session, [v.name for v in kept if v.name != final]
 
     def _run_head(self, run: LogitRun, logits: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
         """The head again, every tensor exposed, and where each row's target position is in its
@@ -307,6 +377,11 @@ class LogitDecomposer:
         except Exception as exc:  # noqa: BLE001
             raise LinearizationError(f"the decoder's head did not run again: {str(exc).splitlines()[0]}") from None
         return {**feeds, **results}, [int(p) for p in picks]
+
+
+def _first_row(value: np.ndarray, batch: int) -> np.ndarray:
+    """The first row of a batched tensor of the run (others, scalars and shapes, as they are)."""
+    return value[:1] if value.ndim and value.shape[0] == batch else value
 
 
 class _Reading:

@@ -27,11 +27,13 @@ from alti_onnx.layouts.base import (
     check_tokenizer_fits,
     require_texts,
 )
-from alti_onnx.layouts.logit import LogitDecomposer, LogitRun
+from alti_onnx.layouts.logit import LOGITS, LogitDecomposer, LogitRun
+from alti_onnx.layouts.routes import RouteRecorder
 from alti_onnx.results.explanation import Explanation
 from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
 from alti_onnx.results.record import MEAN, Target
+from alti_onnx.results.routes import RouteExplanation, RouteQuery
 from alti_onnx.runtime.pooling import Pooling, declared_pooling
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
@@ -106,7 +108,8 @@ class SingleGraphExplainer(Explainer):
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
                 baselines: bool = False, max_new_tokens: int = 32,
-                logit: LogitQuery | Sequence[LogitQuery] | None = None) -> Explanation | list[Explanation]:
+                logit: LogitQuery | Sequence[LogitQuery] | None = None,
+                routes: RouteQuery | Sequence[RouteQuery] | None = None) -> Explanation | list[Explanation]:
         """Explain one text, or a list of texts run as one padded batch (``Explainer.explain``).
 
         With ``full=False`` only the attributions of ``targets`` (default: the default target) are
@@ -115,35 +118,50 @@ class SingleGraphExplainer(Explainer):
         is a token position or "mean" (the average of every position: the default for a model whose
         files declare mean pooling, as sentence-transformers models do). With ``logit`` each
         explanation also holds the decomposition of that logit (``Explanation.logit``, docs/logit.md);
-        a list gives one query per text.
+        a list gives one query per text. With ``routes`` each also holds the routes to its prediction
+        (``Explanation.routes``, docs/routes.md).
         """
         self.require_open()
         self.require_no_target_text(target_text)
         texts = require_texts(text)
         logit = _queries(logit, len(texts))
         explanations = self.explain_batch(self.text_encoder.encode(texts), check=check, baselines=baselines, full=full,
-                                          targets=None if targets is None else list(targets), logit=logit)
+                                          targets=None if targets is None else list(targets), logit=logit,
+                                          routes=_queries(routes, len(texts), RouteQuery))
         return explanations[0] if isinstance(text, str) else explanations
 
+    def routes(self, text: str | Sequence[str],
+               query: RouteQuery | Sequence[RouteQuery] = RouteQuery()) -> RouteExplanation | list[RouteExplanation]:
+        """The routes to the prediction alone (docs/routes.md): one run of the model, no ALTI, only the
+        rows on a route decomposed: what long prompts need."""
+        self.require_open()
+        texts = require_texts(text)
+        found = self.explain_batch(self.text_encoder.encode(texts), full=False, routes=_queries(query, len(texts),
+                                                                                             RouteQuery), alti=False)
+        routes = [explanation.routes for explanation in found]
+        return routes[0] if isinstance(text, str) else routes
+
     def explain_batch(self, batch: Batch, check: bool = True, baselines: bool = False, full: bool = True,
-                      targets: list[int | str] | None = None,
-                      logit: list[LogitQuery] | None = None) -> list[Explanation]:
+                      targets: list[int | str] | None = None, logit: list[LogitQuery] | None = None,
+                      routes: list[RouteQuery] | None = None, alti: bool = True) -> list[Explanation]:
         """Explain a tokenized, right-padded batch in one onnxruntime run (one per length when the
         model takes no attention mask: it would attend to the padding)."""
         lengths = batch.lengths
         if self.session.inputs.has_mask or len(set(lengths)) <= 1:
-            return self._explain_run(batch, check, baselines, full, targets, logit)
+            return self._explain_run(batch, check, baselines, full, targets, logit, routes, alti)
         explanations: list[Explanation | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             rows = [row for row, n in enumerate(lengths) if n == length]
             queries = None if logit is None else [logit[row] for row in rows]
+            wanted = None if routes is None else [routes[row] for row in rows]
             for row, explanation in zip(rows, self._explain_run(batch.rows(rows), check, baselines, full, targets,
-                                                                queries)):
+                                                                queries, wanted, alti)):
                 explanations[row] = explanation
         return explanations  # type: ignore[return-value]
 
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
-                     targets: list[int | str] | None, logit: list[LogitQuery] | None = None) -> list[Explanation]:
+                     targets: list[int | str] | None, logit: list[LogitQuery] | None = None,
+                     routes: list[RouteQuery] | None = None, alti: bool = True) -> list[Explanation]:
         """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
         at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
         with whole layers while long ones hold one layer at a time."""
@@ -157,6 +175,9 @@ class SingleGraphExplainer(Explainer):
         for query in logit or []:
             decomposer.require_fits(query)
         logit_run = None if decomposer is None else self._logit_run(batch, kept, logit)
+        recorder = None if routes is None else RouteRecorder(self.blocks, kept, routes)
+        head = self._route_head() if routes is not None else None
+        collected: dict[str, np.ndarray] = {} if logit_run is None else logit_run.collected
 
         def decompose_pending() -> None:
             nonlocal causal
@@ -180,21 +201,63 @@ class SingleGraphExplainer(Explainer):
                     logit_run.layers[row].append(capture_layer(
                         self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
                         tensors.residual[row][keep], tensors.output[row][keep], logit_run.token_positions[row]))
+            if recorder is not None:
+                recorder.on_block(layer, tensors)
+            if not alti:
+                return
             pending.append((layer, tensors))
             if sum(t.probs.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
                 decompose_pending()
 
         try:
-            outputs = self._run(batch, on_block, decomposer, logit_run)
+            outputs = self._run(batch, on_block, decomposer, logit_run, collected if head is not None else None)
+            if not alti:
+                causal = bool(self.causal) if self.causal is not None else _causal_from_recorder(recorder)
             logits: list[LogitExplanation | None] = [None] * len(kept)
             if decomposer is not None:
                 times = [_times_contributions(layers[row], None if stores is None else stores[row]) for row in rows]
                 logits = decomposer.decompose(logit, logit_run, outputs, kept, times, check)
+            found = [None] * len(kept) if recorder is None else \
+                self._routes(recorder, batch, outputs, collected, head, causal)
+            if not alti:
+                return [_routes_only(batch, row, kept[row], found[row]) for row in rows]
             return [self._explanation(batch, row, kept[row], outputs, layers[row], causal,
-                                      None if stores is None else stores[row], targets, logits[row]) for row in rows]
+                                      None if stores is None else stores[row], targets, logits[row], found[row])
+                    for row in rows]
         finally:
             for store in stores or []:
                 store.close()
+            if recorder is not None:
+                recorder.close()
+
+    def _route_head(self) -> LogitDecomposer | None:
+        """A language model's head (the last feed-forward block's share, the logit lens), or None."""
+        if not self.causal or LOGITS not in self.prepared.graph_outputs or \
+                len(self.prepared.segments) <= len(self.blocks) or \
+                any(block.kind == "post" for block in self.blocks):
+            return None
+        return self.logit_decomposer()
+
+    def _routes(self, recorder: RouteRecorder, batch: Batch, outputs: dict[str, np.ndarray],
+                collected: dict[str, np.ndarray], head: LogitDecomposer | None,
+                causal: bool | None) -> list[RouteExplanation]:
+        rows = range(len(recorder.kept))
+        defaults: list[int | str] = [len(batch.tokens[row]) - 1 if causal else MEAN if self.mean_pooled else 0
+                                     for row in rows]
+        positions = [recorder.positions(row, defaults[row]) for row in rows]
+        finals: list[np.ndarray | None] = [None] * len(positions)
+        if head is not None and causal:  # the final residual at each row's prediction, from one run of the head
+            padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]])
+                      for keep, at in zip(recorder.kept, positions)]
+            finals = list(head.final_residual(collected, padded, np.asarray(outputs[LOGITS], dtype=np.float64)))
+        lens = None
+        if head is not None and causal:
+            def lens(vectors: np.ndarray) -> np.ndarray:
+                return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1])
+        found = []
+        for row in rows:
+            found.append(recorder.explain(row, positions[row], finals[row], lens, self._decode))
+        return found
 
     def _logit_run(self, batch: Batch, kept: list, logit: list[LogitQuery]) -> LogitRun:
         """Where each row's logit is read: its last real token, or its query's ``position`` among its tokens."""
@@ -210,8 +273,10 @@ class SingleGraphExplainer(Explainer):
         return LogitRun(positions, token_positions, [[] for _ in kept], {})
 
     def _run(self, batch: Batch, on_block, decomposer: LogitDecomposer | None = None,
-             logit_run: LogitRun | None = None) -> dict[str, np.ndarray]:
+             logit_run: LogitRun | None = None, collected: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         try:
+            if decomposer is None and collected is not None:  # the head's inputs, for the routes' last layer
+                return self.session.stream(batch, on_block, collected, [len(self.prepared.segments) - 1])
             if decomposer is None:
                 return self.session.stream(batch, on_block)
             if decomposer.session is not None:  # the whole model read linearly: what its sweep reads exposed
@@ -262,6 +327,7 @@ class SingleGraphExplainer(Explainer):
         store: LayerStore | None,
         targets: list[int | str] | None,
         logit: LogitExplanation | None = None,
+        routes: RouteExplanation | None = None,
     ) -> Explanation:
         causal = bool(causal)
         size = len(batch.tokens[row])
@@ -280,6 +346,7 @@ class SingleGraphExplainer(Explainer):
             prediction=None if causal else classify(row_outputs, self.labels),
             next_token=next_token(row_outputs, last, self._decode) if causal else None,
             logit=logit,
+            routes=routes,
         )
         if store is not None:
             wanted = [default_target] if targets is None else list(targets)
@@ -304,14 +371,29 @@ class SingleGraphExplainer(Explainer):
         check_layer(f"layer {layer}", computed, tokens, self.self_check_tolerance, self.int8)
 
 
-def _queries(logit: LogitQuery | Sequence[LogitQuery] | None, count: int) -> list[LogitQuery] | None:
-    """One logit query per text (the same one for all, or one each)."""
-    if logit is None or isinstance(logit, LogitQuery):
-        return None if logit is None else [logit] * count
-    queries = list(logit)
-    if len(queries) != count or not all(isinstance(q, LogitQuery) for q in queries):
-        raise InputError(f"logit takes one LogitQuery, or one per text ({count}); got {len(queries)} items")
+def _queries(given, count: int, kind: type = LogitQuery) -> list | None:
+    """One query per text (the same one for all, or one each): ``LogitQuery`` or ``RouteQuery``."""
+    if given is None or isinstance(given, kind):
+        return None if given is None else [given] * count
+    queries = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else [given]
+    if len(queries) != count or not all(isinstance(q, kind) for q in queries):
+        raise InputError(f"{'logit' if kind is LogitQuery else 'routes'} takes one {kind.__name__}, or one per text "
+                         f"({count}); got {given!r:.80}")
     return queries
+
+
+def _routes_only(batch: Batch, row: int, keep, routes: RouteExplanation) -> Explanation:
+    """An explanation holding only its routes (``Explainer.routes``: no ALTI was computed)."""
+    return Explanation(tokens=batch.tokens[row], input_ids=[int(i) for i in batch.input_ids[row, keep]],
+                       contributions=None, rollout=None, reconstruction_error=np.zeros(0), routes=routes)
+
+
+def _causal_from_recorder(recorder: RouteRecorder) -> bool:
+    """Whether the first layer's attention is causal, from the kept probabilities (no ALTI ran to tell)."""
+    kept = [slice(None)] * len(recorder.kept)
+    first = [store.rows(0, np.arange(len(tensors[0][1])))[None] for store, tensors in
+             zip(recorder.stores, recorder.tensors)]
+    return any(_causal_attention(probs, kept[:1]) for probs in first)
 
 
 def _times_contributions(layers: list[LayerContributions], store: LayerStore | None):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import ExplanationBase, TableView
 from .logit import LogitExplanation
+from .routes import RouteExplanation
 from .prediction import Prediction
 from .record import MEAN, RECORD_VERSION, Target, target_json
 from .words import WordExplanation, group_words, words_matrix, words_vector
@@ -48,6 +49,8 @@ class Explanation(ExplanationBase):
     text: str | None = field(default=None, repr=False)
     #: the decomposition of a class's or next token's logit, when asked for (docs/logit.md)
     logit: LogitExplanation | None = field(default=None, repr=False)
+    #: the routes to the prediction through heads and feed-forward blocks, when asked for (docs/routes.md)
+    routes: RouteExplanation | None = field(default=None, repr=False)
 
     layout = "single-graph"
 
@@ -123,6 +126,8 @@ class Explanation(ExplanationBase):
             record["next_token"] = {"id": int(p.index), "token": p.label, "probability": float(p.probability)}
         if self.logit is not None:
             record["logit"] = self.logit.to_dict()
+        if self.routes is not None:
+            record["routes"] = self.routes.to_dict()
         if full and self.full:
             record["contributions"] = self.contributions.tolist()
             record["rollout"] = self.rollout.tolist()
@@ -198,6 +203,7 @@ class Explanation(ExplanationBase):
             "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
             "word_ids": self.word_ids, "text": self.text,
             "logit": None if self.logit is None else self.logit.to_dict(),
+            "routes": None if self.routes is None else self.routes.to_dict(),
         }
         return arrays, meta
 
@@ -251,6 +257,7 @@ class Explanation(ExplanationBase):
             offsets=None if meta["offsets"] is None else [tuple(o) for o in meta["offsets"]],
             word_ids=meta["word_ids"], text=meta["text"],
             logit=None if meta.get("logit") is None else LogitExplanation.from_dict(meta["logit"]),
+            routes=None if meta.get("routes") is None else RouteExplanation.from_dict(meta["routes"]),
         )
 
 

@@ -1,0 +1,111 @@
+"""One example's layers as ``routes.trace`` reads them: each layer's block tensors kept from the
+forward pass until the trace, from the last layer down, asks for the rows it needs.
+
+The attention probabilities are the bulk (H x S x S a layer: 1.1 GB for SmolLM2's 30 layers at
+1,024 tokens); past a budget they go to an unnamed temporary file (gone with the process) and only
+the rows the trace asks for are read back, so the routes of a long prompt cost little more memory
+than its forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from graph_rewrites import AttentionBlock
+
+from .block_kinds import kind_of
+from .components import AttentionComponents, attention_components, ffn_components
+
+#: Attention probabilities kept in memory up to this many bytes per example; beyond, in a temporary file.
+MEMORY_BYTES = 256 << 20
+#: Block kinds whose stream holds the feed-forward block's input and output (x^{l+1} = y + f).
+FFN_KINDS = frozenset({"pre", "sandwich", "parallel"})
+
+
+class ProbsStore:
+    """Each layer's attention [H, S, S], appended in order, read back by receiving rows."""
+
+    def __init__(self, memory_bytes: int = MEMORY_BYTES):
+        self.memory_bytes = memory_bytes
+        self._held: list[np.ndarray] = []  # [S_i, H, S_j] each: a row is one contiguous read
+        self._offsets: list[int] = []
+        self._shapes: list[tuple[int, int, int]] = []
+        self._file = None
+        self._held_bytes = 0
+
+    def append(self, probs: np.ndarray) -> None:
+        by_row = np.ascontiguousarray(np.asarray(probs, dtype=np.float32).transpose(1, 0, 2))
+        self._shapes.append(by_row.shape)
+        if self._file is None and self._held_bytes + by_row.nbytes > self.memory_bytes:
+            self._file = tempfile.TemporaryFile(prefix="alti-onnx-routes-")
+        if self._file is None:
+            self._held.append(by_row)
+            self._offsets.append(-1)
+            self._held_bytes += by_row.nbytes
+        else:
+            self._offsets.append(self._file.seek(0, os.SEEK_END))
+            self._file.write(by_row.tobytes())
+            self._held.append(None)  # type: ignore[arg-type]
+
+    def rows(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """[H, R, S]: the attention of the receiving positions ``rows`` in ``layer``."""
+        held = self._held[layer]
+        if held is not None:
+            return held[rows].transpose(1, 0, 2)
+        size, heads, sources = self._shapes[layer]
+        row_bytes = heads * sources * 4
+        self._file.flush()
+        out = np.empty((len(rows), heads, sources), dtype=np.float32)
+        for k, row in enumerate(np.asarray(rows).tolist()):
+            data = os.pread(self._file.fileno(), row_bytes, self._offsets[layer] + row * row_bytes)
+            out[k] = np.frombuffer(data, dtype=np.float32).reshape(heads, sources)
+        return out.transpose(1, 0, 2)
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class BlockRoutes:
+    """One layer of one example (unpadded): a ``routes.RouteLayer``. ``next_input`` is the stream
+    after the layer (the next layer's input), at every position or, for the last layer, at the
+    positions ``next_positions`` only (the decoder's head gives the final residual there); None
+    where the stream does not hold the feed-forward block's output (post-LN blocks)."""
+
+    def __init__(self, block: AttentionBlock, store: ProbsStore, layer: int, values: np.ndarray,
+                 residual: np.ndarray, output: np.ndarray, next_input: np.ndarray | None = None,
+                 next_positions: np.ndarray | None = None):
+        self.block, self.store, self.layer = block, store, layer
+        self.values, self.residual, self.output = values, residual, output
+        self.next_input, self.next_positions = next_input, next_positions
+        self.has_ffn = block.kind in FFN_KINDS and next_input is not None
+
+    def stream_after_attention(self, rows: np.ndarray) -> np.ndarray:
+        """y at ``rows``: the stream after the attention block (for a parallel block, x + a)."""
+        return kind_of(self.block).model_output(self.block, np.asarray(self.output[rows], dtype=np.float64),
+                                                np.asarray(self.residual[rows], dtype=np.float64))
+
+    def stream_after(self, rows: np.ndarray) -> np.ndarray:
+        """The stream after the whole layer at ``rows`` (requires ``next_input`` there)."""
+        if self.next_positions is None:
+            return np.asarray(self.next_input[rows], dtype=np.float64)
+        where = {int(p): k for k, p in enumerate(self.next_positions)}
+        missing = [int(r) for r in rows if int(r) not in where]
+        if missing:
+            raise ValueError(f"the stream after layer {self.layer} is known at {list(where)} only, not {missing}")
+        return np.asarray(self.next_input[[where[int(r)] for r in rows]], dtype=np.float64)
+
+    def attention(self, rows: np.ndarray) -> AttentionComponents:
+        return attention_components(self.block, self.store.rows(self.layer, rows), self.values, self.residual[rows],
+                                    self.output[rows])
+
+    def ffn(self, rows: np.ndarray) -> np.ndarray:
+        return ffn_components(self.stream_after_attention(rows), self.stream_after(rows))

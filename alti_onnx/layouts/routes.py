@@ -1,0 +1,119 @@
+"""The routes of a model in one graph (docs/routes.md): what one run keeps for them, and the trace.
+
+During the run each layer's block tensors of every row are kept (the attention in a ``ProbsStore``,
+spilled to a file past its budget); after it, ``routes.trace`` asks, from the last layer down, for
+the rows on a route to the prediction. A language model's head gives the final residual at the
+prediction's position (the last feed-forward block's share) and the logit lens of the nodes and heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from alti_onnx.decomposition.components import head_vectors
+from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, ProbsStore
+from alti_onnx.decomposition.routes import Node, RouteGraph, trace
+from alti_onnx.errors import InputError, NonFiniteError
+from alti_onnx.results.record import MEAN
+from alti_onnx.results.routes import HeadLens, LensToken, RouteExplanation, RouteQuery
+from alti_onnx.runtime.sessions import BlockTensors
+from graph_rewrites import AttentionBlock
+
+
+class RouteRecorder:
+    """Keeps one run's block tensors for the rows whose routes were asked for (``queries``: one per row)."""
+
+    def __init__(self, blocks: list[AttentionBlock], kept: list, queries: list[RouteQuery]):
+        self.blocks, self.kept, self.queries = blocks, kept, queries
+        self.stores = [ProbsStore() for _ in kept]
+        self.tensors: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in kept]
+
+    def on_block(self, layer: int, tensors: BlockTensors) -> None:
+        for row, keep in enumerate(self.kept):
+            probs = tensors.probs[row][:, keep][:, :, keep]
+            parts = (tensors.values[row][:, keep], tensors.residual[row][keep], tensors.output[row][keep])
+            if not all(np.all(np.isfinite(a)) for a in (probs, *parts)):
+                raise NonFiniteError(f"the model produced NaN or Inf in layer {layer}: no route is meaningful")
+            self.stores[row].append(probs)
+            self.tensors[row].append(tuple(np.array(a, dtype=np.float32) for a in parts))
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    def positions(self, row: int, default: int | str) -> list[int]:
+        """The prediction's positions among the row's tokens: the query's, or the default target
+        (every position for "mean": a mean-pooled encoder's prediction reads them all)."""
+        size = len(self.tensors[row][0][1])
+        wanted = self.queries[row].position
+        if wanted is None:
+            return list(range(size)) if default == MEAN else [int(default)]
+        if not -size <= wanted < size:
+            raise InputError(f"routes position {wanted} is outside the text's {size} tokens")
+        return [wanted % size]
+
+    def layers(self, row: int, final: np.ndarray | None, positions: list[int]) -> list[BlockRoutes]:
+        """The row's layers for the trace; ``final`` the stream after the last layer at ``positions``
+        (None: the last layer's feed-forward block is not a node)."""
+        found = []
+        tensors = self.tensors[row]
+        for layer, (block, (values, residual, output)) in enumerate(zip(self.blocks, tensors)):
+            last = layer + 1 == len(tensors)
+            after = (final if last else tensors[layer + 1][1]) if block.kind in FFN_KINDS else None
+            found.append(BlockRoutes(block, self.stores[row], layer, values, residual, output, after,
+                                     np.asarray(positions) if last and final is not None else None))
+        return found
+
+    def explain(self, row: int, positions: list[int], final: np.ndarray | None,
+                lens: Callable[[np.ndarray], np.ndarray] | None, decode: Callable[[int], str]) -> RouteExplanation:
+        """The row's route explanation to its prediction at ``positions`` (``positions``): the trace
+        (``final``: the stream after the last layer there, [D], or None), and the logit lens where
+        ``lens`` is given."""
+        query = self.queries[row]
+        layers = self.layers(row, None if final is None else np.asarray(final)[None], positions)
+        graph = trace(layers, positions, query.threshold, query.renormalize)
+        position: int | str = positions[0] if len(positions) == 1 else MEAN
+        if lens is None or query.lens == 0 or len(positions) != 1:
+            return RouteExplanation(graph, position, query.renormalize)
+        nodes, heads = self._lens(graph, layers, positions[0], lens, query.lens, decode)
+        return RouteExplanation(graph, position, query.renormalize, nodes, heads)
+
+    def _lens(self, graph: RouteGraph, layers: list[BlockRoutes], position: int,
+              lens: Callable[[np.ndarray], np.ndarray], top: int,
+              decode: Callable[[int], str]) -> tuple[dict[Node, list[LensToken]], list[HeadLens]]:
+        vectors = [_node_vector(node, layers) for node in graph.nodes]
+        at = np.array([position])
+        heads = [head_vectors(layer.block, layer.store.rows(layer.layer, at)[:, 0], layer.values)
+                 for layer in layers]  # [H, D] each: the heads' terms at the prediction's position
+        stacked = np.concatenate([np.asarray(vectors).reshape(-1, layers[0].residual.shape[-1]), *heads])
+        logits = lens(stacked)
+
+        def tokens(order: np.ndarray, row: np.ndarray) -> list[LensToken]:
+            return [LensToken(int(t), decode(int(t)), float(row[t])) for t in order]
+
+        def best(row: np.ndarray) -> np.ndarray:
+            picked = np.argpartition(-row, top - 1)[:top]
+            return picked[np.argsort(-row[picked], kind="stable")]
+
+        nodes = {node: tokens(best(row), row) for node, row in zip(graph.nodes, logits)}
+        head_lens = []
+        offset = len(graph.nodes)
+        for number, found in enumerate(heads):
+            for head in range(len(found)):
+                row = logits[offset + head]
+                head_lens.append(HeadLens(number, head, tokens(best(row), row), tokens(best(-row), row)))
+            offset += len(found)
+        return nodes, head_lens
+
+
+def _node_vector(node: Node, layers: Sequence[BlockRoutes]) -> np.ndarray:
+    """The residual stream at a node: the embeddings, after a layer's attention, or after its feed-forward block."""
+    site, layer, position = node
+    at = np.array([position])
+    if site == "embedding":
+        return np.asarray(layers[0].residual[position], dtype=np.float64)
+    if site == "attention":
+        return layers[layer].stream_after_attention(at)[0]
+    return layers[layer].stream_after(at)[0]

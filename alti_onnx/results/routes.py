@@ -1,0 +1,134 @@
+"""What ``explain(..., routes=...)`` adds to an explanation: the routes through heads and feed-forward
+blocks that build the prediction (docs/routes.md), and, for language models, what each node and
+head promotes (the logit lens)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from alti_onnx.decomposition.routes import THRESHOLD, Edge, Node, RouteGraph
+from alti_onnx.errors import InputError
+
+from .base import TableView
+
+#: Tokens the logit lens lists per node and head, by default.
+LENS_TOKENS = 5
+#: The most the lens lists (each is one vocabulary-sized row to sort).
+MAX_LENS_TOKENS = 50
+
+
+@dataclass(frozen=True)
+class RouteQuery:
+    """``threshold``: the smallest edge weight kept (0 keeps every edge); ``renormalize``: each node's
+    kept incoming weights rescaled to sum to 1; ``position``: the prediction's position (default:
+    the model's default target, the last token of a decoder); ``lens``: tokens the logit lens lists
+    per node and head (language models; 0 for none)."""
+
+    threshold: float = THRESHOLD
+    renormalize: bool = False
+    position: int | None = None
+    lens: int = LENS_TOKENS
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+                or not 0.0 <= threshold <= 1.0:
+            raise InputError(f"the routes' threshold is a weight from 0 to 1, got {threshold!r}")
+        if isinstance(self.lens, bool) or not isinstance(self.lens, int) or not 0 <= self.lens <= MAX_LENS_TOKENS:
+            raise InputError(f"the logit lens lists 0 to {MAX_LENS_TOKENS} tokens, got {self.lens!r}")
+        if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int)):
+            raise InputError(f"the routes' position is a token position, got {self.position!r}")
+
+
+@dataclass(frozen=True)
+class LensToken:
+    id: int
+    token: str
+    logit: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "token": self.token, "logit": self.logit}
+
+
+@dataclass(frozen=True)
+class HeadLens:
+    """What one head's output at the prediction's position promotes and suppresses."""
+
+    layer: int
+    head: int
+    promotes: list[LensToken]
+    suppresses: list[LensToken]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"layer": self.layer, "head": self.head, "promotes": [t.to_dict() for t in self.promotes],
+                "suppresses": [t.to_dict() for t in self.suppresses]}
+
+
+@dataclass(frozen=True)
+class RouteExplanation:
+    """The pruned route graph of one text to its prediction at ``position``; ``lens`` maps a node
+    to the tokens the residual stream there promotes, ``heads`` each head's output at ``position``
+    through the same lens (both empty for models without a language-model head)."""
+
+    graph: RouteGraph
+    position: int | str  #: a token position, or "mean" (every position: a mean-pooled encoder's prediction)
+    renormalize: bool
+    lens: dict[Node, list[LensToken]] = field(default_factory=dict)
+    heads: list[HeadLens] = field(default_factory=list)
+
+    @property
+    def edges(self) -> list[Edge]:
+        return self.graph.edges
+
+    def to_dict(self) -> dict[str, object]:
+        """The record's ``routes`` object (docs/records.md)."""
+        record = self.graph.to_dict()
+        nodes = record["nodes"]
+        for node, entry in zip(self.graph.nodes, nodes):
+            if node in self.lens:
+                entry["promotes"] = [t.to_dict() for t in self.lens[node]]
+        return {"threshold": record["threshold"], "renormalize": self.renormalize, "position": self.position,
+                "nodes": nodes, "edges": record["edges"], "heads": [h.to_dict() for h in self.heads]}
+
+    @classmethod
+    def from_dict(cls, found: dict) -> RouteExplanation:
+        """The inverse of ``to_dict`` (a saved explanation)."""
+        def tokens(items: list) -> list[LensToken]:
+            return [LensToken(int(t["id"]), str(t["token"]), float(t["logit"])) for t in items]
+
+        nodes = [(n["site"], n["layer"], int(n["position"])) for n in found["nodes"]]
+        edges = [Edge(int(e["layer"]), str(e["kind"]), e["head"], e["source"], int(e["target"]), float(e["weight"]))
+                 for e in found["edges"]]
+        lens = {node: tokens(n["promotes"]) for node, n in zip(nodes, found["nodes"]) if "promotes" in n}
+        heads = [HeadLens(int(h["layer"]), int(h["head"]), tokens(h["promotes"]), tokens(h["suppresses"]))
+                 for h in found.get("heads", [])]
+        position = found["position"]
+        return cls(RouteGraph(float(found["threshold"]), nodes, edges), position if position == "mean" else int(position),
+                   bool(found.get("renormalize", False)), lens, heads)
+
+    def table(self, tokens: list[str]) -> TableView:
+        """The heaviest edges into the prediction's routes, per layer from the top."""
+        def name(position: int | None) -> str:
+            return "(its output)" if position is None else f"{position} {tokens[position]!r}"
+
+        ordered = sorted(self.edges, key=lambda e: (-e.layer, -e.weight))
+        rows: list[list[str | float]] = [
+            [str(e.layer), e.kind + ("" if e.head is None else f" h{e.head}"), name(e.source), name(e.target),
+             f"{e.weight:.3f}", e.weight] for e in ordered[:TABLE_EDGES]]
+        footer = (f"{len(self.edges)} edges, {len(self.graph.nodes)} nodes at threshold {self.graph.threshold:g}"
+                  f"{' (renormalized)' if self.renormalize else ''}")
+        if len(ordered) > TABLE_EDGES:
+            footer += f"; the {TABLE_EDGES} heaviest shown by layer (the JSON has them all)"
+        final = next((n for n in reversed(self.graph.nodes) if n[2] == self.position), None)
+        if final in self.lens:
+            footer += "; the prediction's node promotes " + ", ".join(repr(t.token) for t in self.lens[final])
+        where = "every position (mean)" if self.position == "mean" else \
+            f"position {self.position} {tokens[self.position]!r}"
+        return TableView(title=f"routes to the prediction at {where}",
+                         columns=["layer", "edge", "from", "to", "weight", ""], rows=rows, footer=footer,
+                         highlight=None)
+
+
+#: Edges the table lists (the heaviest, top layers first).
+TABLE_EDGES = 40

@@ -1,0 +1,204 @@
+"""The routes to the prediction (issue 26, docs/routes.md): the trace that decomposes only the rows on
+a route against the full graph pruned afterwards; every edge against the components of every row
+(which tests/test_components.py checks against the float64 reference); the last feed-forward block's
+share and the logit lens against the Hugging Face model by hooks; the record, the options, the errors."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alti_onnx.decomposition.components import attention_components, ffn_components
+from alti_onnx.decomposition.route_layers import ProbsStore
+from alti_onnx.decomposition.routes import prune, route_edges
+from alti_onnx.errors import InputError
+from alti_onnx.results.routes import RouteExplanation, RouteQuery
+from tests.fixture_cases import DECODERS, FIXTURES
+
+TEXT = "the quick brown fox jumps over the lazy dog"
+
+
+def _full_components(explainer, text: str):
+    """Every row's components, the last layer's feed-forward block left out (as the trace does
+    without the head: tested on its own below)."""
+    batch = explainer.text_encoder.encode([text])
+    _, tensors = explainer.session.run(batch)
+    attention = [attention_components(b, t.probs[0], t.values[0], t.residual[0], t.output[0])
+                 for b, t in zip(explainer.blocks, tensors)]
+    ffn = [ffn_components(t.output[0] if b.kind != "parallel" else t.output[0] + t.residual[0],
+                          tensors[layer + 1].residual[0]) if b.kind in ("pre", "sandwich", "parallel") else None
+           for layer, (b, t) in enumerate(zip(explainer.blocks[:-1], tensors[:-1]))]
+    return attention, ffn, tensors
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from alti_onnx import Explainer
+
+    with Explainer(FIXTURES / "tiny-llama") as explainer:
+        yield explainer
+
+
+@pytest.mark.parametrize("threshold,renormalize", [(0.0, False), (0.04, False), (0.04, True), (0.15, False)])
+def test_trace_equals_the_full_graph_pruned(llama, threshold, renormalize):
+    """Only the rows on a route are decomposed, yet the graph is the one every row's components give."""
+    attention, ffn, _ = _full_components(llama, TEXT)
+    found = llama.routes(TEXT, RouteQuery(threshold, renormalize, lens=0))
+    last = found.edges and [e for e in found.edges if e.layer == len(attention) - 1 and e.kind.startswith("ffn")]
+    # the last layer's feed-forward shares come from the head: take them from the trace itself
+    size = attention[0].residual.shape[0]
+    shares = np.zeros((size, 2))
+    for edge in last:
+        shares[edge.target, 0 if edge.kind == "ffn_residual" else 1] = edge.weight
+    if renormalize:  # the trace's are renormalized: the raw shares of the last layer from the unpruned trace
+        edges = llama.routes(TEXT, RouteQuery(0.0, lens=0)).edges
+    else:
+        edges = route_edges(attention, [*ffn, shares])
+    want = prune(edges, len(attention), [True] * len(attention), size - 1, threshold, renormalize)
+    got_edges, want_edges = sorted(found.edges, key=_key), sorted(want.edges, key=_key)
+    assert [_key(e) for e in got_edges] == [_key(e) for e in want_edges]
+    np.testing.assert_allclose([e.weight for e in got_edges], [e.weight for e in want_edges], atol=1e-12)
+    assert found.graph.nodes == want.nodes and len(want.edges) >= 4
+    assert found.position == size - 1
+    assert all(e.weight >= threshold for e in found.edges) or renormalize
+    assert all(e.kind != "attention" or e.source <= e.target for e in found.edges)  # nothing from a later position
+
+
+def _key(edge):
+    return (edge.layer, edge.kind, -1 if edge.head is None else edge.head, -1 if edge.source is None else edge.source,
+            edge.target)
+
+
+def test_every_edge_weight_is_its_component(llama):
+    """At threshold 0 the graph holds every positive component into a route: each edge's weight is
+    the component of its row, and each node's incoming weights sum to 1."""
+    attention, ffn, _ = _full_components(llama, TEXT)
+    found = llama.explain(TEXT, routes=RouteQuery(0.0, lens=0)).routes
+    sites = ["ffn"] * len(attention)
+    incoming = defaultdict(float)
+    for edge in found.edges:
+        incoming[edge.ends(sites)[1]] += edge.weight
+        if edge.kind == "attention":
+            assert edge.weight == pytest.approx(attention[edge.layer].heads[edge.head, edge.target, edge.source],
+                                                abs=1e-12)
+        elif edge.kind == "attention_residual":
+            assert edge.weight == pytest.approx(attention[edge.layer].residual[edge.target], abs=1e-12)
+        elif edge.layer < len(ffn):
+            column = 1 if edge.kind == "ffn" else 0
+            assert edge.weight == pytest.approx(ffn[edge.layer][edge.target, column], abs=1e-12)
+    np.testing.assert_allclose(list(incoming.values()), 1.0, atol=1e-9)
+    assert len(incoming) > len(attention)  # more than one position is on a route
+
+
+def test_routes_alone_equal_the_explanations(llama):
+    """``Explainer.routes`` (no ALTI) gives what ``explain(..., routes=...)`` gives, and batches too."""
+    query = RouteQuery(0.02)
+    alone = llama.routes([TEXT, "a dog"], query)
+    within = [e.routes for e in llama.explain([TEXT, "a dog"], routes=query)]
+    assert [r.to_dict() for r in alone] == [r.to_dict() for r in within]
+    single = llama.routes("a dog", query)
+    assert single.to_dict() == alone[1].to_dict()  # padding in the batch changes nothing
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_last_ffn_and_the_lens_against_the_reference(arch, tmp_path):
+    """The last layer's feed-forward share at the prediction (from the final residual the head gives)
+    and the logit lens of every node and head against the Hugging Face model in float64."""
+    pytest.importorskip("transformers")
+    from alti_onnx import Explainer
+    from models.reference import reference_captures
+    from models.reference_routes import final_residual, logit_lens
+    from models.tiny import build_tiny_hf_model, load_saved
+
+    model = load_saved(build_tiny_hf_model(arch, tmp_path / "hf"))
+    folder = FIXTURES / f"tiny-{arch}"
+    text = json.loads((folder / "texts.json").read_text())[1]
+    with Explainer(folder) as explainer:
+        found = explainer.routes(text, RouteQuery(0.0, lens=3))
+        ids = explainer.tokenizer.encode(text).ids
+    captures, _ = reference_captures(model, ids)
+    z = final_residual(model, ids)
+    target = len(ids) - 1
+    last = len(captures) - 1
+    capture = captures[last]
+    if explainer.blocks[last].kind in ("pre", "sandwich", "parallel"):
+        y = capture.block_output  # the stream after the attention (a parallel block's x + a)
+        want = ffn_components(y[target:target + 1], z[target:target + 1])[0]
+        got = {e.kind: e.weight for e in found.edges if e.layer == last and e.kind.startswith("ffn")}
+        np.testing.assert_allclose([got.get("ffn_residual", 0.0), got.get("ffn", 0.0)], want, atol=1e-5)
+    # the lens of the embeddings and of the final stream, from the reference's own vectors
+    vectors = {("embedding", None, j): captures[0].x[j] for j in range(len(ids))}
+    vectors[found.graph.nodes[-1]] = z[target]
+    for node, vector in vectors.items():
+        if node not in found.lens:
+            continue
+        want = logit_lens(model, vector[None])[0]
+        for item in found.lens[node]:
+            assert item.logit == pytest.approx(want[item.id], abs=1e-4)
+        assert [t.id for t in found.lens[node]][:1] == [int(np.argmax(want))]
+    assert len(found.heads) == len(captures) * explainer.blocks[0].num_heads
+
+
+def test_the_lens_of_the_prediction_is_the_models_next_token(llama):
+    explanation = llama.explain(TEXT, routes=RouteQuery())
+    final = explanation.routes.graph.nodes[-1]
+    assert final == ("ffn", explanation.num_layers - 1, len(explanation.tokens) - 1)
+    assert explanation.routes.lens[final][0].id == explanation.next_token.index
+
+
+def test_an_encoder_traces_to_its_first_token_or_every_token():
+    from alti_onnx import Explainer
+
+    with Explainer(FIXTURES / "tiny-bert") as explainer:
+        first = explainer.routes(TEXT, RouteQuery(0.0))
+        assert first.position == 0 and not first.heads and not first.lens  # no language-model head: no lens
+        assert all(e.kind.startswith("attention") for e in first.edges)  # post-LN: the stream holds no FFN output
+        assert {n for n in first.graph.nodes if n[1] == 1} == {("attention", 1, 0)}
+        everywhere = explainer.routes(TEXT, RouteQuery(0.0, position=-1))
+        assert everywhere.position == len(explainer.tokenizer.encode(TEXT).ids) - 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(2, 9), min_size=1, max_size=4), st.integers(0, 2 ** 31 - 1), st.data())
+def test_the_spilled_store_reads_what_the_held_one_does(sizes, seed, data):
+    rng = np.random.default_rng(seed)
+    held, spilled = ProbsStore(), ProbsStore(memory_bytes=0)
+    layers = [rng.random((3, n, n)).astype(np.float32) for n in sizes]
+    for probs in layers:
+        held.append(probs)
+        spilled.append(probs)
+    assert spilled.spilled and not held.spilled
+    for layer, probs in enumerate(layers):
+        rows = np.array(data.draw(st.lists(st.integers(0, len(probs[0]) - 1), min_size=1, max_size=5)))
+        np.testing.assert_array_equal(spilled.rows(layer, rows), probs[:, rows])
+        np.testing.assert_array_equal(held.rows(layer, rows), probs[:, rows])
+    spilled.close()
+
+
+def test_the_record_reads_back(llama):
+    found = llama.routes(TEXT, RouteQuery(0.05, renormalize=True))
+    record = json.loads(json.dumps(found.to_dict(), allow_nan=False))
+    assert set(record) == {"threshold", "renormalize", "position", "nodes", "edges", "heads"}
+    assert set(record["edges"][0]) == {"layer", "kind", "head", "source", "target", "weight"}
+    assert {e["kind"] for e in record["edges"]} <= {"attention", "attention_residual", "ffn", "ffn_residual"}
+    assert RouteExplanation.from_dict(record).to_dict() == record
+    incoming = defaultdict(float)
+    for edge in found.edges:
+        incoming[edge.ends(["ffn"] * 2)[1]] += edge.weight
+    np.testing.assert_allclose(list(incoming.values()), 1.0, atol=1e-9)  # renormalized
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), True, "0.1"])
+def test_a_bad_threshold_is_refused(bad):
+    with pytest.raises(InputError, match="threshold"):
+        RouteQuery(bad)
+
+
+def test_a_position_outside_the_text_is_one_line(llama):
+    with pytest.raises(InputError, match="outside"):
+        llama.routes("a dog", RouteQuery(position=40))
