@@ -245,19 +245,16 @@ class SingleGraphExplainer(Explainer):
         defaults: list[int | str] = [len(batch.tokens[row]) - 1 if causal else MEAN if self.mean_pooled else 0
                                      for row in rows]
         positions = [recorder.positions(row, defaults[row]) for row in rows]
-        finals: list[np.ndarray | None] = [None] * len(positions)
-        if head is not None and causal:  # the final residual at each row's prediction, from one run of the head
-            padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]])
-                      for keep, at in zip(recorder.kept, positions)]
-            finals = list(head.final_residual(collected, padded, np.asarray(outputs[LOGITS], dtype=np.float64)))
-        lens = None
-        if head is not None and causal:
-            def lens(vectors: np.ndarray) -> np.ndarray:
-                return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1])
-        found = []
-        for row in rows:
-            found.append(recorder.explain(row, positions[row], finals[row], lens, self._decode))
-        return found
+        if head is None or not causal:
+            return [recorder.explain(row, positions[row], None, None, self._decode) for row in rows]
+        # the final residual at each row's prediction, from one run of the head; the lens through it
+        padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]]) for keep, at in zip(recorder.kept, positions)]
+        finals = head.final_residual(collected, padded, np.asarray(outputs[LOGITS], dtype=np.float64))
+
+        def lens(vectors: np.ndarray) -> np.ndarray:
+            return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1])
+
+        return [recorder.explain(row, positions[row], finals[row], lens, self._decode) for row in rows]
 
     def _logit_run(self, batch: Batch, kept: list, logit: list[LogitQuery]) -> LogitRun:
         """Where each row's logit is read: its last real token, or its query's ``position`` among its tokens."""

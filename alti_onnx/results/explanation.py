@@ -9,9 +9,9 @@ import numpy as np
 
 from .base import ExplanationBase, TableView
 from .logit import LogitExplanation
-from .routes import RouteExplanation
 from .prediction import Prediction
 from .record import MEAN, RECORD_VERSION, Target, target_json
+from .routes import RouteExplanation
 from .words import WordExplanation, group_words, words_matrix, words_vector
 
 
