@@ -186,3 +186,20 @@ def test_ray_logit_records_equal_batch_logit_records(tmp_path):
     records = [json.loads(line) for line in shards(out)]
     assert records[0]["logit"]["target"]["label"] == "positive"
     assert records[3]["logit"]["target"]["label"] == "negative" and records[3]["logit"]["foil"]["index"] == 1
+
+
+def test_ray_routes_records_and_summary_equal_batch(tmp_path):
+    """batch --routes on Ray: the query travels to the actors, records and the corpus summary equal batch's."""
+    decoder = FIXTURES / "tiny-llama"
+    texts = corpus(tmp_path / "texts.jsonl", 40)
+    local = run_cli("batch", decoder, "--input", texts, "--output", tmp_path / "batch.jsonl", "--routes",
+                    "--threshold", "0.05")
+    assert local.returncode == 0, local.stderr
+    out = tmp_path / "shards"
+    result = run_cli("batch", decoder, "--input", texts, "--output", out, "--ray", "local", "--routes",
+                     "--threshold", "0.05", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shards(out) == (tmp_path / "batch.jsonl").read_text().splitlines(keepends=True)
+    assert json.loads((tmp_path / "shards.routes.json").read_text()) == \
+        json.loads((tmp_path / "batch.jsonl.routes.json").read_text())
+    assert "components on a route" in result.stdout

@@ -640,6 +640,9 @@ def batch(
     target_token: TargetTokenOption = None,
     foil: FoilOption = None,
     per_head: PerHeadOption = False,
+    routes: RoutesOption = False,
+    threshold: ThresholdOption = None,
+    renormalize: RenormalizeOption = False,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
@@ -647,14 +650,23 @@ def batch(
     encoder-decoder export a line may be {"text": SOURCE, "target": TARGET}: the target is explained
     teacher-forced, and without one the model's greedy output. With --logit each record also holds
     the logit decomposition; a line's own "class" or "target_token" and "foil" replace the options'.
+    With --routes each record also holds its routes to the prediction, and the run ends with which
+    heads and feed-forward blocks the corpus relies on: a table, OUTPUT.routes.json and a layer x head
+    heatmap OUTPUT.routes.png (docs/routes.md).
     """
     if ray is not None:
         with user_errors():
             query = _logit_fields(None, logit, class_, target_token, foil, per_head, target)
+            route_fields = _route_fields(routes, threshold, renormalize, target)
+            if route_fields is not None and encoder is not None:
+                raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
                       target=target, full=full, words=words, max_new_tokens=max_new_tokens, pairs_per_run=pairs_per_run,
                       self_check_tolerance=self_check_tolerance, input_map=input_map, encoder=encoder, decoder=decoder,
-                      decoder_start_token_id=decoder_start_token_id, logit=query)
+                      decoder_start_token_id=decoder_start_token_id, logit=query, routes=route_fields)
+        if route_fields is not None:
+            with user_errors():
+                _route_summary(model, Path(output_path))
         return
     from rich.progress import Progress
 
@@ -669,6 +681,9 @@ def batch(
         explainer = _explainer(model, input_map, self_check_tolerance, encoder=encoder, decoder=decoder,
                                decoder_start_token_id=decoder_start_token_id)
         query = _logit_fields(explainer, logit, class_, target_token, foil, per_head, target)
+        route_fields = _route_fields(routes, threshold, renormalize, target)
+        if route_fields is not None and not hasattr(explainer, "routes"):
+            raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(Path(output_path)):
             task = progress.add_task("explaining", total=count_lines(input_path))
@@ -676,12 +691,68 @@ def batch(
                 explainer, input_path, output_path, batch_size=batch_size, target=target, full=full,
                 on_record=lambda done: progress.update(task, completed=done), pairs_per_run=pairs_per_run,
                 chunk_size=chunk_size, max_new_tokens=max_new_tokens, words=words, logit=query,
+                routes=route_fields,
             )
         if summary.written and summary.failed == summary.written:
             raise InputError(f"every one of the {summary.written} texts failed, the first: {summary.first_error}")
     report.print(escape(
         f"{summary.written} records written to {'stdout' if output_path == '-' else output_path} ({summary.skipped} already "
         f"there, {summary.failed} with errors)"), soft_wrap=True)
+    if route_fields is not None and output_path != "-" and not streaming:
+        with user_errors():
+            _route_summary(model, Path(output_path), explainer)
+
+
+def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, target) -> Optional[dict]:
+    """``batch``'s route options as the JSON-friendly fields of a RouteQuery (they enter the job's identity)."""
+    if not (routes or threshold is not None or renormalize):
+        return None
+    from alti_onnx.decomposition.routes import THRESHOLD
+    from alti_onnx.results.routes import RouteQuery
+
+    parsed = _target_option(target)
+    query = RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
+                       position=parsed if isinstance(parsed, int) else None)  # checked here, before any record
+    return {"threshold": query.threshold, "renormalize": query.renormalize, "position": query.position}
+
+
+def _route_summary(model: Path, output: Path, explainer=None) -> None:
+    """Which heads and feed-forward blocks the corpus relies on: the table, OUTPUT.routes.json and the heatmap."""
+    from alti_onnx.corpus.route_summary import read_output_records, summarize_routes, write_heatmap
+
+    if explainer is None:
+        from alti_onnx.runtime.model_files import locate_model
+        from alti_onnx.runtime.prepared import prepare
+
+        blocks = prepare(locate_model(model).graphs["model"]).analysis.blocks
+    else:
+        blocks = explainer.blocks
+    try:
+        summary = summarize_routes(read_output_records(output), len(blocks), max(b.num_heads for b in blocks))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"the routes of {output} cannot be summarized: {exc}") from None
+    base = output.parent / output.name
+    json_path = base.with_name(base.name + ".routes.json")
+    with _writing(json_path):
+        json_path.write_text(json.dumps(summary.to_dict(), allow_nan=False))
+    table = Table(title=Text(f"components on a route to the prediction, over {summary.texts} texts"),
+                  title_justify="left")
+    for column in ("component", "share of texts", "mean weight"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for name, share, weight in summary.top_components():
+        table.add_row(name, f"{share:.2f}", f"{weight:.3f}")
+    out.print(table)
+    out.print(escape(f"wrote {json_path}"), soft_wrap=True)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        out.print("(no heatmap: matplotlib, the 'plot' extra, is not installed)")
+        return
+    png_path = base.with_name(base.name + ".routes.png")
+    with _writing(png_path):
+        write_heatmap(summary, png_path, f"{_model_name(model)}: share of {summary.texts} texts with the component "
+                                         "on a route")
+    out.print(escape(f"wrote {png_path}"), soft_wrap=True)
 
 
 def _batch_on_ray(model: Path, input_path: Path, output_path: str, address: str, actors: int, cpus_per_actor: float,

@@ -153,6 +153,7 @@ def plan_shards(
     decoder: str | Path | None = None,
     decoder_start_token_id: int | None = None,
     logit: dict[str, object] | None = None,
+    routes: dict[str, object] | None = None,
 ) -> ShardPlan:
     """Check the corpus and the model, claim ``output_dir`` for this job (or find it is this job's),
     and list the shards not written yet. Needs no Ray: bad input is refused before a cluster starts."""
@@ -169,6 +170,8 @@ def plan_shards(
                **job_model_identity(files, prepared)}
     if logit is not None:
         options["logit"] = dict(logit)
+    if routes is not None:
+        options["routes"] = dict(routes)
     shard_size = FULL_CHUNK_SIZE if full else CHUNK_SIZE
     _claim(output_dir, Job.of(input_path, files.onnx, files.tokenizer, {**options, "shard_size": shard_size}))
     pending, skipped = [], 0
@@ -267,7 +270,8 @@ class _RecordMaker:
 def _explained(explainer, records: list[CorpusRecord], options: dict) -> list[dict]:
     """``batch``'s records for one chunk (its own code, so its numbers), with a job's options."""
     return explain_chunk(explainer, records, options["batch_size"], options["pairs_per_run"], options["target"],
-                          options["full"], options["max_new_tokens"], options["words"], options.get("logit"))
+                          options["full"], options["max_new_tokens"], options["words"], options.get("logit"),
+                          options.get("routes"))
 
 
 def _claim(output_dir: Path, job: Job) -> None:

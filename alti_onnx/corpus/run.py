@@ -23,6 +23,7 @@ from alti_onnx.layouts.base import Explainer
 from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.logit import LogitQuery
 from alti_onnx.results.record import Target, error_record, json_line
+from alti_onnx.results.routes import RouteQuery
 
 from .inputs import CorpusRecord, read_records
 from .outputs import Job, corpus_output
@@ -66,6 +67,7 @@ def explain_corpus(
     max_new_tokens: int = 32,
     words: bool = False,
     logit: dict[str, object] | None = None,
+    routes: dict[str, object] | None = None,
 ) -> CorpusSummary:
     """Explain every input record into ``output_path`` ("-": stdout), resuming where a previous run
     of the same job stopped.
@@ -74,7 +76,8 @@ def explain_corpus(
     record's ``target`` (an encoder-decoder's output) is explained teacher-forced, or the model's
     greedy output (at most ``max_new_tokens``) where the record has none. ``logit`` (the fields of a
     ``results.logit.LogitQuery``) adds each record's logit decomposition; a record's own ``class`` /
-    ``target_token`` and ``foil`` take the place of the query's.
+    ``target_token`` and ``foil`` take the place of the query's. ``routes`` (the fields of a
+    ``results.routes.RouteQuery``) adds each record's routes to its prediction.
     """
     input_path = Path(input_path)
     require_corpus(input_path)
@@ -83,6 +86,8 @@ def explain_corpus(
     options = {"full": full, "target": target, "words": words, **explainer.corpus_options()}
     if logit is not None:
         options["logit"] = dict(logit)
+    if routes is not None:
+        options["routes"] = dict(routes)
     if explainer.takes_target_text:  # what bounds a generated output
         options["max_new_tokens"] = max_new_tokens
     job = Job.of(input_path, explainer.files.onnx, explainer.files.tokenizer, options)
@@ -95,7 +100,7 @@ def explain_corpus(
         first_error = None
         while chunk := list(islice(records, chunk_size)):
             payloads = explain_chunk(explainer, chunk, batch_size, pairs_per_run, target, full, max_new_tokens, words,
-                                     logit)
+                                     logit, routes)
             out.write_chunk([json_line(payload) for payload in payloads])
             for payload in payloads:
                 written += 1
@@ -138,7 +143,7 @@ def run_groups(lengths: list[int], batch_size: int, pairs_per_run: int) -> list[
 def explain_chunk(
     explainer: Explainer, chunk: list[CorpusRecord], batch_size: int, pairs_per_run: int,
     target: Target | None, full: bool, max_new_tokens: int = 32, words: bool = False,
-    logit: dict[str, object] | None = None,
+    logit: dict[str, object] | None = None, routes: dict[str, object] | None = None,
 ) -> list[dict[str, object]]:
     """Output records for a chunk, in input order; texts batched by similar token length."""
     payloads: dict[int, dict[str, object]] = {}
@@ -162,7 +167,8 @@ def explain_chunk(
     valid.sort(key=lambda pair: pair[0])
     for run in run_groups([length for length, _ in valid], batch_size, pairs_per_run):
         group = [valid[k][1] for k in run]
-        for record, outcome in zip(group, _explain_records(explainer, group, target, full, max_new_tokens, logit)):
+        for record, outcome in zip(group, _explain_records(explainer, group, target, full, max_new_tokens, logit,
+                                                            routes)):
             payloads[record.index] = (
                 _record(record, outcome, target, full, words) if isinstance(outcome, ExplanationBase)
                 else _error(record, f"line {record.line}: {outcome}")
@@ -171,11 +177,14 @@ def explain_chunk(
 
 
 def _explain_records(explainer: Explainer, records: list[CorpusRecord], target: Target | None, full: bool,
-                     max_new_tokens: int, logit: dict[str, object] | None = None) -> list[ExplanationBase | str]:
+                     max_new_tokens: int, logit: dict[str, object] | None = None,
+                     routes: dict[str, object] | None = None) -> list[ExplanationBase | str]:
     """Each record's explanation (every layer's matrices with ``full``, else the target's row alone), or
     why it failed: a batch that fails is run again one record at a time."""
     targets = None if all(r.target is None for r in records) else [r.target for r in records]
-    extra = {} if logit is None else {"logit": [_query(logit, r) for r in records]}
+    extra: dict[str, object] = {} if logit is None else {"logit": [_query(logit, r) for r in records]}
+    if routes is not None:
+        extra["routes"] = RouteQuery(**routes)
     try:
         return explainer.explain([r.text for r in records], targets, full=full,
                                  targets=None if target is None else [target], max_new_tokens=max_new_tokens, **extra)
@@ -183,7 +192,7 @@ def _explain_records(explainer: Explainer, records: list[CorpusRecord], target: 
         if len(records) == 1:
             return [str(exc)]
     return [outcome for record in records
-            for outcome in _explain_records(explainer, [record], target, full, max_new_tokens, logit)]
+            for outcome in _explain_records(explainer, [record], target, full, max_new_tokens, logit, routes)]
 
 
 def _query(logit: dict[str, object], record: CorpusRecord) -> LogitQuery:
