@@ -60,6 +60,8 @@ class BenchResult:
     #: the explanation decomposed the prediction's logit too; ``alti_s`` is ALTI alone, timed in the same turns
     logit: bool = False
     alti_s: float | None = None
+    #: the routes to the default target alone were timed (``Explainer.routes``: no ALTI)
+    routes: bool = False
 
 
 def synthetic_batch(tokenizer: Tokenizer, seq_len: int, batch_size: int) -> Batch:
@@ -123,16 +125,21 @@ def _peak_mb() -> float:
 
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
             warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None,
-            attribution_only: bool = False, logit: bool = False) -> BenchResult:
+            attribution_only: bool = False, logit: bool = False, routes: bool = False) -> BenchResult:
     """Time one configuration in this process. The explanation runs first, alone, so the peak memory
-    read before the plain model is loaded is the explanation's own."""
+    read before the plain model is loaded is the explanation's own. With ``routes`` the explanation
+    is the routes to the default target alone (no ALTI)."""
     from alti_onnx.results.logit import LogitQuery
+    from alti_onnx.results.routes import RouteQuery
 
     explainer = Explainer(model, providers=providers, input_map=input_map)
     batch = synthetic_batch(explainer.tokenizer, seq_len, batch_size)
     queries = [LogitQuery()] * batch_size if logit else None
 
     def explain() -> None:
+        if routes:
+            explainer.explain_batch(batch, full=False, routes=[RouteQuery()] * batch_size, alti=False)
+            return
         explainer.explain_batch(batch, full=not attribution_only, logit=queries)
 
     def alti() -> None:
@@ -146,7 +153,7 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
         (explained,), done = _median_seconds([explain], 0, 1, budget_s=0.0)
         # the timed run's peak counts too (at 8,192 tokens SmolLM2's second run peaked 2.8 GB above its first)
         return BenchResult(seq_len, batch_size, float("nan"), explained, float("nan"), _peak_mb(), done,
-                           attribution_only=attribution_only, in_turns=False, logit=logit)
+                           attribution_only=attribution_only, in_turns=False, logit=logit, routes=routes)
     plain = plain_session(explainer.files.onnx, providers)
     feeds = explainer.session.batch_feeds(batch)
     plain.run(None, feeds)  # the forward's warm-up
@@ -154,7 +161,8 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
     medians, done = _median_seconds(runs, 0 if long_run else max(0, warmup - 1), repeats, budget_s)
     forward, explained = medians[:2]
     return BenchResult(seq_len, batch_size, forward, explained, explained / forward, peak_mb, done,
-                       attribution_only=attribution_only, logit=logit, alti_s=medians[2] if logit else None)
+                       attribution_only=attribution_only, logit=logit, alti_s=medians[2] if logit else None,
+                       routes=routes)
 
 
 def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
@@ -176,7 +184,7 @@ def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers:
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
                   progress=None, input_map: dict[str, str] | None = None,
-                  attribution_only: bool = False, logit: bool = False) -> list[BenchResult]:
+                  attribution_only: bool = False, logit: bool = False, routes: bool = False) -> list[BenchResult]:
     """Every configuration, each in two worker processes (so each peak memory is its own): one runs
     the plain forward alone, the other the explanation and, timed in turns with it, the forward
     (for runs over ``LONG_RUN_S``, the explanation alone, set against the first process's forward)."""
@@ -189,7 +197,8 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
             forward_s, forward_peak = _worker_result(model, seq_len, batch_size, options + ["--forward-only"])
             explained = BenchResult(**_worker_result(model, seq_len, batch_size,
                                                      options + (["--attribution-only"] if attribution_only else [])
-                                                     + (["--logit"] if logit else [])))
+                                                     + (["--logit"] if logit else [])
+                                                     + (["--routes"] if routes else [])))
             if not explained.in_turns:
                 explained = replace(explained, forward_s=forward_s, ratio=explained.explain_s / forward_s)
             results.append(replace(explained, forward_peak_rss_mb=forward_peak))
@@ -267,13 +276,14 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--attribution-only", action="store_true")
     parser.add_argument("--logit", action="store_true")
+    parser.add_argument("--routes", action="store_true")
     args = parser.parse_args(argv)
     roles = parse_input_map(args.input_map)
     if args.forward_only:
         print(json.dumps(measure_forward(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles)))
         return
     result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles,
-                     attribution_only=args.attribution_only, logit=args.logit)
+                     attribution_only=args.attribution_only, logit=args.logit, routes=args.routes)
     print(json.dumps(asdict(result)))
 
 

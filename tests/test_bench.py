@@ -91,3 +91,17 @@ def test_logit_mode_times_alti_beside_the_decomposition(tmp_path):
     assert record["logit"] and record["alti_s"] > 0 and "ALTI" in cli.output
     refused = CliRunner().invoke(app, ["bench", str(FIXTURE), "--lengths", "8", "--logit"])
     assert refused.exit_code == 2 and "'logits' output" in refused.output
+
+
+def test_routes_mode_times_the_routes_alone(tmp_path):
+    """bench --routes: the explanation timed is Explainer.routes (no ALTI); its record says so."""
+    decoder = FIXTURE.parent / "tiny-llama"
+    result = measure(decoder, seq_len=16, batch_size=2, warmup=1, repeats=3, routes=True)
+    assert result.routes and not result.logit and np.isclose(result.ratio, result.explain_s / result.forward_s)
+    out = tmp_path / "routes.json"
+    cli = CliRunner().invoke(app, ["bench", str(decoder), "--lengths", "8", "--batch-sizes", "1", "--routes",
+                                   "--json", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(out.read_text())["results"][0]["routes"] is True
+    both = CliRunner().invoke(app, ["bench", str(decoder), "--lengths", "8", "--routes", "--logit"])
+    assert both.exit_code == 2 and "not both" in both.output

@@ -540,6 +540,8 @@ def bench(
     ] = False,
     logit: Annotated[bool, typer.Option("--logit", help="the explanation decomposes the prediction's logit too; "
                                         "ALTI alone is timed beside it")] = False,
+    routes: Annotated[bool, typer.Option("--routes", help="time the routes to the default target alone (no ALTI; "
+                                         "docs/routes.md)")] = False,
 ) -> None:
     """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
     from alti_onnx.bench import run_benchmark, to_json
@@ -553,8 +555,12 @@ def bench(
 
         if tuple(locate_model(model).graphs) != ("model",):
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
+        if logit and routes:
+            raise InputError("bench times --logit or --routes, not both at once")
         with _explainer(model, input_map, DEFAULT_TOLERANCE) as explainer:  # one-line errors before any worker
             limit = explainer.text_encoder.max_length
+            if routes:
+                explainer.routes("a")
             if logit:  # an operator the decomposition cannot read is one line here, not a worker's traceback
                 from alti_onnx.results.logit import LogitQuery
 
@@ -565,7 +571,7 @@ def bench(
             _require_folder(json_path)  # before minutes of measuring, not after
         results = run_benchmark(
             model, seq_lens, sizes, provider, input_map=roles, attribution_only=attribution_only, logit=logit,
-            progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
+            routes=routes, progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
         )
         if json_path is not None:
             with _writing(json_path):
