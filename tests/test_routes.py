@@ -202,3 +202,21 @@ def test_a_bad_threshold_is_refused(bad):
 def test_a_position_outside_the_text_is_one_line(llama):
     with pytest.raises(InputError, match="outside"):
         llama.routes("a dog", RouteQuery(position=40))
+
+
+def test_a_mean_pooled_encoder_routes_to_every_position(tmp_path):
+    """The prediction of a mean-pooled sentence encoder reads every position: each position's last
+    node is a prediction node; a position asked for narrows it to one."""
+    from alti_onnx import Explainer
+    from tests.test_pooling import sentence_encoder
+
+    with Explainer(sentence_encoder(tmp_path), cache=False) as explainer:
+        size = len(explainer.tokenizer.encode(TEXT).ids)
+        every = explainer.routes(TEXT, RouteQuery(0.0))
+        one = explainer.routes(TEXT, RouteQuery(0.0, position=3))
+    assert every.position == "mean" and one.position == 3
+    last = len(explainer.blocks) - 1
+    assert {e.target for e in every.edges if e.layer == last} == set(range(size))
+    assert {e.target for e in one.edges if e.layer == last} == {3}
+    assert every.to_dict()["position"] == "mean" and RouteExplanation.from_dict(every.to_dict()).position == "mean"
+    assert "every position" in every.table(explainer.tokenizer.encode(TEXT).tokens).title
