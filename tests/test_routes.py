@@ -151,16 +151,43 @@ def test_the_lens_of_the_prediction_is_the_models_next_token(llama):
     assert explanation.routes.lens[final][0].id == explanation.next_token.index
 
 
-def test_an_encoder_traces_to_its_first_token_or_every_token():
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "xlm-roberta"])
+def test_post_ln_feed_forward_shares_against_the_reference(arch, tmp_path):
+    """A post-LN encoder's feed-forward shares, read through its second norm (found by structure),
+    against the Hugging Face model's y, f and norm by hooks in float64; every layer's ffn and
+    ffn_residual edges at threshold 0 sum to 1 per node."""
+    pytest.importorskip("transformers")
+    from alti_onnx import Explainer
+    from models.reference_routes import post_ln_ffn_shares
+    from models.tiny import build_tiny_hf_model, load_saved
+
+    model = load_saved(build_tiny_hf_model(arch, tmp_path / "hf"))
+    folder = FIXTURES / f"tiny-{arch}"
+    text = json.loads((folder / "texts.json").read_text())[1]
+    with Explainer(folder) as explainer:
+        found = explainer.routes(text, RouteQuery(0.0))
+        encoding = explainer.tokenizer.encode(text)
+    want = post_ln_ffn_shares(model, encoding.ids, encoding.type_ids)
+    checked = 0
+    for edge in found.edges:
+        if edge.kind in ("ffn", "ffn_residual"):
+            expected = want[edge.layer][edge.target, 1 if edge.kind == "ffn" else 0]
+            assert edge.weight == pytest.approx(expected, abs=1e-5), edge
+            checked += 1
+    assert checked >= 2 * len(want) and found.position == 0
+    last = len(want) - 1
+    assert {n for n in found.graph.nodes if n[1] == last} == {("attention", last, 0), ("ffn", last, 0)}
+
+
+def test_an_encoder_traces_to_its_first_token_or_a_position():
     from alti_onnx import Explainer
 
     with Explainer(FIXTURES / "tiny-bert") as explainer:
         first = explainer.routes(TEXT, RouteQuery(0.0))
         assert first.position == 0 and not first.heads and not first.lens  # no language-model head: no lens
-        assert all(e.kind.startswith("attention") for e in first.edges)  # post-LN: the stream holds no FFN output
-        assert {n for n in first.graph.nodes if n[1] == 1} == {("attention", 1, 0)}
-        everywhere = explainer.routes(TEXT, RouteQuery(0.0, position=-1))
-        assert everywhere.position == len(explainer.tokenizer.encode(TEXT).ids) - 1
+        assert {e.kind for e in first.edges} == {"attention", "attention_residual", "ffn", "ffn_residual"}
+        other = explainer.routes(TEXT, RouteQuery(0.0, position=-1))
+        assert other.position == len(explainer.tokenizer.encode(TEXT).ids) - 1
 
 
 @settings(max_examples=25, deadline=None)
@@ -220,3 +247,25 @@ def test_a_mean_pooled_encoder_routes_to_every_position(tmp_path):
     assert {e.target for e in one.edges if e.layer == last} == {3}
     assert every.to_dict()["position"] == "mean" and RouteExplanation.from_dict(every.to_dict()).position == "mean"
     assert "every position" in every.table(explainer.tokenizer.encode(TEXT).tokens).title
+
+
+def test_routes_beside_a_classifiers_logit():
+    """--logit and --routes in one run of a post-LN classifier: the routes equal the routes alone,
+    whether the logit's session was narrowed before (a logit explained first) or not."""
+    from alti_onnx import Explainer
+    from alti_onnx.results.logit import LogitQuery
+
+    with Explainer(FIXTURES / "tiny-bert-classifier") as explainer:
+        alone = explainer.routes(TEXT, RouteQuery(0.0)).to_dict()
+        first = explainer.explain(TEXT, logit=LogitQuery(), routes=RouteQuery(0.0))
+        again = explainer.explain(TEXT, logit=LogitQuery(), routes=RouteQuery(0.0))
+    with Explainer(FIXTURES / "tiny-bert-classifier") as explainer:
+        explainer.explain(TEXT, logit=LogitQuery())  # the logit's session narrowed without the routes' tensors
+        later = explainer.explain(TEXT, logit=LogitQuery(), routes=RouteQuery(0.0))
+    for explanation in (first, again, later):  # the same graph; weights up to onnxruntime's rounding in other sessions
+        found = explanation.routes.to_dict()
+        assert [{**e, "weight": 0} for e in found["edges"]] == [{**e, "weight": 0} for e in alone["edges"]]
+        np.testing.assert_allclose([e["weight"] for e in found["edges"]], [e["weight"] for e in alone["edges"]],
+                                   atol=1e-6)
+        assert explanation.logit.reconstruction_error < 1e-4
+    assert any(e["kind"] == "ffn" for e in alone["edges"])

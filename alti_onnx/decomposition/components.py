@@ -8,9 +8,10 @@ normalized over the parts of each receiving position:
   the whole is the block's output y_i (the output bias is in the whole, not a part). Through a post-LN
   or sandwich norm the parts and the whole are read as ALTI reads them: the norm linear at its
   actual statistics (``block_kinds``: T~ = s_i T', distances divided by s_i);
-- feed-forward (pre-LN and sandwich blocks, where both are tensors of the stream): the parts are the
-  block's input y_i (the attention block's output) and its output f_i = x^{l+1}_i - y_i; the whole is
-  their sum, the next layer's input.
+- feed-forward: the parts are the block's input y_i (the stream after the attention) and its output
+  f_i; the whole is their sum, the next layer's input. Pre-LN, sandwich and parallel blocks hold both
+  in the stream (f_i = x^{l+1}_i - y_i); a post-LN layer's output is LN(y + f), read through the norm
+  as ALTI reads a post-LN block (``post_norm_ffn_components``).
 
 Summing a row's head parts over h gives no token-to-token ALTI number (the proximity is not linear);
 it is the weight of the edge from j to i through every head.
@@ -68,6 +69,26 @@ def attention_components(block: AttentionBlock, probs: np.ndarray, values: np.nd
         raw[raw <= 8 * np.finfo(dtype).eps * own[:, None]] = 0.0  # rounding noise is no contribution
     shares = normalize_rows(raw)
     return AttentionComponents(shares[:, :-1].reshape(size, heads, sources).transpose(1, 0, 2), shares[:, -1])
+
+
+def post_norm_ffn_components(stream: np.ndarray, total: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
+                             epsilon: float) -> np.ndarray:
+    """[S, 2]: the shares of the stream y and of the feed-forward block's output f = u - y in a post-LN
+    layer's output LN(u), u = y + f (``total``), read as ALTI reads a post-LN block: the norm linear at
+    u's statistics, each part centred and scaled by gamma / sigma(u); the whole is their sum plus beta."""
+    y = np.asarray(stream, dtype=np.float64)
+    u = np.asarray(total, dtype=np.float64)
+    sigma = np.sqrt(u.var(-1) + epsilon)[:, None]
+    gamma = np.asarray(scale, dtype=np.float64)
+
+    def mapped(part: np.ndarray) -> np.ndarray:
+        return gamma * (part - part.mean(-1, keepdims=True)) / sigma
+
+    parts = np.stack([mapped(y), mapped(u - y)], axis=1)  # [S, 2, D]
+    whole = parts.sum(1) + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    own = np.abs(whole).sum(-1)
+    raw = np.maximum(own[:, None] - np.abs(whole[:, None] - parts).sum(-1), 0.0)
+    return normalize_rows(raw)
 
 
 def head_vectors(block: AttentionBlock, probs_row: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
 from graph_rewrites import AttentionBlock
 
 from .block_kinds import kind_of
-from .components import AttentionComponents, attention_components, ffn_components
+from .components import AttentionComponents, attention_components, ffn_components, post_norm_ffn_components
 
 #: Attention probabilities kept in memory up to this many bytes per example; beyond, in a temporary file.
 MEMORY_BYTES = 256 << 20
@@ -74,19 +75,31 @@ class ProbsStore:
             self._file = None
 
 
+@dataclass(frozen=True)
+class PostNorm:
+    """A post-LN layer's feed-forward sum u = y + f ([S, D], one example) and the norm after it."""
+
+    total: np.ndarray
+    scale: np.ndarray
+    bias: np.ndarray | None
+    epsilon: float
+
+
 class BlockRoutes:
     """One layer of one example (unpadded): a ``routes.RouteLayer``. ``next_input`` is the stream
     after the layer (the next layer's input), at every position or, for the last layer, at the
     positions ``next_positions`` only (the decoder's head gives the final residual there); None
-    where the stream does not hold the feed-forward block's output (post-LN blocks)."""
+    where the feed-forward block is not split out. A post-LN layer's needs ``post_norm`` too."""
 
     def __init__(self, block: AttentionBlock, store: ProbsStore, layer: int, values: np.ndarray,
                  residual: np.ndarray, output: np.ndarray, next_input: np.ndarray | None = None,
-                 next_positions: np.ndarray | None = None):
+                 next_positions: np.ndarray | None = None, post_norm: PostNorm | None = None):
         self.block, self.store, self.layer = block, store, layer
         self.values, self.residual, self.output = values, residual, output
         self.next_input, self.next_positions = next_input, next_positions
-        self.has_ffn = block.kind in FFN_KINDS and next_input is not None
+        self.post_norm = post_norm
+        split = block.kind in FFN_KINDS or (block.kind == "post" and post_norm is not None)
+        self.has_ffn = split and next_input is not None
 
     def stream_after_attention(self, rows: np.ndarray) -> np.ndarray:
         """y at ``rows``: the stream after the attention block (for a parallel block, x + a)."""
@@ -108,4 +121,8 @@ class BlockRoutes:
                                     self.output[rows])
 
     def ffn(self, rows: np.ndarray) -> np.ndarray:
+        if self.post_norm is not None:
+            norm = self.post_norm
+            return post_norm_ffn_components(self.stream_after_attention(rows), norm.total[rows], norm.scale, norm.bias,
+                                            norm.epsilon)
         return ffn_components(self.stream_after_attention(rows), self.stream_after(rows))

@@ -85,6 +85,8 @@ class LogitDecomposer:
             #: the whole graph read linearly: made on the first run (its structure needs every
             #: tensor's type), then reused, the session narrowed to the tensors its sweep reads
             self.linear: LinearizedGraph | None = None
+            self.also_exposed: set[str] = set()
+            self.narrowed_to: set[str] | None = None
 
     def _head_model(self, head: int) -> bytes:
         import onnx
@@ -244,13 +246,22 @@ class LogitDecomposer:
         return found
 
     def _narrow(self, read: set[str]) -> None:
-        """Expose only what the sweep read: which tensors it reads is a property of the graph (each
-        operator's carrier follows from the structure), not of the input, and onnxruntime keeps
-        more of its own fusions and copies out less."""
-        exposed = {number: [name for name in graph.exposed if name in read] for number, graph in enumerate(self.graphs)}
+        """Expose only what the sweep read (and what ``ensure_exposed`` asked for): which tensors it
+        reads is a property of the graph (each operator's carrier follows from the structure), not of
+        the input, and onnxruntime keeps more of its own fusions and copies out less."""
+        self.narrowed_to = read | self.also_exposed
+        wanted = self.narrowed_to
+        exposed = {number: [name for name in graph.exposed if name in wanted] for number, graph in enumerate(self.graphs)}
         narrowed = SegmentedSession(self.prepared, *self._session_args, exposed=exposed)
         self.session.close()
         self.session = narrowed
+
+    def ensure_exposed(self, names: set[str]) -> None:
+        """A classifier's run also hands over ``names`` (the routes' post-LN sums): every tensor is
+        exposed until the first sweep narrows the session, which then keeps these too."""
+        self.also_exposed |= set(names)
+        if self.narrowed_to is not None and not names <= self.narrowed_to:
+            self._narrow(self.narrowed_to)
 
     def _alti_logit(self, run: LogitRun, logits: np.ndarray, wanted: list, contributions: list) -> list[LogitParts]:
         head_values, at = self._run_head(run, logits)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from alti_onnx.decomposition.components import head_vectors
-from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, ProbsStore
+from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, PostNorm, ProbsStore
 from alti_onnx.decomposition.routes import Node, RouteGraph, trace
 from alti_onnx.errors import InputError, NonFiniteError
 from alti_onnx.results.record import MEAN
@@ -54,25 +54,36 @@ class RouteRecorder:
             raise InputError(f"routes position {wanted} is outside the text's {size} tokens")
         return [wanted % size]
 
-    def layers(self, row: int, final: np.ndarray | None, positions: list[int]) -> list[BlockRoutes]:
-        """The row's layers for the trace; ``final`` the stream after the last layer at ``positions``
-        (None: the last layer's feed-forward block is not a node)."""
+    def layers(self, row: int, final: np.ndarray | None, positions: list[int],
+               post_norms: Sequence[PostNorm | None] = (), last_output: np.ndarray | None = None) -> list[BlockRoutes]:
+        """The row's layers for the trace. The stream after the last layer is ``last_output`` [S, D], or
+        ``final`` at ``positions`` (a decoder's head gives it there), or unknown (None: the last
+        feed-forward block is not a node); ``post_norms[l]``: a post-LN layer's sum and norm."""
         found = []
         tensors = self.tensors[row]
         for layer, (block, (values, residual, output)) in enumerate(zip(self.blocks, tensors)):
             last = layer + 1 == len(tensors)
-            after = (final if last else tensors[layer + 1][1]) if block.kind in FFN_KINDS else None
-            found.append(BlockRoutes(block, self.stores[row], layer, values, residual, output, after,
-                                     np.asarray(positions) if last and final is not None else None))
+            norm = post_norms[layer] if layer < len(post_norms) else None
+            after, at = None, None
+            if block.kind in FFN_KINDS or norm is not None:
+                if not last:
+                    after = tensors[layer + 1][1]
+                elif last_output is not None:
+                    after = last_output
+                elif final is not None:
+                    after, at = final, np.asarray(positions)
+            found.append(BlockRoutes(block, self.stores[row], layer, values, residual, output, after, at, norm))
         return found
 
     def explain(self, row: int, positions: list[int], final: np.ndarray | None,
-                lens: Callable[[np.ndarray], np.ndarray] | None, decode: Callable[[int], str]) -> RouteExplanation:
-        """The row's route explanation to its prediction at ``positions`` (``positions``): the trace
-        (``final``: the stream after the last layer there, [D], or None), and the logit lens where
-        ``lens`` is given."""
+                lens: Callable[[np.ndarray], np.ndarray] | None, decode: Callable[[int], str],
+                post_norms: Sequence[PostNorm | None] = (), last_output: np.ndarray | None = None) -> RouteExplanation:
+        """The row's route explanation to its prediction at ``positions``: the trace (``final``: the
+        stream after the last layer there, [D], or None; ``post_norms`` and ``last_output``: see
+        ``layers``), and the logit lens where ``lens`` is given."""
         query = self.queries[row]
-        layers = self.layers(row, None if final is None else np.asarray(final)[None], positions)
+        layers = self.layers(row, None if final is None else np.asarray(final)[None], positions, post_norms,
+                             last_output)
         graph = trace(layers, positions, query.threshold, query.renormalize)
         position: int | str = positions[0] if len(positions) == 1 else MEAN
         if lens is None or query.lens == 0 or len(positions) != 1:

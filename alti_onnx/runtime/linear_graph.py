@@ -130,3 +130,51 @@ def _factors(producer: dict[str, Node], name: str, live: Callable[[str], bool], 
     if node.op in ("Add", "Sub", "Neg"):
         return set().union(*(_factors(producer, operand, live, depth - 1) for operand in node.inputs))
     return set()
+
+
+@dataclass(frozen=True)
+class PostNormSite:
+    """Where a post-LN layer's feed-forward block meets the stream (BERT's ``LN(y + f)``): the sum
+    ``total`` = y + f of the stream ``stream`` (y) and the block's output, and the LayerNormalization
+    after it (its ``output``, ``scale``, ``bias``, ``epsilon``)."""
+
+    stream: str
+    total: str
+    output: str
+    scale: str
+    bias: str | None
+    epsilon: float
+
+
+def post_norm_site(graph: SegmentGraph, stream: str) -> PostNormSite | None:
+    """The sum of ``stream`` and a tensor computed from it, normalized by a LayerNormalization over
+    the last axis (found by structure); None where the segment has no such sum."""
+    producer = {name: node for node in graph.nodes for name in node.outputs if name}
+    norms = {node.inputs[0]: node for node in graph.nodes
+             if node.op == "LayerNormalization" and node.attributes.get("axis", -1) == -1 and len(node.inputs) >= 2}
+    for node in graph.nodes:
+        if node.op != "Add" or len(node.inputs) != 2 or stream not in node.inputs:
+            continue
+        other = node.inputs[1] if node.inputs[0] == stream else node.inputs[0]
+        norm = norms.get(node.outputs[0])
+        if other == stream or other not in producer or norm is None or not _reads(producer, other, stream):
+            continue
+        bias = norm.inputs[2] if len(norm.inputs) > 2 and norm.inputs[2] else None
+        return PostNormSite(stream, node.outputs[0], norm.outputs[0], norm.inputs[1], bias,
+                            float(norm.attributes.get("epsilon", 1e-5)))
+    return None
+
+
+def _reads(producer: dict[str, Node], name: str, source: str) -> bool:
+    """Whether tensor ``name`` is computed from ``source`` (within the segment)."""
+    seen, stack = set(), [name]
+    while stack:
+        current = stack.pop()
+        if current == source:
+            return True
+        node = producer.get(current)
+        if node is None or current in seen:
+            continue
+        seen.add(current)
+        stack.extend(n for n in node.inputs if n)
+    return False
