@@ -269,3 +269,16 @@ def test_routes_beside_a_classifiers_logit():
                                    atol=1e-6)
         assert explanation.logit.reconstruction_error < 1e-4
     assert any(e["kind"] == "ffn" for e in alone["edges"])
+
+
+def test_the_table_lists_the_heaviest_edges_by_layer(llama):
+    from alti_onnx.results import routes as module
+
+    found = llama.routes(TEXT, RouteQuery(0.0))
+    view = found.table(llama.tokenizer.encode(TEXT).tokens)
+    shown = [row[-1] for row in view.rows]
+    assert len(shown) == min(module.TABLE_EDGES, len(found.edges))
+    assert min(shown) >= sorted((e.weight for e in found.edges), reverse=True)[len(shown) - 1]  # the heaviest
+    layers = [int(row[0]) for row in view.rows]
+    assert layers == sorted(layers, reverse=True)  # top layer first
+    assert "the prediction's node promotes" in view.footer

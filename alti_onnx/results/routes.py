@@ -112,14 +112,15 @@ class RouteExplanation:
         def name(position: int | None) -> str:
             return "(its output)" if position is None else f"{position} {tokens[position]!r}"
 
-        ordered = sorted(self.edges, key=lambda e: (-e.layer, -e.weight))
+        heaviest = sorted(self.edges, key=lambda e: -e.weight)[:TABLE_EDGES]
+        ordered = sorted(heaviest, key=lambda e: (-e.layer, -e.weight))
         rows: list[list[str | float]] = [
             [str(e.layer), e.kind + ("" if e.head is None else f" h{e.head}"), name(e.source), name(e.target),
-             f"{e.weight:.3f}", e.weight] for e in ordered[:TABLE_EDGES]]
+             f"{e.weight:.3f}", e.weight] for e in ordered]
         footer = (f"{len(self.edges)} edges, {len(self.graph.nodes)} nodes at threshold {self.graph.threshold:g}"
                   f"{' (renormalized)' if self.renormalize else ''}")
-        if len(ordered) > TABLE_EDGES:
-            footer += f"; the {TABLE_EDGES} heaviest shown by layer (the JSON has them all)"
+        if len(self.edges) > TABLE_EDGES:
+            footer += f"; the {TABLE_EDGES} heaviest shown, by layer (the JSON has them all)"
         final = next((n for n in reversed(self.graph.nodes) if n[2] == self.position), None)
         if final in self.lens:
             footer += "; the prediction's node promotes " + ", ".join(repr(t.token) for t in self.lens[final])
