@@ -49,7 +49,8 @@ def test_batch_routes_equal_the_apis_and_resume(tmp_path):
     assert result.returncode == 0, result.stderr
     records = list(read_output_records(out))
     with Explainer(FIXTURES / "tiny-llama") as explainer:
-        want = [r.to_dict() for r in explainer.routes(texts, RouteQuery(renormalize=True))]
+        want = [r.to_dict() for r in explainer.routes(texts, RouteQuery(renormalize=True, lens=0))]  # batch: no lens
+        with_lens = [r.to_dict() for r in explainer.routes(texts[:2], RouteQuery(lens=2))]
         layers, heads = len(explainer.blocks), explainer.blocks[0].num_heads
     assert [r["routes"] for r in records] == json.loads(json.dumps(want))
     summary = json.loads((tmp_path / "out.jsonl.routes.json").read_text())
@@ -61,9 +62,15 @@ def test_batch_routes_equal_the_apis_and_resume(tmp_path):
     assert json.loads((tmp_path / "out.jsonl.routes.json").read_text()) == summary
     other = run_cli("batch", FIXTURES / "tiny-llama", "--input", corpus, "--output", out, "--routes")
     assert_one_line_error(other)  # another job (not renormalized) does not append to this output
+    corpus.write_text("".join(json.dumps(t) + "\n" for t in texts[:2]))
+    lensed = run_cli("batch", FIXTURES / "tiny-llama", "--input", corpus, "--output", tmp_path / "lens.jsonl", "--lens", "2")
+    assert lensed.returncode == 0, lensed.stderr
+    assert [r["routes"] for r in read_output_records(tmp_path / "lens.jsonl")] == json.loads(json.dumps(with_lens))
+    assert all(len(h["promotes"]) == 2 for h in with_lens[0]["heads"])
 
 
-@pytest.mark.parametrize("option", [["--threshold", "1.5"], ["--threshold", "nan"], ["--threshold", "x"]])
+@pytest.mark.parametrize("option", [["--threshold", "1.5"], ["--threshold", "nan"], ["--threshold", "x"],
+                                    ["--lens", "-1"], ["--lens", "51"]])
 def test_a_bad_threshold_is_one_line(tmp_path, option):
     corpus = tmp_path / "texts.jsonl"
     corpus.write_text('"a dog"\n')

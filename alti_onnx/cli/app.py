@@ -70,6 +70,9 @@ ThresholdOption = Annotated[Optional[float], typer.Option(
     "--threshold", help="routes: the smallest edge weight kept (default 0.04; 0 keeps every edge; implies --routes)")]
 RenormalizeOption = Annotated[bool, typer.Option(
     "--renormalize", help="routes: rescale each node's kept incoming weights to sum to 1 (implies --routes)")]
+LensOption = Annotated[Optional[int], typer.Option(
+    "--lens", help="routes, language models: tokens the logit lens lists per node and head (explain: 5, batch: 0; "
+    "implies --routes)")]
 
 
 @contextmanager
@@ -211,6 +214,7 @@ def explain(
     routes: RoutesOption = False,
     threshold: ThresholdOption = None,
     renormalize: RenormalizeOption = False,
+    lens: LensOption = None,
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -234,7 +238,7 @@ def explain(
                 raise InputError("--logit on a language model reads the next token at one position: --target N")
             query = replace(query, position=target)  # a decoder's --target is where the next token is read
         extra = {} if query is None else {"logit": query}
-        route_query = _route_query(explainer, routes, threshold, renormalize, target)
+        route_query = _route_query(explainer, routes, threshold, renormalize, target, lens)
         if route_query is not None:
             extra["routes"] = route_query
         explanation = explainer.explain(text, target_text, full=full, targets=None if target is None else [target],
@@ -287,10 +291,11 @@ def _logit_query(explainer, logit: bool, class_: Optional[str], target_token: Op
     return LogitQuery(target=class_ if class_ is not None else target_token, foil=foil, per_head=per_head, kind=kind)
 
 
-def _route_query(explainer, routes: bool, threshold: Optional[float], renormalize: bool, target):
-    """The RouteQuery the options ask for (--threshold and --renormalize imply --routes), None without
-    them; the prediction's position is --target's where one position is given."""
-    if not (routes or threshold is not None or renormalize):
+def _route_query(explainer, routes: bool, threshold: Optional[float], renormalize: bool, target,
+                 lens: Optional[int] = None):
+    """The RouteQuery the options ask for (--threshold, --renormalize and --lens imply --routes), None
+    without them; the prediction's position is --target's where one position is given."""
+    if not (routes or threshold is not None or renormalize or lens is not None):
         return None
     if not hasattr(explainer, "routes"):
         raise InputError("--routes explains models in one graph (encoders, decoders, classifiers); an "
@@ -299,7 +304,8 @@ def _route_query(explainer, routes: bool, threshold: Optional[float], renormaliz
     from alti_onnx.results.routes import RouteQuery
 
     return RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
-                      position=target if isinstance(target, int) else None)
+                      position=target if isinstance(target, int) else None,
+                      **({} if lens is None else {"lens": lens}))
 
 
 def _logit_fields(explainer, logit: bool, class_: Optional[str], target_token: Optional[str], foil: Optional[str],
@@ -420,6 +426,22 @@ def demo(
     explain(model_dir, text=text, target=None, json_path=None, tokenizer=None, provider=None, html_path=None,
             png_path=None, input_map=None, self_check_tolerance=DEFAULT_TOLERANCE, attribution_only=False,
             target_text=None, max_new_tokens=32, words=False, encoder=None, decoder=None, decoder_start_token_id=None)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="export directory (model.onnx + tokenizer.json) or .onnx file")],
+    port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1 (0: any free port)")] = 8000,
+    threshold: Annotated[float, typer.Option("--threshold", help="routes: the default smallest edge weight kept "
+                                             "(the page can change it)")] = 0.04,
+) -> None:
+    """Serve a page on this machine (127.0.0.1 only) that explains the texts typed into it: the report
+    with the logit decomposition and the routes, the model loaded once. Ctrl-C stops it."""
+    from alti_onnx.serve import serve as serve_model
+
+    with user_errors():
+        serve_model(model, port=port, threshold=threshold,
+                    announce=lambda line: out.print(escape(line), soft_wrap=True, highlight=False))
 
 
 @app.command()
@@ -649,6 +671,7 @@ def batch(
     routes: RoutesOption = False,
     threshold: ThresholdOption = None,
     renormalize: RenormalizeOption = False,
+    lens: LensOption = None,
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
@@ -663,7 +686,7 @@ def batch(
     if ray is not None:
         with user_errors():
             query = _logit_fields(None, logit, class_, target_token, foil, per_head, target)
-            route_fields = _route_fields(routes, threshold, renormalize, target)
+            route_fields = _route_fields(routes, threshold, renormalize, target, lens)
             if route_fields is not None and encoder is not None:
                 raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
@@ -687,7 +710,7 @@ def batch(
         explainer = _explainer(model, input_map, self_check_tolerance, encoder=encoder, decoder=decoder,
                                decoder_start_token_id=decoder_start_token_id)
         query = _logit_fields(explainer, logit, class_, target_token, foil, per_head, target)
-        route_fields = _route_fields(routes, threshold, renormalize, target)
+        route_fields = _route_fields(routes, threshold, renormalize, target, lens)
         if route_fields is not None and not hasattr(explainer, "routes"):
             raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
@@ -709,17 +732,21 @@ def batch(
             _route_summary(model, Path(output_path), explainer)
 
 
-def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, target) -> Optional[dict]:
-    """``batch``'s route options as the JSON-friendly fields of a RouteQuery (they enter the job's identity)."""
-    if not (routes or threshold is not None or renormalize):
+def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, target,
+                  lens: Optional[int] = None) -> Optional[dict]:
+    """``batch``'s route options as the JSON-friendly fields of a RouteQuery (they enter the job's identity).
+    A corpus run leaves the logit lens out unless --lens asks (it is most of a language model's record)."""
+    if not (routes or threshold is not None or renormalize or lens is not None):
         return None
     from alti_onnx.decomposition.routes import THRESHOLD
     from alti_onnx.results.routes import RouteQuery
 
     parsed = _target_option(target)
     query = RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
-                       position=parsed if isinstance(parsed, int) else None)  # checked here, before any record
-    return {"threshold": query.threshold, "renormalize": query.renormalize, "position": query.position}
+                       position=parsed if isinstance(parsed, int) else None,
+                       lens=0 if lens is None else lens)  # checked here, before any record
+    return {"threshold": query.threshold, "renormalize": query.renormalize, "position": query.position,
+            "lens": query.lens}
 
 
 def _route_summary(model: Path, output: Path, explainer=None) -> None:

@@ -316,10 +316,10 @@ class LogitDecomposer:
 
     def lens(self, vectors: np.ndarray, collected: dict[str, np.ndarray], batch: int, length: int) -> np.ndarray:
         """[N, V]: the logit lens of residual-stream vectors [N, D]: the model's own final norm and
-        unembedding (the head from its final residual on) applied to each vector. The head may read
-        the run's shapes from its other inputs (GPT-2 reshapes to its input's), so the vectors go in
-        as the run's first row, ``length`` positions at a time (``collected``: the head's inputs, of a
-        run of ``batch`` rows)."""
+        unembedding (the head from its final residual on) applied to each vector. A head that reads
+        the run's shapes from its other inputs (GPT-2 reshapes to its input's) gets the vectors as the
+        run's first row, ``length`` positions at a time (``collected``: the head's inputs, of a run of
+        ``batch`` rows); any other gets them all at once."""
         if self.head_sum is None:
             raise LinearizationError("the logit lens needs the head's final residual, found on a first run")
         final = self.head_sum.outputs[0]
@@ -327,6 +327,8 @@ class LogitDecomposer:
             self.lens_session, self.lens_inputs = self._lens_session(final)
         extra = {name: _first_row(np.asarray(collected[name]), batch) for name in self.lens_inputs}
         vectors = np.asarray(vectors, dtype=self.lens_dtype)
+        if not extra:  # the head reads no shape of the run: every vector in one go
+            length = max(1, len(vectors))
         found = []
         for start in range(0, len(vectors), length):
             chunk = vectors[start:start + length]
