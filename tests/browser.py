@@ -68,6 +68,25 @@ def find_browser() -> tuple[str, str]:
     return found[0], found[1]
 
 
+def require_browser() -> None:
+    """In a test: skip it with the reason when no browser is usable, or fail under ALTI_ONNX_REQUIRE_BROWSER=1."""
+    import pytest
+
+    try:
+        find_browser()
+    except BrowserUnavailable as exc:
+        if os.environ.get("ALTI_ONNX_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"ALTI_ONNX_REQUIRE_BROWSER=1 but no browser: {exc}")
+        pytest.skip(f"no headless browser: {exc}")
+
+
+def docs_screenshot(shot: Path, name: str) -> None:
+    """Copy a test's screenshot into docs/ as ``name`` when ALTI_ONNX_DOCS_SCREENSHOTS=1 (regenerating the
+    docs' pictures; a plain test run leaves the checkout as it is)."""
+    if os.environ.get("ALTI_ONNX_DOCS_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, Path(__file__).resolve().parent.parent / "docs" / name)
+
+
 @contextmanager
 def headless_chromium(width: int = 1200, height: int = 1000) -> Iterator[object]:
     """A Selenium WebDriver for the system's headless Chromium, in a fresh profile removed afterwards."""
@@ -143,23 +162,79 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a mainten
     parser.add_argument("--width", type=int, default=1100)
     parser.add_argument("--hover", type=int, nargs=2, metavar=("ROW", "COL"), default=None,
                         help="show the tooltip of this cell in the screenshot")
+    parser.add_argument("--routes", action="store_true", help="explain with the routes (and the logit where the "
+                        "model has one) and picture the routes' section (docs/report-routes.png)")
     args = parser.parse_args(argv)
     model = args.model
     if model is None:
         from models.sentiment import build_sentiment_classifier
 
         model = str(build_sentiment_classifier())
-    explanation = Explainer(model).explain(args.text)
+    explainer = Explainer(model)
+    extra = {}
+    if args.routes:
+        from alti_onnx.results.logit import LogitQuery
+        from alti_onnx.results.routes import RouteQuery
+        from alti_onnx.serve import ExplainService
+
+        extra = {"routes": RouteQuery(), **({"logit": LogitQuery()} if ExplainService(explainer, "").logit else {})}
+    explanation = explainer.explain(args.text, **extra)
     with tempfile.TemporaryDirectory() as tmp:
         html_path = Path(args.html or Path(tmp) / "report.html")
         write_html(explanation, html_path, text=args.text, model=Path(model).name)
         with headless_chromium(args.width, 900) as driver:
             open_report(driver, html_path)
-            fit_window_to_page(driver, args.width)
+            if args.routes:
+                show_routes(driver, explanation.routes.edges, args.width)
+            else:
+                fit_window_to_page(driver, args.width)
             if args.hover:
                 hover_cell(driver, *args.hover)
             driver.save_screenshot(args.out)
     print(f"wrote {args.out}")
+
+
+def hover_route_edge(driver, index: int) -> bool:
+    """Point at the middle of the routes' edge ``index`` (scrolled into view if it is not); False, without
+    moving, when another element lies on top there."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    point = driver.execute_script(
+        """
+        const g = document.querySelector('.alti-route-edge[data-index="' + arguments[0] + '"]');
+        const box = g.getBoundingClientRect();
+        if (box.top < 0 || box.bottom > window.innerHeight) g.scrollIntoView({block: 'center'});
+        const path = g.querySelector('path'), p = path.getPointAtLength(path.getTotalLength() / 2);
+        const m = path.getScreenCTM(), x = m.a * p.x + m.c * p.y + m.e, y = m.b * p.x + m.d * p.y + m.f;
+        const hit = document.elementFromPoint(x, y);
+        return {x: x, y: y, same: !!hit && hit.closest('.alti-route-edge') === g};
+        """, index)
+    if not point["same"]:
+        return False
+    actions = ActionChains(driver)
+    actions.w3c_actions.pointer_action.move_to_location(int(point["x"]), int(point["y"]))
+    actions.perform()
+    return True
+
+
+def show_routes(driver, edges, width: int = 1100, most: int = 1000) -> int | None:
+    """Frame the routes' section for a picture: the window ``width`` wide and as tall as the section (at
+    most ``most`` pixels), the prediction's node clicked and the tooltip of the heaviest attention edge
+    between two positions that shows in the window; returns that edge's index (None: none shows)."""
+    height = driver.execute_script("return Math.ceil(document.getElementById('routes-section')"
+                                   ".getBoundingClientRect().height) + 36")
+    chrome = driver.execute_script("return window.outerHeight - window.innerHeight")
+    driver.set_window_size(width, min(height, most) + chrome)
+    driver.execute_script("window.scrollTo(0, document.getElementById('routes-section').getBoundingClientRect().top"
+                          " + window.scrollY - 12)")
+    driver.find_element("css selector", ".alti-route-prediction").click()
+    visible = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.alti-route-edge')).filter(g => {"
+        "const b = g.getBoundingClientRect(); return b.top >= 0 && b.bottom <= window.innerHeight})"
+        ".map(g => Number(g.dataset.index))")
+    ordered = sorted((k for k in visible if edges[k].kind == "attention" and edges[k].source != edges[k].target),
+                     key=lambda k: -edges[k].weight)
+    return next((k for k in ordered if hover_route_edge(driver, k)), None)
 
 
 def hover_cell(driver, row: int, column: int) -> dict:

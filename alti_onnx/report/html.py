@@ -126,8 +126,8 @@ def render_html(
     data = report_data(explanation, text=text, model=model, target=target)
     title = title or (f"ALTI explanation · {model}" if model else "ALTI explanation")
     parts = {"TITLE": html.escape(title), "CSS": styled(CSS), "JS": styled(JS), "DATA": json_for_script(data),
-             "LOGIT": _logit_section(explanation)}
-    return re.sub(r"__(TITLE|CSS|JS|DATA|LOGIT)__", lambda m: parts[m[1]], _PAGE)
+             "LOGIT": _logit_section(explanation), "ROUTES": _routes_section(explanation)}
+    return re.sub(r"__(TITLE|CSS|JS|DATA|LOGIT|ROUTES)__", lambda m: parts[m[1]], _PAGE)
 
 
 def _logit_section(explanation: Explanation) -> str:
@@ -139,6 +139,18 @@ def _logit_section(explanation: Explanation) -> str:
     return ('<section id="logit-section">\n  <h2>Logit decomposition</h2>\n  <p class="muted hint">The logit of '
             'the class or next token (minus the foil\'s) as one signed part per token and the named parts: blue for, '
             'red against.</p>\n  ' + logit_html(explanation.logit, list(explanation.tokens)) + "\n</section>")
+
+
+def _routes_section(explanation: Explanation) -> str:
+    """The routes' section (an inline SVG and its own small script), when the explanation has them."""
+    if explanation.routes is None:
+        return ""
+    from .routes_view import routes_html
+
+    return ('<section id="routes-section">\n  <h2>Routes</h2>\n  <p class="muted hint">The routes through heads and '
+            'feed-forward blocks that build the prediction, layer by layer from the embeddings up; drag the threshold '
+            'to keep only heavier edges, hover an edge for its weight, click a node for what it promotes.</p>\n  '
+            + routes_html(explanation.routes, list(explanation.tokens)) + "\n</section>")
 
 
 def write_html(
@@ -194,6 +206,7 @@ _PAGE = PAGE_START + """
   <div class="legend"><span id="token-scale-min">0</span><span class="bar" id="token-scale-bar"></span><span id="token-scale-max"></span></div>
 </section>
 __LOGIT__
+__ROUTES__
 <section id="matrix-section">
   <h2>Contributions</h2>
   <p class="muted hint">Row <i>i</i> receives from column <i>j</i>. Pick a layer's contribution matrix or the rollout (all layers combined); hover a cell to read its value.</p>

@@ -54,6 +54,10 @@ def inline_html(explanation) -> str:
         from .logit_view import logit_html
 
         parts.append(logit_html(explanation.logit, list(explanation.tokens)))
+    if getattr(explanation, "routes", None) is not None:
+        from .routes_view import routes_html
+
+        parts.append(routes_html(explanation.routes, list(explanation.tokens), interactive=False))
     if explanation.rollout is not None and len(explanation.tokens) <= HEATMAP_TOKENS:
         parts.append(_heatmap(explanation))
     parts.append("</div>")
