@@ -31,39 +31,54 @@ class ProbsStore:
 
     def __init__(self, memory_bytes: int = MEMORY_BYTES):
         self.memory_bytes = memory_bytes
-        self._held: list[np.ndarray] = []  # [S_i, H, S_j] each: a row is one contiguous read
+        self._held: list[np.ndarray | None] = []  # as the run gave them (no copy when contiguous)
         self._offsets: list[int] = []
         self._shapes: list[tuple[int, int, int]] = []
         self._file = None
         self._held_bytes = 0
 
     def append(self, probs: np.ndarray) -> None:
-        by_row = np.ascontiguousarray(np.asarray(probs, dtype=np.float32).transpose(1, 0, 2))
-        self._shapes.append(by_row.shape)
-        if self._file is None and self._held_bytes + by_row.nbytes > self.memory_bytes:
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        self._shapes.append(probs.shape)
+        if self._file is None and self._held_bytes + probs.nbytes > self.memory_bytes:
             self._file = tempfile.TemporaryFile(prefix="alti-onnx-routes-")
         if self._file is None:
-            self._held.append(by_row)
+            self._held.append(probs)
             self._offsets.append(-1)
-            self._held_bytes += by_row.nbytes
+            self._held_bytes += probs.nbytes
         else:
             self._offsets.append(self._file.seek(0, os.SEEK_END))
-            self._file.write(by_row.tobytes())
-            self._held.append(None)  # type: ignore[arg-type]
+            self._file.write(probs.data)  # the array's own buffer: no copy
+            self._held.append(None)
 
     def rows(self, layer: int, rows: np.ndarray) -> np.ndarray:
         """[H, R, S]: the attention of the receiving positions ``rows`` in ``layer``."""
+        rows = np.asarray(rows, dtype=np.intp)
         held = self._held[layer]
         if held is not None:
-            return held[rows].transpose(1, 0, 2)
-        size, heads, sources = self._shapes[layer]
-        row_bytes = heads * sources * 4
+            return held[:, rows]
+        heads, size, sources = self._shapes[layer]
         self._file.flush()
-        out = np.empty((len(rows), heads, sources), dtype=np.float32)
-        for k, row in enumerate(np.asarray(rows).tolist()):
-            data = os.pread(self._file.fileno(), row_bytes, self._offsets[layer] + row * row_bytes)
-            out[k] = np.frombuffer(data, dtype=np.float32).reshape(heads, sources)
-        return out.transpose(1, 0, 2)
+        start = self._offsets[layer]
+        if len(rows) * 8 > size:  # many rows: the layer in one read
+            return self._read(start, heads * size * sources).reshape(heads, size, sources)[:, rows]
+        out = np.empty((heads, len(rows), sources), dtype=np.float32)
+        row_bytes = sources * 4
+        for h in range(heads):
+            for k, row in enumerate(rows.tolist()):
+                out[h, k] = self._read(start + (h * size + row) * row_bytes, sources)
+        return out
+
+    def _read(self, offset: int, count: int) -> np.ndarray:
+        """``count`` float32 values from the file at ``offset`` (a read returns at most about 2 GB)."""
+        out = np.empty(count, dtype=np.float32)
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):
+            got = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError("the routes' temporary file ended early")
+            done += got
+        return out
 
     @property
     def spilled(self) -> bool:

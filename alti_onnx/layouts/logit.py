@@ -314,12 +314,14 @@ class LogitDecomposer:
         final = found.astype(np.float64)
         return final.reshape(batch, length, -1)[np.arange(batch), at]
 
-    def lens(self, vectors: np.ndarray, collected: dict[str, np.ndarray], batch: int, length: int) -> np.ndarray:
-        """[N, V]: the logit lens of residual-stream vectors [N, D]: the model's own final norm and
-        unembedding (the head from its final residual on) applied to each vector. A head that reads
-        the run's shapes from its other inputs (GPT-2 reshapes to its input's) gets the vectors as the
-        run's first row, ``length`` positions at a time (``collected``: the head's inputs, of a run of
-        ``batch`` rows); any other gets them all at once."""
+    def lens(self, vectors: np.ndarray, collected: dict[str, np.ndarray], batch: int, length: int,
+             top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The logit lens of residual-stream vectors [N, D]: the model's own final norm and unembedding
+        (the head from its final residual on) applied to each vector, kept as each row's ``top``
+        highest and lowest logits: (ids, logits) [N, top] each, highest first, then lowest first.
+        A head that reads the run's shapes from its other inputs (GPT-2 reshapes to its input's) gets
+        the vectors as the run's first row, ``length`` positions at a time (``collected``: the head's
+        inputs, of a run of ``batch`` rows); any other gets them in blocks of ``LENS_ROWS``."""
         if self.head_sum is None:
             raise LinearizationError("the logit lens needs the head's final residual, found on a first run")
         final = self.head_sum.outputs[0]
@@ -327,20 +329,22 @@ class LogitDecomposer:
             self.lens_session, self.lens_inputs = self._lens_session(final)
         extra = {name: _first_row(np.asarray(collected[name]), batch) for name in self.lens_inputs}
         vectors = np.asarray(vectors, dtype=self.lens_dtype)
-        if not extra:  # the head reads no shape of the run: every vector in one go
-            length = max(1, len(vectors))
-        found = []
+        if not extra:  # the head reads no shape of the run
+            length = LENS_ROWS
+        found: list[tuple[np.ndarray, ...]] = []
         for start in range(0, len(vectors), length):
             chunk = vectors[start:start + length]
-            feed = np.zeros((length, vectors.shape[-1]), dtype=self.lens_dtype)
-            feed[:len(chunk)] = chunk
+            feed = chunk if not extra else np.concatenate([chunk, np.zeros((length - len(chunk), chunk.shape[-1]),
+                                                                           dtype=chunk.dtype)])
             try:
                 logits = self.lens_session.run([LOGITS], {final: feed[None] if self.lens_rank == 3 else feed,
                                                           **extra})[0]
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
                 raise LinearizationError(f"the logit lens did not run: {str(exc).splitlines()[0]}") from None
-            found.append(np.asarray(logits, dtype=np.float64).reshape(length, -1)[:len(chunk)])
-        return np.concatenate(found)
+            logits = np.asarray(logits).reshape(len(feed), -1)[:len(chunk)]
+            found.append((*_extreme(logits, top), *_extreme(-logits, top)))
+        high, high_logits, low, low_logits = (np.concatenate(parts) for parts in zip(*found))
+        return high, high_logits, low, -low_logits
 
     def _lens_session(self, final: str):
         """The head from ``final`` to the logits, and the head's other inputs it still reads (for shapes)."""
@@ -390,6 +394,19 @@ class LogitDecomposer:
         except Exception as exc:  # noqa: BLE001
             raise LinearizationError(f"the decoder's head did not run again: {str(exc).splitlines()[0]}") from None
         return {**feeds, **results}, [int(p) for p in picks]
+
+
+#: Vectors the logit lens reads at a time (a [rows, vocabulary] block of logits).
+LENS_ROWS = 256
+
+
+def _extreme(logits: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``top`` largest values and their columns, largest first, in float64."""
+    top = min(top, logits.shape[-1])
+    picked = np.argpartition(-logits, top - 1, axis=-1)[:, :top]
+    values = np.take_along_axis(logits, picked, -1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    return np.take_along_axis(picked, order, -1), np.take_along_axis(values, order, -1).astype(np.float64)
 
 
 def _first_row(value: np.ndarray, batch: int) -> np.ndarray:

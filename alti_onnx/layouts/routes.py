@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from alti_onnx.decomposition.components import head_vectors
+from alti_onnx.decomposition.contributions import one_blas_thread
 from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, PostNorm, ProbsStore
 from alti_onnx.decomposition.routes import Node, RouteGraph, trace
 from alti_onnx.errors import InputError, NonFiniteError
@@ -76,7 +77,7 @@ class RouteRecorder:
         return found
 
     def explain(self, row: int, positions: list[int], final: np.ndarray | None,
-                lens: Callable[[np.ndarray], np.ndarray] | None, decode: Callable[[int], str],
+                lens: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None, decode: Callable[[int], str],
                 post_norms: Sequence[PostNorm | None] = (), last_output: np.ndarray | None = None) -> RouteExplanation:
         """The row's route explanation to its prediction at ``positions``: the trace (``final``: the
         stream after the last layer there, [D], or None; ``post_norms`` and ``last_output``: see
@@ -84,7 +85,8 @@ class RouteRecorder:
         query = self.queries[row]
         layers = self.layers(row, None if final is None else np.asarray(final)[None], positions, post_norms,
                              last_output)
-        graph = trace(layers, positions, query.threshold, query.renormalize)
+        with one_blas_thread():  # small matmuls: OpenBLAS's own threads only slow them (decomposition.contributions)
+            graph = trace(layers, positions, query.threshold, query.renormalize)
         position: int | str = positions[0] if len(positions) == 1 else MEAN
         if lens is None or query.lens == 0 or len(positions) != 1:
             return RouteExplanation(graph, position, query.renormalize)
@@ -92,29 +94,26 @@ class RouteRecorder:
         return RouteExplanation(graph, position, query.renormalize, nodes, heads)
 
     def _lens(self, graph: RouteGraph, layers: list[BlockRoutes], position: int,
-              lens: Callable[[np.ndarray], np.ndarray], top: int,
+              lens: Callable[[np.ndarray, int], tuple[np.ndarray, ...]], top: int,
               decode: Callable[[int], str]) -> tuple[dict[Node, list[LensToken]], list[HeadLens]]:
+        """What each node's stream and each head's output at the prediction promote (and suppress)."""
         vectors = [_node_vector(node, layers) for node in graph.nodes]
         at = np.array([position])
         heads = [head_vectors(layer.block, layer.store.rows(layer.layer, at)[:, 0], layer.values)
                  for layer in layers]  # [H, D] each: the heads' terms at the prediction's position
         stacked = np.concatenate([np.asarray(vectors).reshape(-1, layers[0].residual.shape[-1]), *heads])
-        logits = lens(stacked)
+        high, high_logits, low, low_logits = lens(stacked, top)
 
-        def tokens(order: np.ndarray, row: np.ndarray) -> list[LensToken]:
-            return [LensToken(int(t), decode(int(t)), float(row[t])) for t in order]
+        def tokens(ids: np.ndarray, logits: np.ndarray) -> list[LensToken]:
+            return [LensToken(int(t), decode(int(t)), float(v)) for t, v in zip(ids, logits)]
 
-        def best(row: np.ndarray) -> np.ndarray:
-            picked = np.argpartition(-row, top - 1)[:top]
-            return picked[np.argsort(-row[picked], kind="stable")]
-
-        nodes = {node: tokens(best(row), row) for node, row in zip(graph.nodes, logits)}
+        nodes = {node: tokens(high[k], high_logits[k]) for k, node in enumerate(graph.nodes)}
         head_lens = []
         offset = len(graph.nodes)
         for number, found in enumerate(heads):
             for head in range(len(found)):
-                row = logits[offset + head]
-                head_lens.append(HeadLens(number, head, tokens(best(row), row), tokens(best(-row), row)))
+                k = offset + head
+                head_lens.append(HeadLens(number, head, tokens(high[k], high_logits[k]), tokens(low[k], low_logits[k])))
             offset += len(found)
         return nodes, head_lens
 

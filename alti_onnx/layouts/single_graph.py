@@ -294,10 +294,10 @@ class SingleGraphExplainer(Explainer):
                                      *self._post_norms(post, collected, row, recorder.kept[row])) for row in rows]
         # the final residual at each row's prediction, from one run of the head; the lens through it
         padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]]) for keep, at in zip(recorder.kept, positions)]
-        finals = head.final_residual(collected, padded, np.asarray(outputs[LOGITS], dtype=np.float64))
+        finals = head.final_residual(collected, padded, outputs[LOGITS])
 
-        def lens(vectors: np.ndarray) -> np.ndarray:
-            return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1])
+        def lens(vectors: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+            return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1], top)
 
         return [recorder.explain(row, positions[row], finals[row], lens, self._decode) for row in rows]
 
