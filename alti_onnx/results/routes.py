@@ -108,18 +108,21 @@ class RouteExplanation:
                    bool(found.get("renormalize", False)), lens, heads)
 
     def table(self, tokens: list[str]) -> TableView:
-        """The heaviest edges into the prediction's routes, per layer from the top."""
+        """The heaviest head and feed-forward edges on the prediction's routes (the residual edges, the
+        stream carrying itself on, are counted, not listed), per layer from the top."""
         def name(position: int | None) -> str:
             return "(its output)" if position is None else f"{position} {tokens[position]!r}"
 
-        heaviest = sorted(self.edges, key=lambda e: -e.weight)[:TABLE_EDGES]
+        components = [e for e in self.edges if e.kind in ("attention", "ffn")]  # the residual edges are the default
+        heaviest = sorted(components, key=lambda e: -e.weight)[:TABLE_EDGES]
         ordered = sorted(heaviest, key=lambda e: (-e.layer, -e.weight))
         rows: list[list[str | float]] = [
             [str(e.layer), e.kind + ("" if e.head is None else f" h{e.head}"), name(e.source), name(e.target),
              f"{e.weight:.3f}", e.weight] for e in ordered]
-        footer = (f"{len(self.edges)} edges, {len(self.graph.nodes)} nodes at threshold {self.graph.threshold:g}"
+        footer = (f"{len(self.edges)} edges ({len(components)} of heads and feed-forward blocks, the rest residual), "
+                  f"{len(self.graph.nodes)} nodes at threshold {self.graph.threshold:g}"
                   f"{' (renormalized)' if self.renormalize else ''}")
-        if len(self.edges) > TABLE_EDGES:
+        if len(components) > TABLE_EDGES:
             footer += f"; the {TABLE_EDGES} heaviest shown, by layer (the JSON has them all)"
         final = next((n for n in reversed(self.graph.nodes) if n[2] == self.position), None)
         if final in self.lens:
