@@ -77,15 +77,15 @@ def parse_request(body: bytes) -> tuple[str, float | None]:
 
 
 class ExplainService:
-    """The explainer (one explanation at a time) and what it is asked for each text: the routes where
-    its layout traces them, the logit where the model has one to decompose."""
+    """The explainer (one explanation at a time) and what it is asked for each text: the routes, and
+    the logit where the model has one to decompose."""
 
     def __init__(self, explainer: Any, model: str, threshold: float = THRESHOLD):
         RouteQuery(threshold)  # a bad default is refused before the server starts
         self.explainer = explainer
         self.model = model
         self.threshold = threshold
-        self.routes = hasattr(explainer, "routes")
+        self.routes = True  # every layout traces them (an encoder-decoder's through its cross-attention)
         self.logit = hasattr(explainer, "logit_decomposer") and _decomposes_logits(explainer)
         self.lock = threading.Lock()
 

@@ -63,6 +63,11 @@ def _blocks(model: nn.Module) -> tuple[str, list[_Block], list[_Block], list[_Bl
 def reference_alti_plus_hf(model: nn.Module, source_ids, labels) -> Seq2SeqReference:
     """ALTI+ of one source (token ids, no padding) and one target (``labels``: the tokens the decoder
     is to produce; it reads them shifted right behind the decoder start token), in float64."""
+    return reference_alti_plus(*seq2seq_captures(model, source_ids, labels))
+
+
+def seq2seq_captures(model: nn.Module, source_ids, labels) -> tuple[list[LayerCapture], ...]:
+    """Every block's float64 capture of one pair: the encoder's, the decoder's self- and cross-attention's."""
     model.double().eval()
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
         model.set_attn_implementation("eager")
@@ -107,11 +112,9 @@ def reference_alti_plus_hf(model: nn.Module, source_ids, labels) -> Seq2SeqRefer
                             out_weight=_numpy(weight), out_bias=None if bias is None else _numpy(bias),
                             norm=parameters, block_output=_numpy(y), kind=kind, cross=block.cross)
 
-    return reference_alti_plus(
-        [capture(b, p) for b, p in zip(encoder, out.encoder_attentions, strict=True)],
-        [capture(b, p) for b, p in zip(own, out.decoder_attentions, strict=True)],
-        [capture(b, p) for b, p in zip(cross, out.cross_attentions, strict=True)],
-    )
+    return ([capture(b, p) for b, p in zip(encoder, out.encoder_attentions, strict=True)],
+            [capture(b, p) for b, p in zip(own, out.decoder_attentions, strict=True)],
+            [capture(b, p) for b, p in zip(cross, out.cross_attentions, strict=True)])
 
 
 def record_expected(fixture: Path, hf_dir: Path, sources, targets) -> None:

@@ -284,3 +284,58 @@ def test_the_table_lists_the_heaviest_edges_by_layer(llama):
     layers = [int(row[0]) for row in view.rows]
     assert layers == sorted(layers, reverse=True)  # top layer first
     assert "the prediction's node promotes" in view.footer
+
+
+@pytest.mark.parametrize("name", ["bart", "marian", "m2m100", "t5"])
+def test_seq2seq_routes_against_the_reference(name, tmp_path):
+    """An encoder-decoder's routes: every edge of the decoder's graph (self-attention, cross-attention
+    from encoder positions, feed-forward) and of the encoder's graph (to the positions the
+    cross-attention edges read) equals the component contributions of the Hugging Face model's blocks
+    by hooks in float64; the record reads back."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForSeq2SeqLM
+
+    from alti_onnx import Explainer
+    from models.reference_math import component_contributions
+    from models.reference_seq2seq import seq2seq_captures
+    from models.seq2seq import build_hf_model
+
+    folder = FIXTURES / f"tiny-{name}-seq2seq"
+    texts = json.loads((folder / "texts.json").read_text())
+    source, target = texts["sources"][0], texts["targets"][0]
+    with Explainer(folder) as explainer:
+        found = explainer.explain(source, target, routes=RouteQuery(0.0))
+        labels = explainer.text_encoder.token_ids([target])[0]
+        ids = explainer.tokenizer.encode(source).ids
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(build_hf_model(name, tmp_path / "hf")), attn_implementation="eager")
+    encoder, own, cross = seq2seq_captures(model, ids, labels)
+    routes = found.routes
+    assert routes.position == len(labels) - 1 and routes.decoder.graph.crossed
+    checked = defaultdict(int)
+    for graph, captures in ((routes.decoder.graph, {"attention": own, "cross_attention": cross}),
+                            (routes.encoder, {"attention": encoder})):
+        for edge in graph.edges:
+            base = edge.kind.removesuffix("_residual")
+            if base == "ffn":  # pre-LN: the stream after the (cross-)attention, and the next layer's input
+                blocks = captures.get("cross_attention", captures["attention"])
+                i = edge.target
+                shares = ffn_components(blocks[edge.layer].block_output[i:i + 1],
+                                        captures["attention"][edge.layer + 1].x[i:i + 1])[0]
+                assert edge.weight == pytest.approx(shares[1 if edge.kind == "ffn" else 0], abs=1e-5), edge
+                checked[(graph is routes.encoder, edge.kind)] += 1
+                continue
+            heads, residual = component_contributions(captures[base][edge.layer])
+            want = heads[edge.head, edge.target, edge.source] if edge.head is not None else residual[edge.target]
+            assert edge.weight == pytest.approx(want, abs=1e-5), (graph is routes.encoder, edge)
+            checked[(graph is routes.encoder, edge.kind)] += 1
+    assert checked[(False, "cross_attention")] > 0 and checked[(True, "attention")] > 0
+    if name in ("m2m100", "t5"):  # pre-LN: the feed-forward blocks are nodes (but the last layer's of each stack)
+        assert checked[(False, "ffn")] > 0 and checked[(True, "ffn")] + checked[(True, "ffn_residual")] > 0
+    sources = {e.source for e in routes.decoder.edges if e.kind == "cross_attention"}
+    last = len(encoder) - 1
+    assert {n[2] for n in routes.encoder.nodes if n[1] == last} == sources  # the encoder's graph ends where they read
+    record = json.loads(json.dumps(found.to_record(), allow_nan=False))["routes"]
+    from alti_onnx.results.routes import Seq2SeqRoutes
+    assert Seq2SeqRoutes.from_dict(record).to_dict() == record
+    view = routes.table(found.decoder_tokens, found.tokens)
+    assert any(row[1].startswith("cross_attention") for row in view.rows) or not sources

@@ -10,14 +10,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser import hover_route_edge, require_browser, show_routes
 
 from alti_onnx import Explainer
 from alti_onnx.report import display_token, render_html
-from alti_onnx.report.routes_view import (ATTENTION_COLOR, COLUMN, FFN_COLOR, LEFT, RESIDUAL_COLOR, ROW,
-                                          routes_html)
+from alti_onnx.report.routes_view import ATTENTION_COLOR, COLUMN, FFN_COLOR, LEFT, RESIDUAL_COLOR, ROW, routes_html
 from alti_onnx.results.logit import LogitQuery
 from alti_onnx.results.routes import RouteQuery
-from browser import hover_route_edge, require_browser, show_routes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEXT = "the quick brown fox jumps"
@@ -321,3 +320,44 @@ def test_the_routes_react_in_a_browser(driver, llama, tmp_path):
     shot = tmp_path / "report-routes.png"
     driver.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def seq2seq():
+    with Explainer(FIXTURES / "tiny-t5-seq2seq") as explainer:
+        yield explainer.explain("the quick brown fox", "a dog runs", routes=RouteQuery(threshold=0.04))
+
+
+def test_an_encoder_decoders_routes_are_two_graphs(seq2seq):
+    """The ALTI+ report draws the decoder's graph (its cross-attention edges from markers naming the
+    encoder position) and the encoder's graph: one element per node and edge of each."""
+    from alti_onnx.report.seq2seq_html import render_seq2seq_html
+
+    routes = seq2seq.routes
+    page = Elements(render_seq2seq_html(seq2seq, "tiny-t5-seq2seq"))
+    graphs = page.having("svg", "alti-routes-svg")
+    assert len(graphs) == 2
+    edges = page.having("g", "alti-route-edge")
+    assert len(edges) == len(routes.decoder.edges) + len(routes.encoder.edges)
+    assert len(page.having("circle", "alti-route-node")) == len(routes.decoder.graph.nodes) + len(routes.encoder.nodes)
+    cross = [e for e in edges if "alti-route-cross-attention" in e["class"].split()]
+    assert len(cross) == sum(e.kind == "cross_attention" for e in routes.decoder.edges) > 0
+    assert all("the encoder's" in e["data-tip"] for e in cross)
+    rows = {e["text"].strip() for e in page.found if e["tag"] == "text" and e["text"].strip().startswith("layer")}
+    assert {"layer 0 attn", "layer 0 cross", "layer 0 ffn"} <= rows
+
+
+def test_the_seq2seq_routes_react_in_a_browser(driver, seq2seq, tmp_path):
+    from browser import open_report
+
+    from alti_onnx.report.seq2seq_html import render_seq2seq_html
+
+    page = tmp_path / "seq2seq.html"
+    page.write_text(render_seq2seq_html(seq2seq, "tiny-t5-seq2seq"), encoding="utf-8")
+    open_report(driver, page)
+    total = len(seq2seq.routes.decoder.edges) + len(seq2seq.routes.encoder.edges)
+    assert visible(driver, ".alti-route-edge") == total
+    driver.execute_script("const s = document.querySelectorAll('.alti-routes-threshold')[0]; s.value = 0.3;"
+                          "s.dispatchEvent(new Event('input'))")  # the decoder's slider leaves the encoder's graph
+    heavy = sum(e.weight >= 0.3 for e in seq2seq.routes.decoder.edges)
+    assert visible(driver, ".alti-route-edge") == heavy + len(seq2seq.routes.encoder.edges)

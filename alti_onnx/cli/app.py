@@ -263,7 +263,7 @@ def explain(
     if getattr(explanation, "logit", None) is not None:
         print_table(explanation.logit.table(list(explanation.tokens)))
     if getattr(explanation, "routes", None) is not None:
-        print_table(explanation.routes.table(list(explanation.tokens)))
+        print_table(explanation.routes_table())
     if json_path is not None:
         out.print(escape(f"wrote {json_path}"), soft_wrap=True)
     for path in written:
@@ -297,9 +297,6 @@ def _route_query(explainer, routes: bool, threshold: Optional[float], renormaliz
     without them; the prediction's position is --target's where one position is given."""
     if not (routes or threshold is not None or renormalize or lens is not None):
         return None
-    if not hasattr(explainer, "routes"):
-        raise InputError("--routes explains models in one graph (encoders, decoders, classifiers); an "
-                         "encoder-decoder's routes are not traced yet")
     from alti_onnx.decomposition.routes import THRESHOLD
     from alti_onnx.results.routes import RouteQuery
 
@@ -687,8 +684,6 @@ def batch(
         with user_errors():
             query = _logit_fields(None, logit, class_, target_token, foil, per_head, target)
             route_fields = _route_fields(routes, threshold, renormalize, target, lens)
-            if route_fields is not None and encoder is not None:
-                raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
                       target=target, full=full, words=words, max_new_tokens=max_new_tokens, pairs_per_run=pairs_per_run,
                       self_check_tolerance=self_check_tolerance, input_map=input_map, encoder=encoder, decoder=decoder,
@@ -711,8 +706,6 @@ def batch(
                                decoder_start_token_id=decoder_start_token_id)
         query = _logit_fields(explainer, logit, class_, target_token, foil, per_head, target)
         route_fields = _route_fields(routes, threshold, renormalize, target, lens)
-        if route_fields is not None and not hasattr(explainer, "routes"):
-            raise InputError("--routes explains models in one graph; an encoder-decoder's routes are not traced yet")
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress, _writing(Path(output_path)):
             task = progress.add_task("explaining", total=count_lines(input_path))
@@ -752,12 +745,16 @@ def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, t
 def _route_summary(model: Path, output: Path, explainer=None) -> None:
     """Which heads and feed-forward blocks the corpus relies on: the table, OUTPUT.routes.json and the heatmap."""
     from alti_onnx.corpus.route_summary import read_output_records, summarize_routes, write_heatmap
+    from alti_onnx.runtime.model_files import locate_model
 
+    graphs = locate_model(model).graphs
+    if "model" not in graphs:
+        out.print("(the corpus summary is made for models in one graph; an encoder-decoder's records hold its routes)")
+        return
     if explainer is None:
-        from alti_onnx.runtime.model_files import locate_model
         from alti_onnx.runtime.prepared import prepare
 
-        blocks = prepare(locate_model(model).graphs["model"]).analysis.blocks
+        blocks = prepare(graphs["model"]).analysis.blocks
     else:
         blocks = explainer.blocks
     try:

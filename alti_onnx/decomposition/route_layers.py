@@ -141,3 +141,30 @@ class BlockRoutes:
             return post_norm_ffn_components(self.stream_after_attention(rows), norm.total[rows], norm.scale, norm.bias,
                                             norm.epsilon)
         return ffn_components(self.stream_after_attention(rows), self.stream_after(rows))
+
+
+class DecoderLayerRoutes(BlockRoutes):
+    """A decoder layer of an encoder-decoder: its self-attention (``BlockRoutes``), then a
+    cross-attention over the encoder's positions (``cross_block``, its attention kept in
+    ``cross_store``), whose output is the feed-forward block's input."""
+
+    def __init__(self, routes: BlockRoutes, cross_block: AttentionBlock, cross_store: ProbsStore,
+                 values: np.ndarray, residual: np.ndarray, output: np.ndarray):
+        super().__init__(routes.block, routes.store, routes.layer, routes.values, routes.residual, routes.output,
+                         routes.next_input, routes.next_positions, routes.post_norm)
+        self.cross_block, self.cross_store = cross_block, cross_store
+        self.cross_values, self.cross_residual, self.cross_output = values, residual, output
+        if cross_block.kind not in FFN_KINDS and routes.post_norm is None:
+            self.has_ffn = False
+
+    def cross(self, rows: np.ndarray) -> AttentionComponents:
+        return attention_components(self.cross_block, self.cross_store.rows(self.layer, rows), self.cross_values,
+                                    self.cross_residual[rows], self.cross_output[rows])
+
+    def stream_after_cross(self, rows: np.ndarray) -> np.ndarray:
+        return kind_of(self.cross_block).model_output(
+            self.cross_block, np.asarray(self.cross_output[rows], dtype=np.float64),
+            np.asarray(self.cross_residual[rows], dtype=np.float64))
+
+    def ffn(self, rows: np.ndarray) -> np.ndarray:
+        return ffn_components(self.stream_after_cross(rows), self.stream_after(rows))

@@ -10,6 +10,11 @@ block, and the embeddings; edges carry the component contributions:
 - ``ffn`` (source None: the block's own output) and ``ffn_residual``: after the attention at i ->
   after the feed-forward block at i.
 
+An encoder-decoder's decoder graph (``crossed``) has a cross-attention node between the two:
+``cross_attention`` (one per encoder position j and head; the encoder is an input of this graph) and
+``cross_attention_residual``: after the self-attention at i -> after the cross-attention at i, from
+which ``ffn_residual`` then leaves.
+
 Before pruning, each node's incoming weights sum to 1 (or 0 where nothing reaches it). Pruning keeps
 the edges of weight ``threshold`` or more (optionally renormalizing each node's incoming weights),
 then only those on a route from the inputs to the prediction's node.
@@ -45,11 +50,16 @@ class Edge:
         return {"layer": self.layer, "kind": self.kind, "head": self.head, "source": self.source,
                 "target": self.target, "weight": self.weight}
 
-    def ends(self, sites: list[str]) -> tuple[Node | None, Node]:
-        """The edge's source and target nodes, given each layer's last site (``_stream_site``)."""
+    def ends(self, sites: list[str], crossed: bool = False) -> tuple[Node | None, Node]:
+        """The edge's source and target nodes, given each layer's last site (``_stream_site``) and
+        whether the layers hold a cross-attention (a decoder's); None: an input of the graph."""
         if self.kind in ("ffn", "ffn_residual"):
             target = ("ffn", self.layer, self.target)
-            return (None if self.kind == "ffn" else ("attention", self.layer, self.target)), target
+            middle = "cross_attention" if crossed else "attention"
+            return (None if self.kind == "ffn" else (middle, self.layer, self.target)), target
+        if self.kind in ("cross_attention", "cross_attention_residual"):
+            target = ("cross_attention", self.layer, self.target)
+            return (None if self.kind == "cross_attention" else ("attention", self.layer, self.target)), target
         before = _before(self.layer, sites)
         return (before[0], before[1], self.source), ("attention", self.layer, self.target)
 
@@ -59,6 +69,8 @@ class RouteGraph:
     threshold: float
     nodes: list[Node]
     edges: list[Edge]
+    #: a decoder's graph whose layers hold a cross-attention node (``Edge.ends``)
+    crossed: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold,
@@ -99,14 +111,23 @@ class RouteLayer(Protocol):
         """[R, 2]: the shares of the stream and of the feed-forward block's output at ``rows``."""
 
 
+class CrossRouteLayer(RouteLayer, Protocol):
+    """A decoder layer of an encoder-decoder: a cross-attention between its attention and feed-forward block."""
+
+    def cross(self, rows: np.ndarray) -> AttentionComponents:
+        """The cross-attention components of the positions ``rows`` (heads [H, R, J] over the encoder's J)."""
+
+
 def trace(layers: Sequence[RouteLayer], target: int | Sequence[int], threshold: float = THRESHOLD,
           renormalize: bool = False) -> RouteGraph:
     """The pruned route graph, computing only the rows that can reach the prediction: from the last
     layer down, the components of the positions whose node an edge of weight ``threshold`` or more
     already reaches. The same graph as ``prune(route_edges(every row))``, since a node's incoming
     weights (and their renormalization) depend on its own row alone; at a threshold above 0 it
-    costs a few rows per layer instead of S."""
+    costs a few rows per layer instead of S. Layers with a ``cross`` method (an encoder-decoder's
+    decoder) add cross-attention nodes, whose encoder sources are inputs of this graph."""
     has_ffn = [layer.has_ffn for layer in layers]
+    crossed = bool(layers) and all(hasattr(layer, "cross") for layer in layers)
     edges: list[Edge] = []
     needed = set(_targets(target))  # positions whose stream node after the current layer is on a route
     for number in reversed(range(len(layers))):
@@ -120,36 +141,45 @@ def trace(layers: Sequence[RouteLayer], target: int | Sequence[int], threshold: 
                 if stream > 0 and stream >= threshold:
                     edges.append(Edge(number, "ffn_residual", None, i, i, float(stream)))
                     needed.add(i)
+        if crossed and needed:
+            rows = np.array(sorted(needed), dtype=np.intp)
+            edges += _attention_edges(number, "cross_attention", layer.cross(rows), rows, threshold)
+            needed = {e.target for e in edges if e.layer == number and e.kind == "cross_attention_residual"}
         rows = np.array(sorted(needed), dtype=np.intp)
-        needed = set()
         if not len(rows):
             break
-        found = layer.attention(rows)
-        heads, at, sources = np.nonzero((found.heads > 0) & (found.heads >= threshold))
-        edges += [Edge(number, "attention", int(h), int(j), int(rows[r]), float(found.heads[h, r, j]))
-                  for h, r, j in zip(heads, at, sources)]
-        needed.update(int(j) for j in sources)
-        for i, weight in zip(rows.tolist(), found.residual):
-            if weight > 0 and weight >= threshold:
-                edges.append(Edge(number, "attention_residual", None, i, i, float(weight)))
-                needed.add(i)
-    return prune(edges, len(layers), has_ffn, target, threshold, renormalize)
+        found = _attention_edges(number, "attention", layer.attention(rows), rows, threshold)
+        edges += found
+        needed = {e.source for e in found}
+    return prune(edges, len(layers), has_ffn, target, threshold, renormalize, crossed)
+
+
+def _attention_edges(layer: int, kind: str, found: AttentionComponents, rows: np.ndarray,
+                     threshold: float) -> list[Edge]:
+    """The edges of weight ``threshold`` or more (and above 0) of an attention's components at ``rows``."""
+    heads, at, sources = np.nonzero((found.heads > 0) & (found.heads >= threshold))
+    edges = [Edge(layer, kind, int(h), int(j), int(rows[r]), float(found.heads[h, r, j]))
+             for h, r, j in zip(heads, at, sources)]
+    edges += [Edge(layer, f"{kind}_residual", None, i, i, float(weight))
+              for i, weight in zip(rows.tolist(), found.residual) if weight > 0 and weight >= threshold]
+    return edges
 
 
 def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: int | Sequence[int],
-          threshold: float = THRESHOLD, renormalize: bool = False) -> RouteGraph:
+          threshold: float = THRESHOLD, renormalize: bool = False, crossed: bool = False) -> RouteGraph:
     """The edges of weight ``threshold`` or more (renormalized per node on request) that lie on a
     route from the inputs to the prediction's node: the stream at ``target`` after the last layer
     (several positions: a mean-pooled encoder's prediction reads them all)."""
-    sites = [_stream_site(layer, has_ffn) for layer in range(layers)]
+    sites = [_stream_site(layer, has_ffn, crossed) for layer in range(layers)]
     kept = [edge for edge in edges if edge.weight >= threshold]
     if renormalize:
         totals: dict[Node, float] = defaultdict(float)
         for edge in kept:
-            totals[edge.ends(sites)[1]] += edge.weight
-        kept = [Edge(e.layer, e.kind, e.head, e.source, e.target, e.weight / totals[e.ends(sites)[1]]) for e in kept]
+            totals[edge.ends(sites, crossed)[1]] += edge.weight
+        kept = [Edge(e.layer, e.kind, e.head, e.source, e.target, e.weight / totals[e.ends(sites, crossed)[1]])
+                for e in kept]
     finals: list[Node] = [(sites[-1], layers - 1, t) for t in _targets(target)]
-    ends = [edge.ends(sites) for edge in kept]
+    ends = [edge.ends(sites, crossed) for edge in kept]
     into: dict[Node, list[Node | None]] = defaultdict(list)
     out_of: dict[Node, list[Node]] = defaultdict(list)
     for source, node in ends:
@@ -158,12 +188,12 @@ def prune(edges: Sequence[Edge], layers: int, has_ffn: Sequence[bool], target: i
             out_of[source].append(node)
     reaches_final = _closure(finals, lambda node: [s for s in into[node] if s is not None])
     starts = [source for source, _ in ends if source is not None and source[0] == "embedding"]
-    starts += [node for source, node in ends if source is None]  # a feed-forward block's own output
+    starts += [node for source, node in ends if source is None]  # a feed-forward block's output, the encoder
     from_inputs = _closure(starts, lambda node: out_of[node])
     on_route = [edge for edge, (source, node) in zip(kept, ends)
                 if node in reaches_final and node in from_inputs and (source is None or source in from_inputs)]
-    nodes = sorted({node for edge in on_route for node in edge.ends(sites) if node is not None}, key=_order)
-    return RouteGraph(threshold, nodes, on_route)
+    nodes = sorted({node for edge in on_route for node in edge.ends(sites, crossed) if node is not None}, key=_order)
+    return RouteGraph(threshold, nodes, on_route, crossed)
 
 
 def _targets(target: int | Sequence[int]) -> list[int]:
@@ -172,12 +202,14 @@ def _targets(target: int | Sequence[int]) -> list[int]:
 
 def _order(node: Node) -> tuple[int, int, int]:
     site, layer, position = node
-    return (-1 if layer is None else layer, ("embedding", "attention", "ffn").index(site), position)
+    return (-1 if layer is None else layer, ("embedding", "attention", "cross_attention", "ffn").index(site), position)
 
 
-def _stream_site(layer: int, has_ffn: Sequence[bool]) -> str:
-    """The site of the stream after ``layer``: its feed-forward block's, or its attention's."""
-    return "ffn" if layer < len(has_ffn) and has_ffn[layer] else "attention"
+def _stream_site(layer: int, has_ffn: Sequence[bool], crossed: bool = False) -> str:
+    """The site of the stream after ``layer``: its feed-forward block's, or its (cross-)attention's."""
+    if layer < len(has_ffn) and has_ffn[layer]:
+        return "ffn"
+    return "cross_attention" if crossed else "attention"
 
 
 def _before(layer: int, sites: list[str]) -> tuple[str, int | None]:

@@ -9,6 +9,7 @@ prefix, teacher-forced (a given target) or grown by greedy generation on the pla
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from alti_onnx.layouts.base import (
     check_tokenizer_fits,
     require_texts,
 )
+from alti_onnx.layouts.routes import seq2seq_routes
 from alti_onnx.results.record import Target
+from alti_onnx.results.routes import RouteQuery
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
@@ -119,11 +122,13 @@ class EncoderDecoderExplainer(Explainer):
     def explain(self, text: str | Sequence[str], target_text: str | Sequence[str | None] | None = None, *,
                 full: bool = True, targets: Sequence[Target] | None = None, check: bool = True,
                 baselines: bool = False, max_new_tokens: int = 32,
-                logit: object = None) -> Seq2SeqExplanation | list[Seq2SeqExplanation]:
+                logit: object = None,
+                routes: RouteQuery | None = None) -> Seq2SeqExplanation | list[Seq2SeqExplanation]:
         """ALTI+ of each source and its target (teacher-forced), or of the model's greedy output
         (``target_text`` None, or None for that source). Every matrix is kept (``full`` and ``targets``
         choose what ``to_record`` writes); the self-check is always enforced. No logit decomposition
-        (``logit``) yet: refused."""
+        (``logit``) yet: refused. ``routes`` adds the routes to one output token's prediction (its
+        ``position``, default the last), through the decoder and, from its cross-attention, the encoder."""
         self.require_open()
         self.refuse_options(baselines=baselines)
         if logit is not None:
@@ -131,6 +136,8 @@ class EncoderDecoderExplainer(Explainer):
                              "not decomposed yet")
         if not check:
             raise InputError("an encoder-decoder's self-check cannot be turned off")
+        if routes is not None and not isinstance(routes, RouteQuery):
+            raise InputError(f"routes takes one RouteQuery for every pair, got {type(routes).__name__}")
         sources = require_texts(text)
         if target_text is None or isinstance(target_text, str):
             wanted = [target_text] * len(sources)
@@ -143,13 +150,13 @@ class EncoderDecoderExplainer(Explainer):
             rows = [k for k, t in enumerate(wanted) if (t is not None) == given]
             if rows:
                 found = self.explain_batch([sources[k] for k in rows], [wanted[k] for k in rows] if given else None,
-                                           max_new_tokens)
+                                           max_new_tokens, routes)
                 for k, explanation in zip(rows, found):
                     results[k] = explanation
         return results[0] if isinstance(text, str) else results  # type: ignore[return-value]
 
     def explain_batch(self, sources: list[str], targets: list[str] | None = None,
-                      max_new_tokens: int = 32) -> list[Seq2SeqExplanation]:
+                      max_new_tokens: int = 32, routes: RouteQuery | None = None) -> list[Seq2SeqExplanation]:
         """Several sources (and targets) in one padded batch; each result equals its pair's alone."""
         if targets is not None and len(targets) != len(sources):
             raise InputError(f"{len(sources)} sources but {len(targets)} targets")
@@ -180,8 +187,14 @@ class EncoderDecoderExplainer(Explainer):
             if logits is not None and not np.all(np.isfinite(logits[row, : len(ids)])):
                 raise NonFiniteError("the decoder produced NaN or Inf logits for this target: no explanation of it is "
                                      "meaningful (a float16 overflow, or NaN weights?)")
-        return [self._explanation(row, batch, labels[row], decoder_ids[row], encoder_tensors, decoder_tensors,
-                                  generated=targets is None) for row in range(len(sources))]
+        explanations = [self._explanation(row, batch, labels[row], decoder_ids[row], encoder_tensors, decoder_tensors,
+                                          generated=targets is None) for row in range(len(sources))]
+        if routes is None:
+            return explanations
+        return [replace(explanation, routes=seq2seq_routes(
+            self.encoder_blocks, self.self_blocks, self.cross_blocks, encoder_tensors, decoder_tensors, row,
+            np.flatnonzero(batch.attention_mask[row]), len(decoder_ids[row]), routes))
+            for row, explanation in enumerate(explanations)]
 
     # ------------------------------------------------------------------ generation
     def _generation_ids(self, vocabulary: int) -> tuple[int | None, list[int]]:

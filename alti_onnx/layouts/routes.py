@@ -14,11 +14,11 @@ import numpy as np
 
 from alti_onnx.decomposition.components import head_vectors
 from alti_onnx.decomposition.contributions import one_blas_thread
-from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, PostNorm, ProbsStore
+from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, DecoderLayerRoutes, PostNorm, ProbsStore
 from alti_onnx.decomposition.routes import Node, RouteGraph, trace
 from alti_onnx.errors import InputError, NonFiniteError
 from alti_onnx.results.record import MEAN
-from alti_onnx.results.routes import HeadLens, LensToken, RouteExplanation, RouteQuery
+from alti_onnx.results.routes import HeadLens, LensToken, RouteExplanation, RouteQuery, Seq2SeqRoutes
 from alti_onnx.runtime.sessions import BlockTensors
 from graph_rewrites import AttentionBlock
 
@@ -127,3 +127,54 @@ def _node_vector(node: Node, layers: Sequence[BlockRoutes]) -> np.ndarray:
     if site == "attention":
         return layers[layer].stream_after_attention(at)[0]
     return layers[layer].stream_after(at)[0]
+
+
+def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[AttentionBlock],
+                   cross_blocks: list[AttentionBlock], encoder_tensors: list[BlockTensors],
+                   decoder_tensors: list[BlockTensors], row: int, keep: np.ndarray, targets: int,
+                   query: RouteQuery) -> Seq2SeqRoutes:
+    """The routes of one pair of an encoder-decoder run (every block's tensors held): the decoder's
+    graph to the prediction at its position (default: the last), its cross-attention edges leaving
+    from encoder positions, and the encoder's graph to those positions."""
+    position = targets - 1 if query.position is None else query.position
+    if not -targets <= position < targets:
+        raise InputError(f"routes position {position} is outside the output's {targets} tokens")
+    position %= targets
+    stores = [ProbsStore() for _ in range(3)]
+    try:
+        def layers(blocks, tensors, store, rows, columns) -> list[BlockRoutes]:
+            found = []
+            for layer, (block, t) in enumerate(zip(blocks, tensors)):
+                probs = t.probs[row][:, rows][:, :, columns]
+                parts = (t.values[row][:, columns], t.residual[row][rows], t.output[row][rows])
+                if not all(np.all(np.isfinite(a)) for a in (probs, *parts)):
+                    raise NonFiniteError(f"the model produced NaN or Inf in layer {layer}: no route is meaningful")
+                store.append(probs)
+                found.append((block, layer, *(np.array(a, dtype=np.float32) for a in parts)))
+            # the stream after a pre-LN (sandwich, parallel) layer is the next one's input; after the last, unknown
+            return [BlockRoutes(block, store, layer, values, residual, output,
+                                found[layer + 1][3] if layer + 1 < len(found) and block.kind in FFN_KINDS else None)
+                    for block, layer, values, residual, output in found]
+
+        decoder_rows = np.arange(targets)
+        encoder = layers(encoder_blocks, encoder_tensors, stores[0], keep, keep)
+        own = layers(self_blocks, decoder_tensors[0::2], stores[1], decoder_rows, decoder_rows)
+        cross = []
+        for layer, (block, t) in enumerate(zip(cross_blocks, decoder_tensors[1::2])):
+            probs = t.probs[row][:, :targets][:, :, keep]
+            stores[2].append(probs)
+            cross.append((block, t.values[row][:, keep], t.residual[row][:targets], t.output[row][:targets]))
+        decoder = []
+        for routes, (block, values, residual, output) in zip(own, cross):
+            decoder.append(DecoderLayerRoutes(routes, block, stores[2], np.asarray(values, dtype=np.float32),
+                                              np.asarray(residual, dtype=np.float32),
+                                              np.asarray(output, dtype=np.float32)))
+        with one_blas_thread():
+            graph = trace(decoder, [position], query.threshold, query.renormalize)
+            sources = sorted({e.source for e in graph.edges if e.kind == "cross_attention"})
+            encoder_graph = trace(encoder, sources, query.threshold, query.renormalize) if sources else \
+                RouteGraph(query.threshold, [], [])
+    finally:
+        for store in stores:
+            store.close()
+    return Seq2SeqRoutes(RouteExplanation(graph, position, query.renormalize), encoder_graph)

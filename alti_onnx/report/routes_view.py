@@ -30,7 +30,8 @@ ATTENTION_COLOR, FFN_COLOR, RESIDUAL_COLOR = style.CYCLE[0], style.CYCLE[1], sty
 LABEL_CHARACTERS = 8
 
 
-def routes_html(routes: RouteExplanation, tokens: list[str], interactive: bool = True) -> str:
+def routes_html(routes: RouteExplanation, tokens: list[str], interactive: bool = True,
+                source_tokens: list[str] | None = None) -> str:
     """The route graph of ``routes`` over ``tokens``; ``interactive=False`` leaves out the script, the
     slider and the panel (a notebook runs no script of an output), keeping the edges' hover titles."""
     if not routes.edges:
@@ -38,7 +39,7 @@ def routes_html(routes: RouteExplanation, tokens: list[str], interactive: bool =
                 f'{routes.graph.threshold:g} or more lies on a route to the prediction: nothing to draw (a lower '
                 'threshold keeps more).</div>')
     grid = _Grid.of(routes)
-    svg = _svg(routes, tokens, grid, titles=not interactive)
+    svg = _svg(routes, tokens, grid, titles=not interactive, source_tokens=source_tokens)
     if not interactive:
         facts = (f"{len(routes.edges)} edges and {len(routes.graph.nodes)} nodes at threshold "
                  f"{routes.graph.threshold:g}{' (renormalized)' if routes.renormalize else ''}")
@@ -62,35 +63,49 @@ def routes_html(routes: RouteExplanation, tokens: list[str], interactive: bool =
 
 @dataclass(frozen=True)
 class _Grid:
-    """Where each node sits: the layers drawn, whether they have feed-forward rows, the prediction's nodes."""
+    """Where each node sits: the layers drawn, each layer's sites (attention, an encoder-decoder's
+    cross-attention, feed-forward), the prediction's nodes."""
 
     layers: int
-    ffn: bool
+    per_layer: tuple[str, ...]
     prediction: tuple[Node, ...]
+    crossed: bool = False
 
     @classmethod
     def of(cls, routes: RouteExplanation) -> _Grid:
         nodes = routes.graph.nodes
         layers = 1 + max((edge.layer for edge in routes.edges), default=0)
-        ffn = any(site == "ffn" for site, _, _ in nodes)
-        top = ("ffn" if ffn else "attention", layers - 1)
+        crossed = routes.graph.crossed
+        per_layer = ("attention",) + (("cross_attention",) if crossed else ()) + \
+            (("ffn",) if any(site == "ffn" for site, _, _ in nodes) else ())
+        top = (per_layer[-1], layers - 1)
         prediction = tuple(node for node in nodes if node[:2] == top
                            and (routes.position == "mean" or node[2] == routes.position))
-        return cls(layers, ffn, prediction)
+        return cls(layers, per_layer, prediction, crossed)
+
+    @property
+    def ffn(self) -> bool:
+        return "ffn" in self.per_layer
 
     @property
     def rows(self) -> int:
-        return 1 + self.layers * (2 if self.ffn else 1)
+        return 1 + self.layers * len(self.per_layer)
 
     @property
     def sites(self) -> list[str]:
         """Each layer's last site (what ``Edge.ends`` asks)."""
-        return ["ffn" if self.ffn else "attention"] * self.layers
+        return [self.per_layer[-1]] * self.layers
 
     def row(self, site: str, layer: int | None) -> int:
         if layer is None:
             return 0
-        return 1 + layer * (2 if self.ffn else 1) + (site == "ffn")
+        return 1 + layer * len(self.per_layer) + self.per_layer.index(site)
+
+    def label(self, row: int) -> str:
+        if row == 0:
+            return "embeddings"
+        site = self.per_layer[(row - 1) % len(self.per_layer)]
+        return f"layer {(row - 1) // len(self.per_layer)} " + SITE_LABELS[site]
 
     def point(self, node: Node) -> tuple[float, float]:
         site, layer, position = node
@@ -109,7 +124,8 @@ class _Grid:
         return TOP + (LABELS_ON_TOP if self.tall else 0) + (self.rows - 1 - row) * self.step
 
 
-def _svg(routes: RouteExplanation, tokens: list[str], grid: _Grid, titles: bool) -> str:
+def _svg(routes: RouteExplanation, tokens: list[str], grid: _Grid, titles: bool,
+         source_tokens: list[str] | None = None) -> str:
     width, height = LEFT + len(tokens) * COLUMN + 24, grid.y(0) + BOTTOM
     font = html.escape(style.css_font(style.FONT_SANS))
     parts = [f'<svg class="alti-routes-svg" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -117,8 +133,7 @@ def _svg(routes: RouteExplanation, tokens: list[str], grid: _Grid, titles: bool)
              f'aria-label="routes to the prediction">']
     for row in range(grid.rows):  # row rules and labels
         y = grid.y(row)
-        label = "embeddings" if row == 0 else \
-            f"layer {(row - 1) // (2 if grid.ffn else 1)} " + ("ffn" if grid.ffn and row % 2 == 0 else "attn")
+        label = grid.label(row)
         parts.append(f'<line x1="{LEFT}" x2="{width - 8}" y1="{y}" y2="{y}" stroke="{style.GRID}" stroke-width="0.5"/>'
                      f'<text x="{LEFT - 8}" y="{y + 4}" text-anchor="end" fill="{style.MUTED}">{label}</text>')
     for position, token in enumerate(tokens):
@@ -131,9 +146,10 @@ def _svg(routes: RouteExplanation, tokens: list[str], grid: _Grid, titles: bool)
         if grid.tall:  # a deep graph is read from the top too
             parts.append(f'<text class="alti-route-token-top" x="{x:g}" y="{TOP + 4}" text-anchor="middle" '
                          f'fill="{style.INK}" xml:space="preserve">{short}</text>')
-    order = {"attention_residual": 0, "ffn_residual": 0, "attention": 1, "ffn": 2}
+    order = {"attention_residual": 0, "cross_attention_residual": 0, "ffn_residual": 0, "attention": 1,
+             "cross_attention": 1, "ffn": 2}
     for index, edge in sorted(enumerate(routes.edges), key=lambda item: order[item[1].kind]):
-        parts.append(_edge(index, edge, grid, tokens, titles))
+        parts.append(_edge(index, edge, grid, tokens, titles, source_tokens))
     prediction = set(grid.prediction)
     for node in routes.graph.nodes:
         x, y = grid.point(node)
@@ -148,21 +164,25 @@ def _svg(routes: RouteExplanation, tokens: list[str], grid: _Grid, titles: bool)
     return "".join(parts)
 
 
-def _edge(index: int, edge: Edge, grid: _Grid, tokens: list[str], titles: bool) -> str:
+def _edge(index: int, edge: Edge, grid: _Grid, tokens: list[str], titles: bool,
+          source_tokens: list[str] | None = None) -> str:
     """One edge: a group holding its visible stroke, a wider transparent one to point at, and for a
     feed-forward edge the block's marker it starts from."""
-    source, target = edge.ends(grid.sites)
+    source, target = edge.ends(grid.sites, grid.crossed)
     x2, y2 = grid.point(target)
     marker = ""
-    if source is None:  # the feed-forward block's own output, from a marker beside the node
-        mx, my = x2 + 20, y2 + grid.step / 2
+    if source is None:  # a feed-forward block's own output, or an encoder position: from a marker beside the node
+        cross = edge.kind == "cross_attention"
+        mx, my = x2 + (-20 - 6 * ((edge.head or 0) % 4) if cross else 20), y2 + grid.step / 2
+        color = ATTENTION_COLOR if cross else FFN_COLOR
+        text = html.escape(f"e{edge.source}") if cross else "FFN"
         marker = (f'<rect x="{mx - 12:g}" y="{my - 6:g}" width="24" height="12" rx="2" fill="#ffffff" '
-                  f'stroke="{FFN_COLOR}"/><text x="{mx:g}" y="{my + 3:g}" text-anchor="middle" font-size="8" '
-                  f'fill="{style.INK}">FFN</text>')
-        path, color = f"M{mx:g} {my - 6:g} L{x2 + RADIUS * 0.7:g} {y2 + RADIUS * 0.7:g}", FFN_COLOR
+                  f'stroke="{color}"/><text x="{mx:g}" y="{my + 3:g}" text-anchor="middle" font-size="8" '
+                  f'fill="{style.INK}">{text}</text>')
+        path = f"M{mx:g} {my - 6:g} L{x2 + (-1 if cross else 1) * RADIUS * 0.7:g} {y2 + RADIUS * 0.7:g}"
     else:
         x1, y1 = grid.point(source)
-        if edge.kind != "attention":
+        if edge.kind not in ("attention", "cross_attention"):
             path, color = f"M{x1:g} {y1:g} L{x2:g} {y2:g}", RESIDUAL_COLOR
         elif edge.source == edge.target:  # a head reading its own position: a bow beside the residual
             bow = 14 + 3 * (edge.head % 6)
@@ -172,7 +192,7 @@ def _edge(index: int, edge: Edge, grid: _Grid, tokens: list[str], titles: bool) 
             middle, spread = (y1 + y2) / 2, 3 * ((edge.head or 0) % 6 - 2.5)
             path, color = (f"M{x1:g} {y1:g} C{x1 + spread:g} {middle:g} {x2 + spread:g} {middle:g} {x2:g} {y2:g}",
                            ATTENTION_COLOR)
-    tip = _edge_tip(edge, tokens)
+    tip = _edge_tip(edge, tokens, source_tokens)
     width = max(0.75, 8 * edge.weight)
     return (f'<g class="alti-route-edge alti-route-{edge.kind.replace("_", "-")}" data-index="{index}" '
             f'data-weight="{edge.weight!r}" data-from="{"" if source is None else _key(source)}" '
@@ -183,10 +203,14 @@ def _edge(index: int, edge: Edge, grid: _Grid, tokens: list[str], titles: bool) 
             f'stroke-width="{max(width, 9):.2f}"/>{marker}</g>')
 
 
-def _edge_tip(edge: Edge, tokens: list[str]) -> str:
+def _edge_tip(edge: Edge, tokens: list[str], source_tokens: list[str] | None = None) -> str:
     """The edge in words: layer, kind, head, from which token to which, weight."""
     head = "" if edge.head is None else f" · head {edge.head}"
-    source = "the feed-forward block" if edge.source is None else _token(edge.source, tokens)
+    if edge.kind == "cross_attention":
+        source = "the encoder's " + (f"position {edge.source}" if source_tokens is None
+                                     else _token(edge.source, source_tokens))
+    else:
+        source = "the feed-forward block" if edge.source is None else _token(edge.source, tokens)
     return f"layer {edge.layer} · {edge.kind}{head}\n{source} → {_token(edge.target, tokens)}\nweight {edge.weight:.4f}"
 
 
@@ -194,8 +218,12 @@ def _describe(node: Node, tokens: list[str]) -> str:
     site, layer, position = node
     if site == "embedding":
         return f"the embedding of {_token(position, tokens)}"
-    block = "attention" if site == "attention" else "feed-forward block"
+    block = {"attention": "attention", "cross_attention": "cross-attention"}.get(site, "feed-forward block")
     return f"the stream at {_token(position, tokens)} after layer {layer}'s {block}"
+
+
+#: How a row's site is labelled on the axis.
+SITE_LABELS = {"attention": "attn", "cross_attention": "cross", "ffn": "ffn"}
 
 
 def _token(position: int, tokens: list[str]) -> str:

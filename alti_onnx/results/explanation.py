@@ -54,6 +54,12 @@ class Explanation(ExplanationBase):
 
     layout = "single-graph"
 
+    def routes_table(self) -> TableView:
+        """The routes' table (``explain(..., routes=...)``)."""
+        if self.routes is None:
+            raise ValueError("this explanation has no routes: explain with routes=RouteQuery()")
+        return self.routes.table(list(self.tokens))
+
     @property
     def num_layers(self) -> int:
         return len(self.reconstruction_error)

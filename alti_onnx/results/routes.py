@@ -136,3 +136,53 @@ class RouteExplanation:
 
 #: Edges the table lists (the heaviest, top layers first).
 TABLE_EDGES = 40
+
+
+@dataclass(frozen=True)
+class Seq2SeqRoutes:
+    """An encoder-decoder's routes: the decoder's graph to the prediction at its ``position`` (its
+    ``cross_attention`` edges leave from encoder positions), and the encoder's graph to the
+    positions those edges read."""
+
+    decoder: RouteExplanation
+    encoder: RouteGraph
+
+    @property
+    def position(self) -> int | str:
+        return self.decoder.position
+
+    def to_dict(self) -> dict[str, object]:
+        """The record's ``routes`` object: the decoder's graph, with the encoder's under ``encoder``."""
+        encoder = self.encoder.to_dict()
+        return {**self.decoder.to_dict(), "encoder": {"nodes": encoder["nodes"], "edges": encoder["edges"]}}
+
+    @classmethod
+    def from_dict(cls, found: dict) -> Seq2SeqRoutes:
+        decoder = RouteExplanation.from_dict(found)
+        decoder = RouteExplanation(RouteGraph(decoder.graph.threshold, decoder.graph.nodes, decoder.graph.edges, True),
+                                   decoder.position, decoder.renormalize)
+        encoder = RouteExplanation.from_dict({"threshold": found["threshold"], "position": 0, **found["encoder"]})
+        return cls(decoder, encoder.graph)
+
+    def table(self, decoder_tokens: list[str], source_tokens: list[str]) -> TableView:
+        """The heaviest head and feed-forward edges of both graphs (the decoder's first)."""
+        def name(tokens: list[str], position: int | None) -> str:
+            return "(its output)" if position is None else f"{position} {tokens[position]!r}"
+
+        found = [("decoder", e) for e in self.decoder.edges if e.kind in ("attention", "cross_attention", "ffn")]
+        found += [("encoder", e) for e in self.encoder.edges if e.kind in ("attention", "ffn")]
+        heaviest = sorted(found, key=lambda item: -item[1].weight)[:TABLE_EDGES]
+        ordered = sorted(heaviest, key=lambda item: (item[0] == "encoder", -item[1].layer, -item[1].weight))
+        rows: list[list[str | float]] = []
+        for stack, e in ordered:
+            tokens = source_tokens if stack == "encoder" or e.kind == "cross_attention" else decoder_tokens
+            target = source_tokens if stack == "encoder" else decoder_tokens
+            rows.append([f"{stack} {e.layer}", e.kind + ("" if e.head is None else f" h{e.head}"),
+                         name(tokens, e.source), name(target, e.target), f"{e.weight:.3f}", e.weight])
+        footer = (f"decoder: {len(self.decoder.edges)} edges, encoder: {len(self.encoder.edges)} edges at threshold "
+                  f"{self.decoder.graph.threshold:g}{' (renormalized)' if self.decoder.renormalize else ''}")
+        if len(found) > TABLE_EDGES:
+            footer += f"; the {TABLE_EDGES} heaviest head, cross-attention and feed-forward edges shown"
+        return TableView(title=f"routes to the prediction at output position {self.position} "
+                               f"{decoder_tokens[self.position]!r}",
+                         columns=["layer", "edge", "from", "to", "weight", ""], rows=rows, footer=footer)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .base import ExplanationBase, TableView
 from .record import MEAN, RECORD_VERSION, Target, target_json
+from .routes import Seq2SeqRoutes
 from .words import Word, WordExplanation, group_words, words_vector
 
 #: Source tokens named per target token in the CLI's table.
@@ -47,6 +48,8 @@ class Seq2SeqExplanation(ExplanationBase):
     offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
     word_ids: list[int | None] | None = field(default=None, repr=False)
     text: str | None = field(default=None, repr=False)
+    #: the routes to one output token's prediction, when asked for (docs/routes.md)
+    routes: Seq2SeqRoutes | None = field(default=None, repr=False)
 
     layout = "encoder-decoder"
     #: every target token (``attribution()`` is then a matrix)
@@ -102,6 +105,8 @@ class Seq2SeqExplanation(ExplanationBase):
             "generated": bool(self.generated),
             "source_share": self.source_share.tolist(),
         }
+        if self.routes is not None:
+            record["routes"] = self.routes.to_dict()
         if full:
             record.update(
                 encoder_contributions=self.encoder_contributions.tolist(),
@@ -136,6 +141,12 @@ class Seq2SeqExplanation(ExplanationBase):
             highlight=None if target is None else int(target) % len(self.target_tokens), bar_width=20,
         )
 
+    def routes_table(self) -> TableView:
+        """The routes' table (``explain(..., routes=...)``): both graphs' heaviest edges."""
+        if self.routes is None:
+            raise ValueError("this explanation has no routes: explain with routes=RouteQuery()")
+        return self.routes.table(list(self.decoder_tokens), list(self.tokens))
+
     def report_html(self, model: str | None = None, target: Target | None = None) -> str:
         from alti_onnx.report.seq2seq_html import render_seq2seq_html
 
@@ -150,6 +161,7 @@ class Seq2SeqExplanation(ExplanationBase):
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
         meta = {name: getattr(self, name) for name in _FIELDS}
         meta["offsets"] = None if self.offsets is None else [list(o) for o in self.offsets]
+        meta["routes"] = None if self.routes is None else self.routes.to_dict()
         return arrays, meta
 
     @classmethod
@@ -158,7 +170,8 @@ class Seq2SeqExplanation(ExplanationBase):
         if missing:
             raise ValueError(f"the saved explanation lacks {', '.join(missing)}")
         found = cls(**{name: arrays[name] for name in _ARRAYS}, **{name: meta[name] for name in _FIELDS},
-                    offsets=None if meta.get("offsets") is None else [tuple(o) for o in meta["offsets"]])
+                    offsets=None if meta.get("offsets") is None else [tuple(o) for o in meta["offsets"]],
+                    routes=None if meta.get("routes") is None else Seq2SeqRoutes.from_dict(meta["routes"]))
         sources, outputs = len(found.tokens), len(found.target_tokens)
         if found.combined.ndim != 3 or found.combined.shape[1:] != (outputs, sources + len(found.decoder_tokens)):
             raise ValueError(f"the saved ALTI+ matrices {found.combined.shape} do not fit {sources} source and "
