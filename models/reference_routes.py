@@ -75,3 +75,52 @@ def post_ln_ffn_shares(model, input_ids, token_type_ids=None) -> list[np.ndarray
         raw = np.stack([np.maximum(np.abs(whole).sum(-1) - np.abs(whole - p).sum(-1), 0.0) for p in parts], axis=1)
         shares.append(raw / raw.sum(-1, keepdims=True))
     return shares
+
+
+def seq2seq_ffn_streams(model, source_ids, labels, kind: str) -> dict[str, dict]:
+    """What an encoder-decoder's feed-forward shares are measured with, by hooks (float64): per stack,
+    for post-LN layers (``kind`` "post": BART, Marian) each layer's ``u = y + f`` (the input of the
+    layer's ``final_layer_norm``) and that norm's (gamma, beta, eps); for pre-LN stacks the input of
+    the stack's final norm (the stream after its last layer: T5's ``final_layer_norm``, M2M100's
+    ``layer_norm``)."""
+    model.double().eval()
+    base = model.get_encoder(), model.get_decoder()
+    found: dict[str, dict] = {"encoder": {"u": {}, "norm": {}, "final": None},
+                              "decoder": {"u": {}, "norm": {}, "final": None}}
+    handles = []
+
+    def keep(store: dict, key, module) -> None:
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args: store.__setitem__(key, args[0][0].detach().numpy())))
+
+    for role, stack in zip(("encoder", "decoder"), base):
+        record = found[role]
+        if kind == "post":
+            for number, layer in enumerate(stack.layers):
+                keep(record["u"], number, layer.final_layer_norm)
+                norm = layer.final_layer_norm
+                record["norm"][number] = (norm.weight.detach().numpy(), norm.bias.detach().numpy(), norm.eps)
+        else:
+            final = getattr(stack, "final_layer_norm", None) or getattr(stack, "layer_norm")
+            keep(record, "final", final)
+    source = torch.as_tensor(np.asarray(source_ids), dtype=torch.long).reshape(1, -1)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(1, -1)
+    start = model.config.decoder_start_token_id
+    decoder_input = torch.cat([torch.full((1, 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
+    try:
+        with torch.no_grad():
+            model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=decoder_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def post_ln_shares(y: np.ndarray, u: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """[S, 2]: the shares of y and f = u - y in LN(u), each centred and scaled by gamma / sigma(u), the
+    whole their sum plus beta (written out here, apart from the package's ``post_norm_ffn_components``)."""
+    sigma = np.sqrt(u.var(-1) + eps)[:, None]
+    parts = [gamma * (p - p.mean(-1, keepdims=True)) / sigma for p in (y, u - y)]
+    whole = parts[0] + parts[1] + beta
+    raw = np.stack([np.maximum(np.abs(whole).sum(-1) - np.abs(whole - p).sum(-1), 0.0) for p in parts], axis=1)
+    return raw / raw.sum(-1, keepdims=True)

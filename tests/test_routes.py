@@ -297,6 +297,7 @@ def test_seq2seq_routes_against_the_reference(name, tmp_path):
 
     from alti_onnx import Explainer
     from models.reference_math import component_contributions
+    from models.reference_routes import post_ln_shares, seq2seq_ffn_streams
     from models.reference_seq2seq import seq2seq_captures
     from models.seq2seq import build_hf_model
 
@@ -309,6 +310,8 @@ def test_seq2seq_routes_against_the_reference(name, tmp_path):
         ids = explainer.tokenizer.encode(source).ids
     model = AutoModelForSeq2SeqLM.from_pretrained(str(build_hf_model(name, tmp_path / "hf")), attn_implementation="eager")
     encoder, own, cross = seq2seq_captures(model, ids, labels)
+    kind = explainer.encoder_blocks[0].kind
+    streams = seq2seq_ffn_streams(model, ids, labels, kind)
     routes = found.routes
     assert routes.position == len(labels) - 1 and routes.decoder.graph.crossed
     checked = defaultdict(int)
@@ -316,11 +319,16 @@ def test_seq2seq_routes_against_the_reference(name, tmp_path):
                             (routes.encoder, {"attention": encoder})):
         for edge in graph.edges:
             base = edge.kind.removesuffix("_residual")
-            if base == "ffn":  # pre-LN: the stream after the (cross-)attention, and the next layer's input
+            if base == "ffn":  # the stream after the (cross-)attention y, and after the block
                 blocks = captures.get("cross_attention", captures["attention"])
-                i = edge.target
-                shares = ffn_components(blocks[edge.layer].block_output[i:i + 1],
-                                        captures["attention"][edge.layer + 1].x[i:i + 1])[0]
+                stream = streams["encoder" if graph is routes.encoder else "decoder"]
+                i, layer = edge.target, edge.layer
+                y = blocks[layer].block_output[i:i + 1]
+                if kind == "post":  # through the layer's second norm, at u = y + f
+                    shares = post_ln_shares(y, stream["u"][layer][i:i + 1], *stream["norm"][layer])[0]
+                else:  # the next layer's input, or after the last the input of the stack's final norm
+                    after = stream["final"] if layer + 1 == len(blocks) else captures["attention"][layer + 1].x
+                    shares = ffn_components(y, after[i:i + 1])[0]
                 assert edge.weight == pytest.approx(shares[1 if edge.kind == "ffn" else 0], abs=1e-5), edge
                 checked[(graph is routes.encoder, edge.kind)] += 1
                 continue
@@ -329,8 +337,11 @@ def test_seq2seq_routes_against_the_reference(name, tmp_path):
             assert edge.weight == pytest.approx(want, abs=1e-5), (graph is routes.encoder, edge)
             checked[(graph is routes.encoder, edge.kind)] += 1
     assert checked[(False, "cross_attention")] > 0 and checked[(True, "attention")] > 0
-    if name in ("m2m100", "t5"):  # pre-LN: the feed-forward blocks are nodes (but the last layer's of each stack)
-        assert checked[(False, "ffn")] > 0 and checked[(True, "ffn")] + checked[(True, "ffn_residual")] > 0
+    for encoder_side in (False, True):  # every layer's feed-forward block is a node, the last one's too
+        layers = {e.layer for e in (routes.encoder if encoder_side else routes.decoder.graph).edges
+                  if e.kind.startswith("ffn")}
+        assert layers == set(range(len(encoder if encoder_side else own))), (encoder_side, layers)
+    assert checked[(False, "ffn")] > 0
     sources = {e.source for e in routes.decoder.edges if e.kind == "cross_attention"}
     last = len(encoder) - 1
     assert {n[2] for n in routes.encoder.nodes if n[1] == last} == sources  # the encoder's graph ends where they read

@@ -167,4 +167,8 @@ class DecoderLayerRoutes(BlockRoutes):
             np.asarray(self.cross_residual[rows], dtype=np.float64))
 
     def ffn(self, rows: np.ndarray) -> np.ndarray:
+        if self.post_norm is not None:
+            norm = self.post_norm
+            return post_norm_ffn_components(self.stream_after_cross(rows), norm.total[rows], norm.scale, norm.bias,
+                                            norm.epsilon)
         return ffn_components(self.stream_after_cross(rows), self.stream_after(rows))

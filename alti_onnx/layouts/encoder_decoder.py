@@ -27,7 +27,7 @@ from alti_onnx.layouts.base import (
     check_tokenizer_fits,
     require_texts,
 )
-from alti_onnx.layouts.routes import seq2seq_routes
+from alti_onnx.layouts.routes import StreamSites, seq2seq_routes
 from alti_onnx.results.record import Target
 from alti_onnx.results.routes import RouteQuery
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
@@ -105,6 +105,8 @@ class EncoderDecoderExplainer(Explainer):
         self._prepared = {"encoder": encoder, "decoder": decoder}
         self.int8 = encoder.dynamically_quantized or decoder.dynamically_quantized
         self._plain_decoder = plain_session(self.files.graphs["decoder"], providers)
+        self._sites: dict[str, StreamSites] | None = None  # the routes' (``_stream_sites``)
+        self._route_sessions: dict[str, SegmentedSession] = {}
 
     @property
     def prepared_graphs(self) -> dict[str, PreparedModel]:
@@ -116,6 +118,8 @@ class EncoderDecoderExplainer(Explainer):
     def _release(self) -> None:
         self.encoder_session.close()
         self.decoder_session.close()
+        for session in self._route_sessions.values():
+            session.close()
         self._plain_decoder = None
 
     # ------------------------------------------------------------------ API
@@ -166,7 +170,14 @@ class EncoderDecoderExplainer(Explainer):
             raise InputError(f"--max-new-tokens {max_new_tokens} is more than the decoder takes "
                              f"({self.max_target_tokens} tokens)")
         batch = self.text_encoder.encode(list(sources))
-        encoded, encoder_tensors = self.encoder_session.run(batch)
+        sites = self._stream_sites() if routes is not None else None
+        collected: dict[str, dict[str, np.ndarray]] = {"encoder": {}, "decoder": {}}
+        if sites is None:
+            encoded, encoder_tensors = self.encoder_session.run(batch)
+        else:
+            session = self._route_sessions["encoder"]
+            encoded, encoder_tensors = _run_collecting(session, session.batch_feeds(batch), collected["encoder"],
+                                                       sites["encoder"].segments)
         memory = next(iter(encoded.values())) if len(encoded) == 1 else encoded[self.encoder_session.original_outputs[0]]
         if targets is None:
             labels = self._generate(memory, batch.attention_mask, max_new_tokens)
@@ -181,7 +192,11 @@ class EncoderDecoderExplainer(Explainer):
         feeds = {**self.decoder_session.inputs.feeds(decoder_batch), self._memory: memory.astype(np.float32, copy=False)}
         if self._memory_mask:
             feeds[self._memory_mask] = batch.attention_mask
-        outputs, decoder_tensors = self.decoder_session.run_feeds(feeds)
+        if sites is None:
+            outputs, decoder_tensors = self.decoder_session.run_feeds(feeds)
+        else:
+            outputs, decoder_tensors = _run_collecting(self._route_sessions["decoder"], feeds, collected["decoder"],
+                                                       sites["decoder"].segments)
         logits = outputs.get(self.decoder_session.original_outputs[0])
         for row, ids in enumerate(decoder_ids):  # generation checks its own; a given target's are checked here
             if logits is not None and not np.all(np.isfinite(logits[row, : len(ids)])):
@@ -191,10 +206,29 @@ class EncoderDecoderExplainer(Explainer):
                                           generated=targets is None) for row in range(len(sources))]
         if routes is None:
             return explanations
-        return [replace(explanation, routes=seq2seq_routes(
-            self.encoder_blocks, self.self_blocks, self.cross_blocks, encoder_tensors, decoder_tensors, row,
-            np.flatnonzero(batch.attention_mask[row]), len(decoder_ids[row]), routes))
-            for row, explanation in enumerate(explanations)]
+        found = []
+        for row, explanation in enumerate(explanations):
+            keep, targets = np.flatnonzero(batch.attention_mask[row]), len(decoder_ids[row])
+            found.append(replace(explanation, routes=seq2seq_routes(
+                self.encoder_blocks, self.self_blocks, self.cross_blocks, encoder_tensors, decoder_tensors, row,
+                keep, targets, routes, sites["encoder"].of_row(collected["encoder"], row, keep),
+                sites["decoder"].of_row(collected["decoder"], row, np.arange(targets)))))
+        return found
+
+    def _stream_sites(self) -> dict[str, StreamSites]:
+        """Where each stack's run hands over the stream after its feed-forward blocks (post-LN sums,
+        the last layer's output), and the sessions that do (made on the first routes)."""
+        if self._sites is None:
+            streams = {"encoder": self.encoder_blocks, "decoder": self.cross_blocks}  # the feed-forward's input
+            self._sites = {role: StreamSites.find(self._prepared[role], [b.output for b in blocks],
+                                                  [b.kind for b in blocks]) for role, blocks in streams.items()}
+            fed = [n for n in (self._memory, self._memory_mask) if n]
+            self._route_sessions = {
+                role: SegmentedSession(self._prepared[role], self.providers or default_providers(),
+                                       fed_by_caller=fed if role == "decoder" else (),
+                                       exposed=self._sites[role].exposed(self._prepared[role]))
+                for role in ("encoder", "decoder")}
+        return self._sites
 
     # ------------------------------------------------------------------ generation
     def _generation_ids(self, vocabulary: int) -> tuple[int | None, list[int]]:
@@ -301,6 +335,14 @@ class EncoderDecoderExplainer(Explainer):
 
     def _token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(int(token_id)) or self.tokenizer.decode([int(token_id)], skip_special_tokens=False)
+
+
+def _run_collecting(session: SegmentedSession, feeds: dict[str, np.ndarray], collected: dict[str, np.ndarray],
+                    segments: list[int]) -> tuple[dict[str, np.ndarray], list]:
+    """``run_feeds``, also collecting every tensor of ``segments`` (those the session exposes)."""
+    tensors: list = []
+    outputs = session.stream_feeds(feeds, lambda layer, t: tensors.append(t), collected, segments)
+    return outputs, tensors
 
 
 def _decoder_layers(blocks: list[AttentionBlock]) -> tuple[list[AttentionBlock], list[AttentionBlock]]:

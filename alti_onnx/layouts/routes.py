@@ -9,6 +9,7 @@ prediction's position (the last feed-forward block's share) and the logit lens o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from alti_onnx.decomposition.routes import Node, RouteGraph, trace
 from alti_onnx.errors import InputError, NonFiniteError
 from alti_onnx.results.record import MEAN
 from alti_onnx.results.routes import HeadLens, LensToken, RouteExplanation, RouteQuery, Seq2SeqRoutes
+from alti_onnx.runtime.linear_graph import PostNormSite, SegmentValues, post_norm_site, read_segment, stream_sums
+from alti_onnx.runtime.prepared import PreparedModel
 from alti_onnx.runtime.sessions import BlockTensors
 from graph_rewrites import AttentionBlock
 
@@ -132,17 +135,20 @@ def _node_vector(node: Node, layers: Sequence[BlockRoutes]) -> np.ndarray:
 def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[AttentionBlock],
                    cross_blocks: list[AttentionBlock], encoder_tensors: list[BlockTensors],
                    decoder_tensors: list[BlockTensors], row: int, keep: np.ndarray, targets: int,
-                   query: RouteQuery) -> Seq2SeqRoutes:
+                   query: RouteQuery, encoder_streams: tuple[list[PostNorm | None], np.ndarray | None] = ([], None),
+                   decoder_streams: tuple[list[PostNorm | None], np.ndarray | None] = ([], None)) -> Seq2SeqRoutes:
     """The routes of one pair of an encoder-decoder run (every block's tensors held): the decoder's
     graph to the prediction at its position (default: the last), its cross-attention edges leaving
-    from encoder positions, and the encoder's graph to those positions."""
+    from encoder positions, and the encoder's graph to those positions. ``*_streams``: each stack's
+    post-LN sums and the stream after its last layer (``StreamSites.of_row``), where the run gave them."""
     position = targets - 1 if query.position is None else query.position
     if not -targets <= position < targets:
         raise InputError(f"routes position {position} is outside the output's {targets} tokens")
     position %= targets
     stores = [ProbsStore() for _ in range(3)]
     try:
-        def layers(blocks, tensors, store, rows, columns) -> list[BlockRoutes]:
+        def layers(blocks, tensors, store, rows, columns, streams) -> list[BlockRoutes]:
+            norms, last_output = streams
             found = []
             for layer, (block, t) in enumerate(zip(blocks, tensors)):
                 probs = t.probs[row][:, rows][:, :, columns]
@@ -151,14 +157,18 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
                     raise NonFiniteError(f"the model produced NaN or Inf in layer {layer}: no route is meaningful")
                 store.append(probs)
                 found.append((block, layer, *(np.array(a, dtype=np.float32) for a in parts)))
-            # the stream after a pre-LN (sandwich, parallel) layer is the next one's input; after the last, unknown
-            return [BlockRoutes(block, store, layer, values, residual, output,
-                                found[layer + 1][3] if layer + 1 < len(found) and block.kind in FFN_KINDS else None)
-                    for block, layer, values, residual, output in found]
+            layers = []
+            for block, layer, values, residual, output in found:
+                norm = norms[layer] if layer < len(norms) else None
+                after = None  # the stream after the layer: the next one's input, after the last what the run gave
+                if block.kind in FFN_KINDS or norm is not None:
+                    after = found[layer + 1][3] if layer + 1 < len(found) else last_output
+                layers.append(BlockRoutes(block, store, layer, values, residual, output, after, None, norm))
+            return layers
 
         decoder_rows = np.arange(targets)
-        encoder = layers(encoder_blocks, encoder_tensors, stores[0], keep, keep)
-        own = layers(self_blocks, decoder_tensors[0::2], stores[1], decoder_rows, decoder_rows)
+        encoder = layers(encoder_blocks, encoder_tensors, stores[0], keep, keep, encoder_streams)
+        own = layers(self_blocks, decoder_tensors[0::2], stores[1], decoder_rows, decoder_rows, decoder_streams)
         cross = []
         for layer, (block, t) in enumerate(zip(cross_blocks, decoder_tensors[1::2])):
             probs = t.probs[row][:, :targets][:, :, keep]
@@ -178,3 +188,77 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
         for store in stores:
             store.close()
     return Seq2SeqRoutes(RouteExplanation(graph, position, query.renormalize), encoder_graph)
+
+
+@dataclass
+class StreamSites:
+    """Where the stream after a feed-forward block is no block tensor, found by structure in the
+    segment after each layer's attention, with the number of the segment that computes it: each
+    post-LN layer's sum u = y + f and the norm after it (``post``), and the stream after a pre-LN or
+    sandwich stack's last layer, the input of its final norm (``last``)."""
+
+    post: dict[int, tuple[int, PostNormSite]]
+    weights: dict[int, tuple[np.ndarray, np.ndarray | None]]
+    last: tuple[int, str] | None
+    layers: int
+
+    @classmethod
+    def find(cls, prepared: PreparedModel, streams: list[str], kinds: list[str], with_last: bool = True) -> StreamSites:
+        """``streams[l]``: the stream after layer l's attention (its block's output tensor)."""
+        post: dict[int, tuple[int, PostNormSite]] = {}
+        weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        last = None
+        for layer, (stream, kind) in enumerate(zip(streams, kinds)):
+            final = layer == len(streams) - 1
+            if kind != "post" and not (with_last and final and kind in ("pre", "sandwich")):
+                continue
+            number = next((k for k, s in enumerate(prepared.segments) if stream in s.inputs), None)
+            if number is None:
+                continue
+            graph = read_segment(prepared.segments[number])
+            if kind == "post":
+                site = post_norm_site(graph, stream)
+                if site is not None:
+                    values = SegmentValues([graph], prepared.weights_dir, {})
+                    post[layer] = (number, site)
+                    weights[layer] = (np.asarray(values(site.scale), dtype=np.float64),
+                                      None if site.bias is None else np.asarray(values(site.bias), dtype=np.float64))
+            else:
+                sums = stream_sums(graph, stream)
+                if sums:
+                    last = (number, sums[0])
+        return cls(post, weights, last, len(streams))
+
+    @property
+    def segments(self) -> list[int]:
+        return sorted({number for number, _ in self.post.values()} | ({self.last[0]} if self.last else set()))
+
+    @property
+    def names(self) -> set[str]:
+        found = {name for _, site in self.post.values() for name in (site.total, site.output)}
+        return found | ({self.last[1]} if self.last else set())
+
+    def exposed(self, prepared: PreparedModel) -> dict[int, list[str]]:
+        """The tensors a session must hand over, by segment (those that are not its outputs already)."""
+        exposed: dict[int, list[str]] = {}
+        for number in self.segments:
+            outputs = prepared.segments[number].outputs
+            segment_names = [site.total for n, site in self.post.values() if n == number] + \
+                [site.output for n, site in self.post.values() if n == number] + \
+                ([self.last[1]] if self.last and self.last[0] == number else [])
+            exposed[number] = [name for name in segment_names if name not in outputs]
+        return exposed
+
+    def of_row(self, collected: dict[str, np.ndarray], row: int, rows) -> tuple[list[PostNorm | None], np.ndarray | None]:
+        """One example's post-LN sums, and the stream after its last layer where the run handed it over."""
+        norms: list[PostNorm | None] = [None] * self.layers
+        last_output = None
+        for layer, (_, site) in self.post.items():
+            scale, bias = self.weights[layer]
+            norms[layer] = PostNorm(np.asarray(collected[site.total][row][rows], dtype=np.float64), scale, bias,
+                                    site.epsilon)
+            if layer == self.layers - 1:
+                last_output = np.asarray(collected[site.output][row][rows], dtype=np.float64)
+        if self.last is not None:
+            last_output = np.asarray(collected[self.last[1]][row][rows], dtype=np.float64)
+        return norms, last_output

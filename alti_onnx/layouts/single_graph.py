@@ -16,7 +16,6 @@ import numpy as np
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from alti_onnx.decomposition.layer_store import LayerStore
 from alti_onnx.decomposition.logit import capture_layer
-from alti_onnx.decomposition.route_layers import PostNorm
 from alti_onnx.decomposition.self_check import check_layer
 from alti_onnx.errors import InputError, NonFiniteError, RuntimeFailure
 from alti_onnx.layouts.base import (
@@ -29,13 +28,12 @@ from alti_onnx.layouts.base import (
     require_texts,
 )
 from alti_onnx.layouts.logit import LOGITS, LogitDecomposer, LogitRun
-from alti_onnx.layouts.routes import RouteRecorder
+from alti_onnx.layouts.routes import RouteRecorder, StreamSites
 from alti_onnx.results.explanation import Explanation
 from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
 from alti_onnx.results.record import MEAN, Target
 from alti_onnx.results.routes import RouteExplanation, RouteQuery
-from alti_onnx.runtime.linear_graph import PostNormSite, SegmentValues, post_norm_site, read_segment
 from alti_onnx.runtime.pooling import Pooling, declared_pooling
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
@@ -74,10 +72,9 @@ class SingleGraphExplainer(Explainer):
         self._workers = os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
         self._logit: LogitDecomposer | None = None  # built by the first explanation of a logit
-        #: each post-LN layer's feed-forward sum and norm (found on the first routes), and the
-        #: session that hands them over
-        self._post_sites: dict[int, tuple[int, PostNormSite]] | None = None
-        self._post_weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        #: where the stream after the feed-forward blocks is found (on the first routes), and the
+        #: session that hands it over
+        self._sites: tuple[bool, StreamSites] | None = None
         self._routes_session: SegmentedSession | None = None
 
     @property
@@ -186,9 +183,9 @@ class SingleGraphExplainer(Explainer):
         logit_run = None if decomposer is None else self._logit_run(batch, kept, logit)
         recorder = None if routes is None else RouteRecorder(self.blocks, kept, routes)
         head = self._route_head() if routes is not None else None
-        post = self._post_norm_sites() if routes is not None else {}
-        if post and decomposer is not None and decomposer.session is not None:
-            decomposer.ensure_exposed({name for _, site in post.values() for name in (site.total, site.output)})
+        post = None if routes is None else self._stream_sites(head is not None)
+        if post is not None and post.names and decomposer is not None and decomposer.session is not None:
+            decomposer.ensure_exposed(post.names)
         collected: dict[str, np.ndarray] = {} if logit_run is None else logit_run.collected
 
         def decompose_pending() -> None:
@@ -250,48 +247,28 @@ class SingleGraphExplainer(Explainer):
             return None
         return self.logit_decomposer()
 
-    def _post_norm_sites(self) -> dict[int, tuple[int, PostNormSite]]:
-        """Each post-LN layer's feed-forward sum and the norm after it, by layer, with the number of the
-        segment that computes them: found by structure (``post_norm_site``) once."""
-        if self._post_sites is None:
-            self._post_sites = {}
-            for layer, block in enumerate(self.blocks):
-                if block.kind != "post":
-                    continue
-                number = next((k for k, s in enumerate(self.prepared.segments) if block.output in s.inputs), None)
-                graph = None if number is None else read_segment(self.prepared.segments[number])
-                site = None if graph is None else post_norm_site(graph, block.output)
-                if site is not None:
-                    self._post_sites[layer] = (number, site)
-                    values = SegmentValues([graph], self.prepared.weights_dir, {})
-                    self._post_weights[layer] = (np.asarray(values(site.scale), dtype=np.float64),
-                                                 None if site.bias is None else np.asarray(values(site.bias),
-                                                                                           dtype=np.float64))
-        return self._post_sites
-
-    def _post_norms(self, post: dict[int, tuple[int, PostNormSite]], collected: dict[str, np.ndarray], row: int,
-                    keep) -> tuple[list[PostNorm | None], np.ndarray | None]:
-        """One row's post-LN sums (and, when the last layer is one, the stream after it) from the run."""
-        norms: list[PostNorm | None] = [None] * len(self.blocks)
-        last_output = None
-        for layer, (_, site) in post.items():
-            scale, bias = self._post_weights[layer]
-            norms[layer] = PostNorm(np.asarray(collected[site.total][row][keep], dtype=np.float64), scale, bias,
-                                    site.epsilon)
-            if layer == len(self.blocks) - 1:
-                last_output = np.asarray(collected[site.output][row][keep], dtype=np.float64)
-        return norms, last_output
+    def _stream_sites(self, head: bool) -> StreamSites:
+        """Where the run must hand over the stream after the feed-forward blocks (found once; the last
+        layer's only where no language-model head gives it)."""
+        if self._sites is None or self._sites[0] != head:
+            found = StreamSites.find(self.prepared, [b.output for b in self.blocks], [b.kind for b in self.blocks],
+                                     with_last=not head)
+            self._sites = (head, found)
+            if self._routes_session is not None:
+                self._routes_session.close()
+                self._routes_session = None
+        return self._sites[1]
 
     def _routes(self, recorder: RouteRecorder, batch: Batch, outputs: dict[str, np.ndarray],
                 collected: dict[str, np.ndarray], head: LogitDecomposer | None,
-                causal: bool | None, post: dict[int, tuple[int, PostNormSite]]) -> list[RouteExplanation]:
+                causal: bool | None, post: StreamSites) -> list[RouteExplanation]:
         rows = range(len(recorder.kept))
         defaults: list[int | str] = [len(batch.tokens[row]) - 1 if causal else MEAN if self.mean_pooled else 0
                                      for row in rows]
         positions = [recorder.positions(row, defaults[row]) for row in rows]
         if head is None or not causal:
             return [recorder.explain(row, positions[row], None, None, self._decode,
-                                     *self._post_norms(post, collected, row, recorder.kept[row])) for row in rows]
+                                     *post.of_row(collected, row, recorder.kept[row])) for row in rows]
         # the final residual at each row's prediction, from one run of the head; the lens through it
         padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]]) for keep, at in zip(recorder.kept, positions)]
         finals = head.final_residual(collected, padded, outputs[LOGITS])
@@ -301,14 +278,11 @@ class SingleGraphExplainer(Explainer):
 
         return [recorder.explain(row, positions[row], finals[row], lens, self._decode) for row in rows]
 
-    def _post_session(self, post: dict[int, tuple[int, PostNormSite]]) -> SegmentedSession:
-        """The sessions that also hand over the post-LN sums and norms (made once)."""
+    def _post_session(self, post: StreamSites) -> SegmentedSession:
+        """The sessions that also hand over the stream after the feed-forward blocks (made once)."""
         if self._routes_session is None:
-            exposed: dict[int, list[str]] = {}
-            for number, site in post.values():
-                outputs = self.prepared.segments[number].outputs
-                exposed.setdefault(number, []).extend(n for n in (site.total, site.output) if n not in outputs)
-            self._routes_session = SegmentedSession(self.prepared, self.providers, self.input_map, exposed=exposed)
+            self._routes_session = SegmentedSession(self.prepared, self.providers, self.input_map,
+                                                    exposed=post.exposed(self.prepared))
         return self._routes_session
 
     def _logit_run(self, batch: Batch, kept: list, logit: list[LogitQuery]) -> LogitRun:
@@ -326,10 +300,10 @@ class SingleGraphExplainer(Explainer):
 
     def _run(self, batch: Batch, on_block, decomposer: LogitDecomposer | None = None,
              logit_run: LogitRun | None = None, collected: dict[str, np.ndarray] | None = None,
-             post: dict[int, tuple[int, PostNormSite]] | None = None, head: bool = False) -> dict[str, np.ndarray]:
+             post: StreamSites | None = None, head: bool = False) -> dict[str, np.ndarray]:
         try:
-            if decomposer is None and post:  # the routes' post-LN sums
-                return self._post_session(post).stream(batch, on_block, collected, [n for n, _ in post.values()])
+            if decomposer is None and post is not None and post.segments:  # the stream after the feed-forward blocks
+                return self._post_session(post).stream(batch, on_block, collected, post.segments)
             if decomposer is None and head:  # the head's inputs, for the routes' last layer
                 return self.session.stream(batch, on_block, collected, [len(self.prepared.segments) - 1])
             if decomposer is None:

@@ -149,20 +149,35 @@ class PostNormSite:
 def post_norm_site(graph: SegmentGraph, stream: str) -> PostNormSite | None:
     """The sum of ``stream`` and a tensor computed from it, normalized by a LayerNormalization over
     the last axis (found by structure); None where the segment has no such sum."""
-    producer = {name: node for node in graph.nodes for name in node.outputs if name}
     norms = {node.inputs[0]: node for node in graph.nodes
              if node.op == "LayerNormalization" and node.attributes.get("axis", -1) == -1 and len(node.inputs) >= 2}
-    for node in graph.nodes:
-        if node.op != "Add" or len(node.inputs) != 2 or stream not in node.inputs:
-            continue
-        other = node.inputs[1] if node.inputs[0] == stream else node.inputs[0]
-        norm = norms.get(node.outputs[0])
-        if other == stream or other not in producer or norm is None or not _reads(producer, other, stream):
-            continue
-        bias = norm.inputs[2] if len(norm.inputs) > 2 and norm.inputs[2] else None
-        return PostNormSite(stream, node.outputs[0], norm.outputs[0], norm.inputs[1], bias,
-                            float(norm.attributes.get("epsilon", 1e-5)))
+    for total in stream_sums(graph, stream):
+        norm = norms.get(total)
+        if norm is not None:
+            bias = norm.inputs[2] if len(norm.inputs) > 2 and norm.inputs[2] else None
+            return PostNormSite(stream, total, norm.outputs[0], norm.inputs[1], bias,
+                                float(norm.attributes.get("epsilon", 1e-5)))
     return None
+
+
+def stream_sums(graph: SegmentGraph, stream: str) -> list[str]:
+    """The outputs of the Adds of ``stream`` (or a float32 copy of it) and a tensor computed from it
+    within the segment (a residual sum: a pre-LN layer's ``y + f``, the input of a post-LN layer's
+    second norm), in order."""
+    producer = {name: node for node in graph.nodes for name in node.outputs if name}
+    same = {stream}  # the stream, and its copies (Identity, a Cast to float32: T5's norm reads one)
+    for node in graph.nodes:
+        if node.inputs and node.inputs[0] in same and (node.op == "Identity" or (
+                node.op == "Cast" and node.attributes.get("to") == onnx.TensorProto.FLOAT)):
+            same.add(node.outputs[0])
+    found = []
+    for node in graph.nodes:
+        if node.op != "Add" or len(node.inputs) != 2 or not same & set(node.inputs):
+            continue
+        other = node.inputs[1] if node.inputs[0] in same else node.inputs[0]
+        if other not in same and other in producer and _reads(producer, other, stream):
+            found.append(node.outputs[0])
+    return found
 
 
 def _reads(producer: dict[str, Node], name: str, source: str) -> bool:
