@@ -150,6 +150,7 @@ class ExplainServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ExplainServer
     server_version = "alti-onnx"
+    timeout = 30  # seconds a client may take to send its request: a stalled one does not hold a thread for good
 
     def do_GET(self) -> None:
         if not self._host_ok():

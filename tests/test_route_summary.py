@@ -22,7 +22,7 @@ def test_the_summary_by_hand():
     records = [
         {"routes": {"threshold": 0.04, "edges": [_edge(0, "attention", 1, 0.5), _edge(0, "attention", 1, 0.25, 1),
                                                   _edge(1, "ffn", None, 0.6), _edge(1, "ffn_residual", None, 0.4)]}},
-        {"error": "line 2: empty"},  # no routes: not a text of the summary
+        {"index": 1, "error": "line 2: empty"},  # no routes: not a text of the summary
         {"routes": {"threshold": 0.04, "edges": [_edge(1, "attention", 0, 0.1), _edge(1, "attention_residual", None, 0.9)]}},
     ]
     summary = summarize_routes(records, layers=2, heads=2)
@@ -32,6 +32,10 @@ def test_the_summary_by_hand():
     np.testing.assert_allclose(summary.ffn_share, [0.0, 0.5])
     np.testing.assert_allclose(summary.ffn_weight, [0.0, 0.3])
     assert summary.top_components(2) == [("layer 0 head 1", 0.5, 0.375), ("layer 1 ffn", 0.5, 0.3)]
+    with pytest.raises(ValueError, match="neither routes nor an error"):  # a record of a run without --routes
+        summarize_routes([*records, {"index": 3, "tokens": ["a"]}], layers=2, heads=2)
+    with pytest.raises(ValueError, match="pruned differently"):
+        summarize_routes([*records, {"routes": {"threshold": 0.1, "edges": []}}], layers=2, heads=2)
     with pytest.raises(ValueError, match="head 5"):
         summarize_routes([{"routes": {"edges": [_edge(0, "attention", 5, 0.5)]}}], layers=2, heads=2)
 
@@ -62,6 +66,11 @@ def test_batch_routes_equal_the_apis_and_resume(tmp_path):
     assert json.loads((tmp_path / "out.jsonl.routes.json").read_text()) == summary
     other = run_cli("batch", FIXTURES / "tiny-llama", "--input", corpus, "--output", out, "--routes")
     assert_one_line_error(other)  # another job (not renormalized) does not append to this output
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]))  # an interrupted run: resumed without --routes is another job
+    dropped = run_cli("batch", FIXTURES / "tiny-llama", "--input", corpus, "--output", out)
+    assert_one_line_error(dropped)
+    assert "routes=" in dropped.stderr and out.read_text() == "".join(lines[:2])
     corpus.write_text("".join(json.dumps(t) + "\n" for t in texts[:2]))
     lensed = run_cli("batch", FIXTURES / "tiny-llama", "--input", corpus, "--output", tmp_path / "lens.jsonl", "--lens", "2")
     assert lensed.returncode == 0, lensed.stderr

@@ -350,3 +350,49 @@ def test_seq2seq_routes_against_the_reference(name, tmp_path):
     assert Seq2SeqRoutes.from_dict(record).to_dict() == record
     view = routes.table(found.decoder_tokens, found.tokens)
     assert any(row[1].startswith("cross_attention") for row in view.rows) or not sources
+
+
+def test_routes_follow_a_mean_target_or_refuse_it(llama):
+    """--target mean leads the routes to every position (an encoder) or is refused in one line (a
+    language model, an encoder-decoder): never traced silently to another position."""
+    from alti_onnx import Explainer
+
+    with Explainer(FIXTURES / "tiny-bert-classifier") as explainer:
+        found = explainer.routes(TEXT, RouteQuery(0.0, position="mean"))
+        size = len(explainer.tokenizer.encode(TEXT).ids)
+    assert found.position == "mean" and {e.target for e in found.edges if e.layer == 1} == set(range(size))
+    with pytest.raises(InputError, match="one next-token prediction"):
+        llama.routes(TEXT, RouteQuery(position="mean"))
+    with Explainer(FIXTURES / "tiny-t5-seq2seq") as explainer, pytest.raises(InputError, match="not 'mean'"):
+        explainer.explain("a dog", "un chien", routes=RouteQuery(position="mean"))
+
+
+@pytest.mark.parametrize("given,want", [(-0.0, 0.0), (np.float32(0.25), 0.25), (1, 1.0)])
+def test_a_threshold_is_any_real_number_from_0_to_1(given, want):
+    query = RouteQuery(given, lens=np.int64(3), position=np.int64(2))
+    assert query.threshold == want and str(query.threshold) != "-0.0" and query.lens == 3 and query.position == 2
+    with pytest.raises(InputError, match="threshold"):
+        RouteQuery(10 ** 400)
+
+
+def test_a_misread_block_or_nan_after_it_is_an_error_not_a_route(llama, monkeypatch):
+    """The routes alone (no ALTI) still check each block their rows are decomposed from; NaN in the
+    stream after a feed-forward block is refused, not turned into a node without edges."""
+    from alti_onnx.decomposition import route_layers
+    from alti_onnx.errors import NonFiniteError, SelfCheckError
+    from alti_onnx.layouts.routes import StreamSites
+    from alti_onnx.runtime.linear_graph import PostNormSite
+
+    real = route_layers.attention_components
+
+    def misread(block, probs, *args, **kwargs):  # the attention the trace reads is off by 1%
+        return real(block, probs * 1.01, *args, **kwargs)
+
+    monkeypatch.setattr(route_layers, "attention_components", misread)
+    with pytest.raises(SelfCheckError, match="self-check failed: layer 1's attention"):
+        llama.routes(TEXT)
+    monkeypatch.undo()
+    site = PostNormSite("y", "u", "z", "gamma", None, 1e-5)
+    sites = StreamSites({0: (1, site)}, {0: (np.ones(2), None)}, None, 2)
+    with pytest.raises(NonFiniteError, match="after a feed-forward block"):
+        sites.of_row({"u": np.array([[[1.0, np.nan]]]), "z": np.zeros((1, 1, 2))}, 0, slice(None))

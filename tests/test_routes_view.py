@@ -361,3 +361,22 @@ def test_the_seq2seq_routes_react_in_a_browser(driver, seq2seq, tmp_path):
                           "s.dispatchEvent(new Event('input'))")  # the decoder's slider leaves the encoder's graph
     heavy = sum(e.weight >= 0.3 for e in seq2seq.routes.decoder.edges)
     assert visible(driver, ".alti-route-edge") == heavy + len(seq2seq.routes.encoder.edges)
+
+
+def test_a_last_layer_without_a_feed_forward_node_keeps_its_prediction():
+    """A layer whose feed-forward block is no node (here: the last layer of a graph built by hand)
+    ends at its attention: the prediction's node is found there and every edge joins drawn nodes."""
+    from alti_onnx.decomposition.routes import Edge, RouteGraph
+    from alti_onnx.report.routes_view import _Grid
+    from alti_onnx.results.routes import RouteExplanation
+
+    edges = [Edge(0, "attention", 0, 0, 1, 0.5), Edge(0, "attention_residual", None, 1, 1, 0.5),
+             Edge(0, "ffn", None, None, 1, 0.3), Edge(0, "ffn_residual", None, 1, 1, 0.7),
+             Edge(1, "attention", 1, 0, 1, 0.4), Edge(1, "attention_residual", None, 1, 1, 0.6)]
+    nodes = [("embedding", None, 0), ("embedding", None, 1), ("attention", 0, 1), ("ffn", 0, 1), ("attention", 1, 1)]
+    routes = RouteExplanation(RouteGraph(0.04, nodes, edges), 1, False)
+    grid = _Grid.of(routes)
+    assert grid.prediction == (("attention", 1, 1),) and grid.sites == ["ffn", "attention"]
+    assert {node for e in edges for node in e.ends(grid.sites) if node is not None} <= set(nodes) | {("ffn", 0, 0)}
+    page = Elements(routes_html(routes, ["a", "b"]))
+    assert len(page.having("circle", "alti-route-prediction")) == 1

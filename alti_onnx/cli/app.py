@@ -301,7 +301,7 @@ def _route_query(explainer, routes: bool, threshold: Optional[float], renormaliz
     from alti_onnx.results.routes import RouteQuery
 
     return RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
-                      position=target if isinstance(target, int) else None,
+                      position=target,  # --target N or mean: the routes lead where ALTI's attribution does
                       **({} if lens is None else {"lens": lens}))
 
 
@@ -723,6 +723,8 @@ def batch(
     if route_fields is not None and output_path != "-" and not streaming:
         with user_errors():
             _route_summary(model, Path(output_path), explainer)
+    elif route_fields is not None:
+        err.print("(no corpus summary of the routes: the records went to a stream, not a file to read back)")
 
 
 def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, target,
@@ -736,8 +738,7 @@ def _route_fields(routes: bool, threshold: Optional[float], renormalize: bool, t
 
     parsed = _target_option(target)
     query = RouteQuery(threshold=THRESHOLD if threshold is None else threshold, renormalize=renormalize,
-                       position=parsed if isinstance(parsed, int) else None,
-                       lens=0 if lens is None else lens)  # checked here, before any record
+                       position=parsed, lens=0 if lens is None else lens)  # checked here, before any record
     return {"threshold": query.threshold, "renormalize": query.renormalize, "position": query.position,
             "lens": query.lens}
 

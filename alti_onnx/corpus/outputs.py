@@ -70,8 +70,9 @@ class Job:
             return f"its model was another one ({model.get('path')})"
         if recorded.get("tokenizer", {}).get("sha256") != self.tokenizer["sha256"]:
             return f"its tokenizer was another one ({recorded.get('tokenizer', {}).get('path')})"
-        for name, value in self.options.items():
-            before = recorded.get("options", {}).get(name)
+        earlier = recorded.get("options", {})
+        for name in [*self.options, *(name for name in earlier if name not in self.options)]:
+            before, value = earlier.get(name), self.options.get(name)  # an option given once and dropped differs too
             if before != value:
                 return f"it ran with {name}={before!r}, this run has {name}={value!r}"
         return None

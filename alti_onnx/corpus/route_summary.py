@@ -29,9 +29,11 @@ class RouteSummary:
     ffn_share: np.ndarray
     ffn_weight: np.ndarray
     threshold: float | None
+    renormalize: bool | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"texts": self.texts, "threshold": self.threshold, "head_share": self.head_share.tolist(),
+        return {"texts": self.texts, "threshold": self.threshold, "renormalize": self.renormalize,
+                "head_share": self.head_share.tolist(),
                 "head_weight": self.head_weight.tolist(), "ffn_share": self.ffn_share.tolist(),
                 "ffn_weight": self.ffn_weight.tolist()}
 
@@ -51,13 +53,17 @@ def summarize_routes(records: Iterable[dict], layers: int, heads: int) -> RouteS
     ffn_count = np.zeros(layers)
     ffn_weight = np.zeros(layers)
     texts = 0
-    threshold = None
+    queries: set[tuple] = set()
     for record in records:
         routes = record.get("routes")
         if not isinstance(routes, dict):
+            if "error" not in record:  # a record of another job (one without --routes)
+                raise ValueError(f"record {record.get('index')} holds neither routes nor an error")
             continue
         texts += 1
-        threshold = routes.get("threshold", threshold)
+        queries.add((routes.get("threshold"), routes.get("renormalize")))
+        if len(queries) > 1:
+            raise ValueError(f"the records' routes were pruned differently ({sorted(queries, key=str)})")
         seen_heads = np.zeros((layers, heads), dtype=bool)
         seen_ffn = np.zeros(layers, dtype=bool)
         for edge in routes["edges"]:
@@ -76,8 +82,9 @@ def summarize_routes(records: Iterable[dict], layers: int, heads: int) -> RouteS
         head_count += seen_heads
         ffn_count += seen_ffn
     scale = 1.0 / max(texts, 1)
+    threshold, renormalize = next(iter(queries), (None, None))
     return RouteSummary(texts, head_count * scale, head_weight * scale, ffn_count * scale, ffn_weight * scale,
-                        threshold)
+                        threshold, renormalize)
 
 
 def read_output_records(output: Path) -> Iterator[dict]:

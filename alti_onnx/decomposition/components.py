@@ -36,6 +36,9 @@ class AttentionComponents:
 
     heads: np.ndarray
     residual: np.ndarray
+    #: the self-check of the rows decomposed: max |y rebuilt from the parts - the model's y|, and max |y|
+    reconstruction_error: float = 0.0
+    output_scale: float = 1.0
 
 
 def attention_components(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray,
@@ -68,7 +71,9 @@ def attention_components(block: AttentionBlock, probs: np.ndarray, values: np.nd
         raw[:, -1] = own - to_residual / scale
         raw[raw <= 8 * np.finfo(dtype).eps * own[:, None]] = 0.0  # rounding noise is no contribution
     shares = normalize_rows(raw)
-    return AttentionComponents(shares[:, :-1].reshape(size, heads, sources).transpose(1, 0, 2), shares[:, -1])
+    scale = float(np.abs(terms.model_output).max()) if size else 0.0
+    return AttentionComponents(shares[:, :-1].reshape(size, heads, sources).transpose(1, 0, 2), shares[:, -1],
+                               terms.error, scale)
 
 
 def post_norm_ffn_components(stream: np.ndarray, total: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alti_onnx.errors import SelfCheckError
 from graph_rewrites import AttentionBlock
 
 from .block_kinds import kind_of
@@ -131,9 +132,22 @@ class BlockRoutes:
             raise ValueError(f"the stream after layer {self.layer} is known at {list(where)} only, not {missing}")
         return np.asarray(self.next_input[[where[int(r)] for r in rows]], dtype=np.float64)
 
+    #: the self-check's tolerance (relative to max(1, |y|)), or None for no check: set by the caller
+    tolerance: float | None = None
+
     def attention(self, rows: np.ndarray) -> AttentionComponents:
-        return attention_components(self.block, self.store.rows(self.layer, rows), self.values, self.residual[rows],
-                                    self.output[rows])
+        return self.checked(attention_components(self.block, self.store.rows(self.layer, rows), self.values,
+                                                 self.residual[rows], self.output[rows]), "attention")
+
+    def checked(self, found: AttentionComponents, what: str) -> AttentionComponents:
+        """``found``, once its parts rebuild the model's block output within the tolerance (as ALTI's
+        self-check: the routes alone run no ALTI to check the blocks)."""
+        limit = None if self.tolerance is None else self.tolerance * max(1.0, found.output_scale)
+        if limit is not None and not found.reconstruction_error <= limit:
+            raise SelfCheckError(f"self-check failed: layer {self.layer}'s {what} rebuilt from its parts differs from "
+                                 f"the model's block output by {found.reconstruction_error:.3g} (tolerance "
+                                 f"{limit:.3g}): the graph is not what the block description says")
+        return found
 
     def ffn(self, rows: np.ndarray) -> np.ndarray:
         if self.post_norm is not None:
@@ -158,8 +172,9 @@ class DecoderLayerRoutes(BlockRoutes):
             self.has_ffn = False
 
     def cross(self, rows: np.ndarray) -> AttentionComponents:
-        return attention_components(self.cross_block, self.cross_store.rows(self.layer, rows), self.cross_values,
-                                    self.cross_residual[rows], self.cross_output[rows])
+        return self.checked(attention_components(self.cross_block, self.cross_store.rows(self.layer, rows),
+                                                 self.cross_values, self.cross_residual[rows], self.cross_output[rows]),
+                            "cross-attention")
 
     def stream_after_cross(self, rows: np.ndarray) -> np.ndarray:
         return kind_of(self.cross_block).model_output(

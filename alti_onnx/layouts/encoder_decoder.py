@@ -177,7 +177,7 @@ class EncoderDecoderExplainer(Explainer):
         else:
             session = self._route_sessions["encoder"]
             encoded, encoder_tensors = _run_collecting(session, session.batch_feeds(batch), collected["encoder"],
-                                                       sites["encoder"].segments)
+                                                       sites["encoder"].segments, sites["encoder"].names)
         memory = next(iter(encoded.values())) if len(encoded) == 1 else encoded[self.encoder_session.original_outputs[0]]
         if targets is None:
             labels = self._generate(memory, batch.attention_mask, max_new_tokens)
@@ -196,7 +196,7 @@ class EncoderDecoderExplainer(Explainer):
             outputs, decoder_tensors = self.decoder_session.run_feeds(feeds)
         else:
             outputs, decoder_tensors = _run_collecting(self._route_sessions["decoder"], feeds, collected["decoder"],
-                                                       sites["decoder"].segments)
+                                                       sites["decoder"].segments, sites["decoder"].names)
         logits = outputs.get(self.decoder_session.original_outputs[0])
         for row, ids in enumerate(decoder_ids):  # generation checks its own; a given target's are checked here
             if logits is not None and not np.all(np.isfinite(logits[row, : len(ids)])):
@@ -212,7 +212,7 @@ class EncoderDecoderExplainer(Explainer):
             found.append(replace(explanation, routes=seq2seq_routes(
                 self.encoder_blocks, self.self_blocks, self.cross_blocks, encoder_tensors, decoder_tensors, row,
                 keep, targets, routes, sites["encoder"].of_row(collected["encoder"], row, keep),
-                sites["decoder"].of_row(collected["decoder"], row, np.arange(targets)))))
+                sites["decoder"].of_row(collected["decoder"], row, np.arange(targets)), self.self_check_tolerance)))
         return found
 
     def _stream_sites(self) -> dict[str, StreamSites]:
@@ -338,10 +338,10 @@ class EncoderDecoderExplainer(Explainer):
 
 
 def _run_collecting(session: SegmentedSession, feeds: dict[str, np.ndarray], collected: dict[str, np.ndarray],
-                    segments: list[int]) -> tuple[dict[str, np.ndarray], list]:
-    """``run_feeds``, also collecting every tensor of ``segments`` (those the session exposes)."""
+                    segments: list[int], only: set[str]) -> tuple[dict[str, np.ndarray], list]:
+    """``run_feeds``, also collecting the tensors ``only`` of ``segments`` (the session exposes them)."""
     tensors: list = []
-    outputs = session.stream_feeds(feeds, lambda layer, t: tensors.append(t), collected, segments)
+    outputs = session.stream_feeds(feeds, lambda layer, t: tensors.append(t), collected, segments, only)
     return outputs, tensors
 
 

@@ -29,8 +29,10 @@ from graph_rewrites import AttentionBlock
 class RouteRecorder:
     """Keeps one run's block tensors for the rows whose routes were asked for (``queries``: one per row)."""
 
-    def __init__(self, blocks: list[AttentionBlock], kept: list, queries: list[RouteQuery]):
+    def __init__(self, blocks: list[AttentionBlock], kept: list, queries: list[RouteQuery],
+                 tolerance: float | None = None):
         self.blocks, self.kept, self.queries = blocks, kept, queries
+        self.tolerance = tolerance  # the blocks' self-check (None: not checked)
         self.stores = [ProbsStore() for _ in kept]
         self.tensors: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in kept]
 
@@ -53,7 +55,9 @@ class RouteRecorder:
         size = len(self.tensors[row][0][1])
         wanted = self.queries[row].position
         if wanted is None:
-            return list(range(size)) if default == MEAN else [int(default)]
+            wanted = default
+        if wanted == MEAN:
+            return list(range(size))
         if not -size <= wanted < size:
             raise InputError(f"routes position {wanted} is outside the text's {size} tokens")
         return [wanted % size]
@@ -77,6 +81,7 @@ class RouteRecorder:
                 elif final is not None:
                     after, at = final, np.asarray(positions)
             found.append(BlockRoutes(block, self.stores[row], layer, values, residual, output, after, at, norm))
+            found[-1].tolerance = self.tolerance
         return found
 
     def explain(self, row: int, positions: list[int], final: np.ndarray | None,
@@ -136,12 +141,15 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
                    cross_blocks: list[AttentionBlock], encoder_tensors: list[BlockTensors],
                    decoder_tensors: list[BlockTensors], row: int, keep: np.ndarray, targets: int,
                    query: RouteQuery, encoder_streams: tuple[list[PostNorm | None], np.ndarray | None] = ([], None),
-                   decoder_streams: tuple[list[PostNorm | None], np.ndarray | None] = ([], None)) -> Seq2SeqRoutes:
+                   decoder_streams: tuple[list[PostNorm | None], np.ndarray | None] = ([], None),
+                   tolerance: float | None = None) -> Seq2SeqRoutes:
     """The routes of one pair of an encoder-decoder run (every block's tensors held): the decoder's
     graph to the prediction at its position (default: the last), its cross-attention edges leaving
     from encoder positions, and the encoder's graph to those positions. ``*_streams``: each stack's
     post-LN sums and the stream after its last layer (``StreamSites.of_row``), where the run gave them."""
     position = targets - 1 if query.position is None else query.position
+    if position == MEAN:
+        raise InputError("an encoder-decoder's routes lead to one output position's prediction, not 'mean'")
     if not -targets <= position < targets:
         raise InputError(f"routes position {position} is outside the output's {targets} tokens")
     position %= targets
@@ -164,6 +172,7 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
                 if block.kind in FFN_KINDS or norm is not None:
                     after = found[layer + 1][3] if layer + 1 < len(found) else last_output
                 layers.append(BlockRoutes(block, store, layer, values, residual, output, after, None, norm))
+                layers[-1].tolerance = tolerance
             return layers
 
         decoder_rows = np.arange(targets)
@@ -179,6 +188,7 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
             decoder.append(DecoderLayerRoutes(routes, block, stores[2], np.asarray(values, dtype=np.float32),
                                               np.asarray(residual, dtype=np.float32),
                                               np.asarray(output, dtype=np.float32)))
+            decoder[-1].tolerance = tolerance
         with one_blas_thread():
             graph = trace(decoder, [position], query.threshold, query.renormalize)
             sources = sorted({e.source for e in graph.edges if e.kind == "cross_attention"})
@@ -261,4 +271,14 @@ class StreamSites:
                 last_output = np.asarray(collected[site.output][row][rows], dtype=np.float64)
         if self.last is not None:
             last_output = np.asarray(collected[self.last[1]][row][rows], dtype=np.float64)
+        found = [norm.total for norm in norms if norm is not None] + ([] if last_output is None else [last_output])
+        require_finite(*found, where="the stream after a feed-forward block")
         return norms, last_output
+
+
+def require_finite(*arrays: np.ndarray, where: str) -> None:
+    """NaN or Inf in what the routes are measured with is an error, not a missing edge (a row's
+    shares normalize to zero where its distances are NaN)."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise NonFiniteError(f"the model produced NaN or Inf in {where}: no route is meaningful (a float16 "
+                             "overflow, or NaN weights?)")

@@ -28,7 +28,7 @@ from alti_onnx.layouts.base import (
     require_texts,
 )
 from alti_onnx.layouts.logit import LOGITS, LogitDecomposer, LogitRun
-from alti_onnx.layouts.routes import RouteRecorder, StreamSites
+from alti_onnx.layouts.routes import RouteRecorder, StreamSites, require_finite
 from alti_onnx.results.explanation import Explanation
 from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
@@ -142,6 +142,8 @@ class SingleGraphExplainer(Explainer):
         rows on a route decomposed: what long prompts need."""
         self.require_open()
         texts = require_texts(text)
+        if query is None:
+            raise InputError("routes() takes a RouteQuery, or one per text")
         found = self.explain_batch(self.text_encoder.encode(texts), full=False, routes=_queries(query, len(texts),
                                                                                              RouteQuery), alti=False)
         routes = [explanation.routes for explanation in found]
@@ -181,7 +183,8 @@ class SingleGraphExplainer(Explainer):
         for query in logit or []:
             decomposer.require_fits(query)
         logit_run = None if decomposer is None else self._logit_run(batch, kept, logit)
-        recorder = None if routes is None else RouteRecorder(self.blocks, kept, routes)
+        recorder = None if routes is None else RouteRecorder(self.blocks, kept, routes,
+                                                             self.self_check_tolerance if check else None)
         head = self._route_head() if routes is not None else None
         post = None if routes is None else self._stream_sites(head is not None)
         if post is not None and post.names and decomposer is not None and decomposer.session is not None:
@@ -269,9 +272,13 @@ class SingleGraphExplainer(Explainer):
         if head is None or not causal:
             return [recorder.explain(row, positions[row], None, None, self._decode,
                                      *post.of_row(collected, row, recorder.kept[row])) for row in rows]
+        if any(len(at) != 1 for at in positions):
+            raise InputError("a language model's routes lead to one next-token prediction: give a position (--target N), "
+                             "not 'mean'")
         # the final residual at each row's prediction, from one run of the head; the lens through it
         padded = [int(np.arange(batch.attention_mask.shape[1])[keep][at[0]]) for keep, at in zip(recorder.kept, positions)]
         finals = head.final_residual(collected, padded, outputs[LOGITS])
+        require_finite(finals, where="the final residual stream")
 
         def lens(vectors: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
             return head.lens(vectors, collected, len(batch.lengths), batch.attention_mask.shape[1], top)
@@ -303,7 +310,7 @@ class SingleGraphExplainer(Explainer):
              post: StreamSites | None = None, head: bool = False) -> dict[str, np.ndarray]:
         try:
             if decomposer is None and post is not None and post.segments:  # the stream after the feed-forward blocks
-                return self._post_session(post).stream(batch, on_block, collected, post.segments)
+                return self._post_session(post).stream(batch, on_block, collected, post.segments, post.names)
             if decomposer is None and head:  # the head's inputs, for the routes' last layer
                 return self.session.stream(batch, on_block, collected, [len(self.prepared.segments) - 1])
             if decomposer is None:

@@ -70,6 +70,8 @@ class _Grid:
     per_layer: tuple[str, ...]
     prediction: tuple[Node, ...]
     crossed: bool = False
+    #: each layer's last site (a layer whose feed-forward block is no node ends at its attention)
+    last_sites: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, routes: RouteExplanation) -> _Grid:
@@ -78,10 +80,13 @@ class _Grid:
         crossed = routes.graph.crossed
         per_layer = ("attention",) + (("cross_attention",) if crossed else ()) + \
             (("ffn",) if any(site == "ffn" for site, _, _ in nodes) else ())
-        top = (per_layer[-1], layers - 1)
+        with_ffn = {edge.layer for edge in routes.edges if edge.kind in ("ffn", "ffn_residual")}
+        last_sites = tuple("ffn" if layer in with_ffn else "cross_attention" if crossed else "attention"
+                           for layer in range(layers))
+        top = (last_sites[-1], layers - 1)
         prediction = tuple(node for node in nodes if node[:2] == top
                            and (routes.position == "mean" or node[2] == routes.position))
-        return cls(layers, per_layer, prediction, crossed)
+        return cls(layers, per_layer, prediction, crossed, last_sites)
 
     @property
     def ffn(self) -> bool:
@@ -94,7 +99,7 @@ class _Grid:
     @property
     def sites(self) -> list[str]:
         """Each layer's last site (what ``Edge.ends`` asks)."""
-        return [self.per_layer[-1]] * self.layers
+        return list(self.last_sites) or [self.per_layer[-1]] * self.layers
 
     def row(self, site: str, layer: int | None) -> int:
         if layer is None:

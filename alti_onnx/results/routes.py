@@ -4,13 +4,14 @@ head promotes (the logit lens)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 from alti_onnx.decomposition.routes import THRESHOLD, Edge, Node, RouteGraph
 from alti_onnx.errors import InputError
 
 from .base import TableView
+from .record import MEAN
 
 #: Tokens the logit lens lists per node and head, by default.
 LENS_TOKENS = 5
@@ -22,23 +23,32 @@ MAX_LENS_TOKENS = 50
 class RouteQuery:
     """``threshold``: the smallest edge weight kept (0 keeps every edge); ``renormalize``: each node's
     kept incoming weights rescaled to sum to 1; ``position``: the prediction's position (default:
-    the model's default target, the last token of a decoder); ``lens``: tokens the logit lens lists
-    per node and head (language models; 0 for none)."""
+    the model's default target, the last token of a decoder), or "mean" (every position: a
+    mean-pooled prediction); ``lens``: tokens the logit lens lists per node and head (language
+    models; 0 for none)."""
 
     threshold: float = THRESHOLD
     renormalize: bool = False
-    position: int | None = None
+    position: int | str | None = None
     lens: int = LENS_TOKENS
 
     def __post_init__(self) -> None:
         threshold = self.threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-                or not 0.0 <= threshold <= 1.0:
-            raise InputError(f"the routes' threshold is a weight from 0 to 1, got {threshold!r}")
-        if isinstance(self.lens, bool) or not isinstance(self.lens, int) or not 0 <= self.lens <= MAX_LENS_TOKENS:
-            raise InputError(f"the logit lens lists 0 to {MAX_LENS_TOKENS} tokens, got {self.lens!r}")
-        if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int)):
-            raise InputError(f"the routes' position is a token position, got {self.position!r}")
+        try:
+            usable = not isinstance(threshold, bool) and isinstance(threshold, Real) and 0.0 <= float(threshold) <= 1.0
+        except OverflowError:  # an integer too large for a float
+            usable = False
+        if not usable:  # NaN fails the comparison too
+            raise InputError(f"the routes' threshold is a weight from 0 to 1, got {str(threshold)[:40]!r}")
+        object.__setattr__(self, "threshold", float(threshold) + 0.0)  # -0.0 is 0
+        if isinstance(self.lens, bool) or not isinstance(self.lens, Integral) or not 0 <= self.lens <= MAX_LENS_TOKENS:
+            raise InputError(f"the logit lens lists 0 to {MAX_LENS_TOKENS} tokens, got {str(self.lens)[:40]!r}")
+        object.__setattr__(self, "lens", int(self.lens))
+        position = self.position
+        if position is not None and position != MEAN and (isinstance(position, bool) or not isinstance(position, Integral)):
+            raise InputError(f"the routes' position is a token position or 'mean', got {str(position)[:40]!r}")
+        if position is not None and position != MEAN:
+            object.__setattr__(self, "position", int(position))
 
 
 @dataclass(frozen=True)

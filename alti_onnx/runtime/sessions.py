@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,11 +178,12 @@ class SegmentedSession:
         self.sessions = []
 
     def stream(self, batch: Batch, on_block: Callable[[int, BlockTensors], None],
-               collect: dict[str, np.ndarray] | None = None, collect_from: Iterable[int] = ()) -> dict[str, np.ndarray]:
+               collect: dict[str, np.ndarray] | None = None, collect_from: Iterable[int] = (),
+               only: Container[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model on ``batch``, calling ``on_block(layer, tensors)`` for each block in layer
         order as soon as its tensors exist; returns the model's own outputs by name (``collect``:
         see ``stream_feeds``)."""
-        return self.stream_feeds(self.batch_feeds(batch), on_block, collect, collect_from)
+        return self.stream_feeds(self.batch_feeds(batch), on_block, collect, collect_from, only)
 
     def batch_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         """Every graph input for ``batch``: its token inputs and, for a KV-cache export, an empty cache."""
@@ -190,10 +191,11 @@ class SegmentedSession:
 
     def stream_feeds(self, feeds: dict[str, np.ndarray], on_block: Callable[[int, BlockTensors], None],
                      collect: dict[str, np.ndarray] | None = None,
-                     collect_from: Iterable[int] = ()) -> dict[str, np.ndarray]:
+                     collect_from: Iterable[int] = (), only: Container[str] | None = None) -> dict[str, np.ndarray]:
         """``stream`` from the graph inputs themselves (every one the graph declares, by name).
         ``collect`` receives every tensor (inputs, outputs, exposed) of the segments with exposed
-        tensors and of those numbered in ``collect_from``."""
+        tensors and of those numbered in ``collect_from`` (``only`` those named in ``only``, when given:
+        a segment's outputs hold its layer's attention, which the caller may keep already)."""
         collect_from = set(collect_from) | {number for number, names in self.exposed.items() if names}
         live: dict[str, np.ndarray] = dict(feeds)
         # token pairs of the run: rows x the longest sequence any [B, S] input (ids, masks) spans, squared
@@ -208,8 +210,8 @@ class SegmentedSession:
             except Exception as exc:  # noqa: BLE001
                 raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
             if collect is not None and number in collect_from:
-                collect.update(zip(segment.outputs + extra, results))
-                collect.update((name, live[name]) for name in segment.inputs)
+                collect.update((n, v) for n, v in zip(segment.outputs + extra, results) if only is None or n in only)
+                collect.update((name, live[name]) for name in segment.inputs if only is None or name in only)
             live.update(zip(segment.outputs, results))
             del results
             outputs.update((name, live[name]) for name in segment.outputs if name in self.original_outputs)
