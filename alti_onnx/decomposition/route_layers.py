@@ -176,14 +176,9 @@ class DecoderLayerRoutes(BlockRoutes):
                                                  self.cross_values, self.cross_residual[rows], self.cross_output[rows]),
                             "cross-attention")
 
-    def stream_after_cross(self, rows: np.ndarray) -> np.ndarray:
+    def stream_after_attention(self, rows: np.ndarray) -> np.ndarray:
+        """The stream after the layer's attention blocks, which its feed-forward block reads: the
+        cross-attention's output."""
         return kind_of(self.cross_block).model_output(
             self.cross_block, np.asarray(self.cross_output[rows], dtype=np.float64),
             np.asarray(self.cross_residual[rows], dtype=np.float64))
-
-    def ffn(self, rows: np.ndarray) -> np.ndarray:
-        if self.post_norm is not None:
-            norm = self.post_norm
-            return post_norm_ffn_components(self.stream_after_cross(rows), norm.total[rows], norm.scale, norm.bias,
-                                            norm.epsilon)
-        return ffn_components(self.stream_after_cross(rows), self.stream_after(rows))
