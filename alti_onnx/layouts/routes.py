@@ -1,9 +1,12 @@
-"""The routes of a model in one graph (docs/routes.md): what one run keeps for them, and the trace.
+"""The routes of a layout's run (docs/routes.md): what the run keeps for them, and the trace.
 
-During the run each layer's block tensors of every row are kept (the attention in a ``ProbsStore``,
-spilled to a file past its budget); after it, ``routes.trace`` asks, from the last layer down, for
-the rows on a route to the prediction. A language model's head gives the final residual at the
-prediction's position (the last feed-forward block's share) and the logit lens of the nodes and heads.
+During a single graph's run each layer's block tensors of every row are kept (``RouteRecorder``:
+the attention in a ``ProbsStore``, spilled to a file past its budget); after it, ``routes.trace``
+asks, from the last layer down, for the rows on a route to the prediction. A language model's head
+gives the final residual at the prediction's position (the last feed-forward block's share) and the
+logit lens of the nodes and heads; elsewhere the run hands over the stream after the feed-forward
+blocks that no block tensor shows (``StreamSites``). An encoder-decoder's routes (``seq2seq_routes``)
+are traced through its decoder, then its encoder, from the tensors of its run.
 """
 
 from __future__ import annotations
@@ -165,15 +168,15 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
                     raise NonFiniteError(f"the model produced NaN or Inf in layer {layer}: no route is meaningful")
                 store.append(probs)
                 found.append((block, layer, *(np.array(a, dtype=np.float32) for a in parts)))
-            layers = []
+            stack = []
             for block, layer, values, residual, output in found:
                 norm = norms[layer] if layer < len(norms) else None
                 after = None  # the stream after the layer: the next one's input, after the last what the run gave
                 if block.kind in FFN_KINDS or norm is not None:
                     after = found[layer + 1][3] if layer + 1 < len(found) else last_output
-                layers.append(BlockRoutes(block, store, layer, values, residual, output, after, None, norm))
-                layers[-1].tolerance = tolerance
-            return layers
+                stack.append(BlockRoutes(block, store, layer, values, residual, output, after, None, norm))
+                stack[-1].tolerance = tolerance
+            return stack
 
         decoder_rows = np.arange(targets)
         encoder = layers(encoder_blocks, encoder_tensors, stores[0], keep, keep, encoder_streams)
@@ -181,8 +184,10 @@ def seq2seq_routes(encoder_blocks: list[AttentionBlock], self_blocks: list[Atten
         cross = []
         for layer, (block, t) in enumerate(zip(cross_blocks, decoder_tensors[1::2])):
             probs = t.probs[row][:, :targets][:, :, keep]
+            parts = (t.values[row][:, keep], t.residual[row][:targets], t.output[row][:targets])
+            require_finite(probs, *parts, where=f"the decoder's layer {layer} cross-attention")
             stores[2].append(probs)
-            cross.append((block, t.values[row][:, keep], t.residual[row][:targets], t.output[row][:targets]))
+            cross.append((block, *parts))
         decoder = []
         for routes, (block, values, residual, output) in zip(own, cross):
             decoder.append(DecoderLayerRoutes(routes, block, stores[2], np.asarray(values, dtype=np.float32),
