@@ -396,3 +396,16 @@ def test_a_misread_block_or_nan_after_it_is_an_error_not_a_route(llama, monkeypa
     sites = StreamSites({0: (1, site)}, {0: (np.ones(2), None)}, None, 2)
     with pytest.raises(NonFiniteError, match="after a feed-forward block"):
         sites.of_row({"u": np.array([[[1.0, np.nan]]]), "z": np.zeros((1, 1, 2))}, 0, slice(None))
+
+
+def test_a_post_ln_sum_not_found_is_said(monkeypatch):
+    """A post-LN layer whose residual sum and norm are not found keeps its feed-forward block in the
+    stream: said once (a ModelWarning), not silently."""
+    from alti_onnx import Explainer
+    from alti_onnx.errors import ModelWarning
+    from alti_onnx.layouts import routes as module
+
+    monkeypatch.setattr(module, "post_norm_site", lambda graph, stream: None)
+    with Explainer(FIXTURES / "tiny-bert") as explainer, pytest.warns(ModelWarning, match="not split out"):
+        found = explainer.routes(TEXT, RouteQuery(0.0))
+    assert not any(e.kind.startswith("ffn") for e in found.edges)

@@ -11,6 +11,7 @@ are traced through its decoder, then its encoder, from the tensors of its run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from alti_onnx.decomposition.components import head_vectors
 from alti_onnx.decomposition.contributions import one_blas_thread
 from alti_onnx.decomposition.route_layers import FFN_KINDS, BlockRoutes, DecoderLayerRoutes, PostNorm, ProbsStore
 from alti_onnx.decomposition.routes import Node, RouteGraph, trace
-from alti_onnx.errors import InputError, NonFiniteError
+from alti_onnx.errors import InputError, ModelWarning, NonFiniteError
 from alti_onnx.results.record import MEAN
 from alti_onnx.results.routes import HeadLens, LensToken, RouteExplanation, RouteQuery, Seq2SeqRoutes
 from alti_onnx.runtime.linear_graph import PostNormSite, SegmentValues, post_norm_site, read_segment, stream_sums
@@ -216,6 +217,8 @@ class StreamSites:
     weights: dict[int, tuple[np.ndarray, np.ndarray | None]]
     last: tuple[int, str] | None
     layers: int
+    #: post-LN layers whose sum and norm were not found (their feed-forward block stays in the stream)
+    unsplit: tuple[int, ...] = ()
 
     @classmethod
     def find(cls, prepared: PreparedModel, streams: list[str], kinds: list[str], with_last: bool = True) -> StreamSites:
@@ -223,17 +226,21 @@ class StreamSites:
         post: dict[int, tuple[int, PostNormSite]] = {}
         weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         last = None
+        unsplit: list[int] = []
         for layer, (stream, kind) in enumerate(zip(streams, kinds)):
             final = layer == len(streams) - 1
             if kind != "post" and not (with_last and final and kind in ("pre", "sandwich")):
                 continue
             number = next((k for k, s in enumerate(prepared.segments) if stream in s.inputs), None)
             if number is None:
+                unsplit += [layer] if kind == "post" else []
                 continue
             graph = read_segment(prepared.segments[number])
             if kind == "post":
                 site = post_norm_site(graph, stream)
-                if site is not None:
+                if site is None:
+                    unsplit.append(layer)
+                else:
                     values = SegmentValues([graph], prepared.weights_dir, {})
                     post[layer] = (number, site)
                     weights[layer] = (np.asarray(values(site.scale), dtype=np.float64),
@@ -242,7 +249,11 @@ class StreamSites:
                 sums = stream_sums(graph, stream)
                 if sums:
                     last = (number, sums[0])
-        return cls(post, weights, last, len(streams))
+        if unsplit:
+            warnings.warn(f"the feed-forward block of post-LN layer {unsplit[0]} (of {len(unsplit)}) is not split out of "
+                          "the stream in the routes: no LayerNormalization of its residual sum was found (another norm "
+                          "form); its share stays in the next layer's edges", ModelWarning, stacklevel=3)
+        return cls(post, weights, last, len(streams), tuple(unsplit))
 
     @property
     def segments(self) -> list[int]:
