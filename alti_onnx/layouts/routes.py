@@ -269,10 +269,9 @@ class StreamSites:
         exposed: dict[int, list[str]] = {}
         for number in self.segments:
             outputs = prepared.segments[number].outputs
-            segment_names = [site.total for n, site in self.post.values() if n == number] + \
-                [site.output for n, site in self.post.values() if n == number] + \
-                ([self.last[1]] if self.last and self.last[0] == number else [])
-            exposed[number] = [name for name in segment_names if name not in outputs]
+            names = [name for n, site in self.post.values() if n == number for name in (site.total, site.output)]
+            names += [self.last[1]] if self.last and self.last[0] == number else []
+            exposed[number] = [name for name in names if name not in outputs]
         return exposed
 
     def of_row(self, collected: dict[str, np.ndarray], row: int, rows) -> tuple[list[PostNorm | None], np.ndarray | None]:

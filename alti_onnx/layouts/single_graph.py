@@ -266,8 +266,7 @@ class SingleGraphExplainer(Explainer):
                 collected: dict[str, np.ndarray], head: LogitDecomposer | None,
                 causal: bool | None, post: StreamSites) -> list[RouteExplanation]:
         rows = range(len(recorder.kept))
-        defaults: list[int | str] = [len(batch.tokens[row]) - 1 if causal else MEAN if self.mean_pooled else 0
-                                     for row in rows]
+        defaults = [self._default_target(len(batch.tokens[row]), causal) for row in rows]
         positions = [recorder.positions(row, defaults[row]) for row in rows]
         if head is None or not causal:
             return [recorder.explain(row, positions[row], None, None, self._decode,
@@ -367,7 +366,7 @@ class SingleGraphExplainer(Explainer):
     ) -> Explanation:
         causal = bool(causal)
         size = len(batch.tokens[row])
-        default_target: int | str = size - 1 if causal else MEAN if self.mean_pooled else 0
+        default_target = self._default_target(size, causal)
         row_outputs = {name: value[row] for name, value in outputs.items()}
         last = int(np.flatnonzero(batch.attention_mask[row])[-1])  # its last real token, in the padded row
         common = dict(
@@ -399,6 +398,11 @@ class SingleGraphExplainer(Explainer):
             norm_based=np.stack([layer.norms for layer in layers]) if layers[0].norms is not None else None,
             **common,
         )
+
+    def _default_target(self, size: int, causal: bool | None) -> int | str:
+        """What an explanation of ``size`` tokens is for by default: a decoder's last token, a mean-pooled
+        encoder's mean, any other encoder's first token."""
+        return size - 1 if causal else MEAN if self.mean_pooled else 0
 
     def _decode(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -120,14 +120,12 @@ class RouteExplanation:
     def table(self, tokens: list[str]) -> TableView:
         """The heaviest head and feed-forward edges on the prediction's routes (the residual edges, the
         stream carrying itself on, are counted, not listed), per layer from the top."""
-        def name(position: int | None) -> str:
-            return "(its output)" if position is None else f"{position} {tokens[position]!r}"
-
         components = [e for e in self.edges if e.kind in ("attention", "ffn")]  # the residual edges are the default
         heaviest = sorted(components, key=lambda e: -e.weight)[:TABLE_EDGES]
         ordered = sorted(heaviest, key=lambda e: (-e.layer, -e.weight))
         rows: list[list[str | float]] = [
-            [str(e.layer), e.kind + ("" if e.head is None else f" h{e.head}"), name(e.source), name(e.target),
+            [str(e.layer), e.kind + ("" if e.head is None else f" h{e.head}"), _name(tokens, e.source),
+             _name(tokens, e.target),
              f"{e.weight:.3f}", e.weight] for e in ordered]
         footer = (f"{len(self.edges)} edges ({len(components)} of heads and feed-forward blocks, the rest residual), "
                   f"{len(self.graph.nodes)} nodes at threshold {self.graph.threshold:g}"
@@ -142,6 +140,11 @@ class RouteExplanation:
         return TableView(title=f"routes to the prediction at {where}",
                          columns=["layer", "edge", "from", "to", "weight", ""], rows=rows, footer=footer,
                          highlight=None)
+
+
+def _name(tokens: list[str], position: int | None) -> str:
+    """A table's name of an edge end: a position and its token, or a block's own output."""
+    return "(its output)" if position is None else f"{position} {tokens[position]!r}"
 
 
 #: Edges the table lists (the heaviest, top layers first).
@@ -176,9 +179,6 @@ class Seq2SeqRoutes:
 
     def table(self, decoder_tokens: list[str], source_tokens: list[str]) -> TableView:
         """The heaviest head and feed-forward edges of both graphs (the decoder's first)."""
-        def name(tokens: list[str], position: int | None) -> str:
-            return "(its output)" if position is None else f"{position} {tokens[position]!r}"
-
         found = [("decoder", e) for e in self.decoder.edges if e.kind in ("attention", "cross_attention", "ffn")]
         found += [("encoder", e) for e in self.encoder.edges if e.kind in ("attention", "ffn")]
         heaviest = sorted(found, key=lambda item: -item[1].weight)[:TABLE_EDGES]
@@ -188,7 +188,7 @@ class Seq2SeqRoutes:
             tokens = source_tokens if stack == "encoder" or e.kind == "cross_attention" else decoder_tokens
             target = source_tokens if stack == "encoder" else decoder_tokens
             rows.append([f"{stack} {e.layer}", e.kind + ("" if e.head is None else f" h{e.head}"),
-                         name(tokens, e.source), name(target, e.target), f"{e.weight:.3f}", e.weight])
+                         _name(tokens, e.source), _name(target, e.target), f"{e.weight:.3f}", e.weight])
         footer = (f"decoder: {len(self.decoder.edges)} edges, encoder: {len(self.encoder.edges)} edges at threshold "
                   f"{self.decoder.graph.threshold:g}{' (renormalized)' if self.decoder.renormalize else ''}")
         if len(found) > TABLE_EDGES:
