@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from alti_onnx.errors import RuntimeFailure
 from alti_onnx.explainer import Explainer
+from alti_onnx.runtime.devices import resolve_device
 from alti_onnx.runtime.model_files import locate_model, read_config
 from alti_onnx.runtime.model_inputs import ModelInputs, parse_input_map
 from alti_onnx.runtime.prepared import prepare
@@ -125,14 +126,15 @@ def _peak_mb() -> float:
 
 def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
             warmup: int = 2, repeats: int = 7, budget_s: float = 120.0, input_map: dict[str, str] | None = None,
-            attribution_only: bool = False, logit: bool = False, routes: bool = False) -> BenchResult:
-    """Time one configuration in this process. The explanation runs first, alone, so the peak memory
+            attribution_only: bool = False, logit: bool = False, routes: bool = False,
+            device: str = "auto") -> BenchResult:
+    """Time one configuration in this process (the math on ``device``, ``runtime.devices``). The explanation runs first, alone, so the peak memory
     read before the plain model is loaded is the explanation's own. With ``routes`` the explanation
     is the routes to the default target alone (no ALTI)."""
     from alti_onnx.results.logit import LogitQuery
     from alti_onnx.results.routes import RouteQuery
 
-    explainer = Explainer(model, providers=providers, input_map=input_map)
+    explainer = Explainer(model, providers=providers, input_map=input_map, device=device)
     batch = synthetic_batch(explainer.tokenizer, seq_len, batch_size)
     queries = [LogitQuery()] * batch_size if logit else None
 
@@ -154,7 +156,7 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
         # the timed run's peak counts too (at 8,192 tokens SmolLM2's second run peaked 2.8 GB above its first)
         return BenchResult(seq_len, batch_size, float("nan"), explained, float("nan"), _peak_mb(), done,
                            attribution_only=attribution_only, in_turns=False, logit=logit, routes=routes)
-    plain = plain_session(explainer.files.onnx, providers)
+    plain = plain_session(explainer.files.onnx, explainer.providers)  # onnxruntime on what the explanation runs on
     feeds = explainer.session.batch_feeds(batch)
     plain.run(None, feeds)  # the forward's warm-up
     runs = [lambda: plain.run(None, feeds), explain] + ([alti] if logit else [])
@@ -166,7 +168,7 @@ def measure(model: str | Path, seq_len: int, batch_size: int, providers: list[st
 
 
 def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers: list[str] | None = None,
-                    input_map: dict[str, str] | None = None) -> tuple[float, float]:
+                    input_map: dict[str, str] | None = None, device: str = "auto") -> tuple[float, float]:
     """Median seconds and peak memory (MB) of a process that only runs the plain model, as its users
     do: nothing of the explanation is loaded (the prepared model's description gives the inputs)."""
     files = locate_model(model)
@@ -177,14 +179,15 @@ def measure_forward(model: str | Path, seq_len: int, batch_size: int, providers:
     batch = synthetic_batch(encoder.tokenizer, seq_len, batch_size)
     feeds = {**inputs.feeds(batch), **empty_cache(cache_inputs(prepared.graph_inputs), batch_size)}
     del prepared
-    plain = plain_session(files.onnx, providers)
+    plain = plain_session(files.onnx, resolve_device(device, providers).providers)
     (forward,), _ = _median_seconds([lambda: plain.run(None, feeds)], 1, 3, budget_s=60.0, settle_s=2.0)
     return forward, _peak_mb()
 
 
 def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
                   progress=None, input_map: dict[str, str] | None = None,
-                  attribution_only: bool = False, logit: bool = False, routes: bool = False) -> list[BenchResult]:
+                  attribution_only: bool = False, logit: bool = False, routes: bool = False,
+                  device: str = "auto") -> list[BenchResult]:
     """Every configuration, each in two worker processes (so each peak memory is its own): one runs
     the plain forward alone, the other the explanation and, timed in turns with it, the forward
     (for runs over ``LONG_RUN_S``, the explanation alone, set against the first process's forward)."""
@@ -194,6 +197,7 @@ def run_benchmark(model: str | Path, lengths=LENGTHS, batch_sizes=BATCH_SIZES, p
             if progress is not None:
                 progress(seq_len, batch_size)
             options = [f"--provider={p}" for p in providers or []] + [f"--input-map={n}={r}" for n, r in (input_map or {}).items()]
+            options.append(f"--device={device}")
             forward_s, forward_peak = _worker_result(model, seq_len, batch_size, options + ["--forward-only"])
             explained = BenchResult(**_worker_result(model, seq_len, batch_size,
                                                      options + (["--attribution-only"] if attribution_only else [])
@@ -242,7 +246,21 @@ def machine() -> dict[str, object]:
         "numba": numba.__version__,
         "numba_target_cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(),
         "platform": platform.platform(),
+        "gpu": _gpu(),
     }
+
+
+def _gpu() -> str | None:
+    """The GPU CuPy sees, with its CUDA runtime and CuPy's version (None without one)."""
+    try:
+        import cupy
+
+        properties = cupy.cuda.runtime.getDeviceProperties(0)
+        name = properties["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return f"{name}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}, CuPy {cupy.__version__}"
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no GPU: all mean none
+        return None
 
 
 def _proc_field(path: str, key: str) -> str:
@@ -254,10 +272,12 @@ def _proc_field(path: str, key: str) -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
 
 
-def to_json(results: list[BenchResult], model: str | Path, providers: list[str] | None) -> dict[str, object]:
+def to_json(results: list[BenchResult], model: str | Path, providers: list[str] | None,
+            device: str = "auto") -> dict[str, object]:
     return {
         "model": str(model),
         "providers": providers or ["default"],
+        "device": device,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "results": [asdict(r) for r in results],
@@ -277,13 +297,15 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("--attribution-only", action="store_true")
     parser.add_argument("--logit", action="store_true")
     parser.add_argument("--routes", action="store_true")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     roles = parse_input_map(args.input_map)
     if args.forward_only:
-        print(json.dumps(measure_forward(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles)))
+        print(json.dumps(measure_forward(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles,
+                                         device=args.device)))
         return
     result = measure(args.model, args.seq_len, args.batch_size, args.provider, input_map=roles,
-                     attribution_only=args.attribution_only, logit=args.logit, routes=args.routes)
+                     attribution_only=args.attribution_only, logit=args.logit, routes=args.routes, device=args.device)
     print(json.dumps(asdict(result)))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alti_onnx import Explainer, SelfCheckError
-from alti_onnx.runtime.sessions import default_providers
+from alti_onnx.runtime.devices import default_providers
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-bert"
 

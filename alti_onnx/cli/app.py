@@ -53,6 +53,9 @@ StartTokenOption = Annotated[
     Optional[int], typer.Option("--decoder-start-token-id", help="encoder-decoder: the decoder's first token, when "
                                 "neither config.json nor generation_config.json gives it (T5: 0)")
 ]
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="where the decomposition runs: cpu, cuda (CuPy + numba-cuda; onnxruntime on the GPU too with "
+    "onnxruntime-gpu) or auto (a GPU where one is usable; docs/gpu.md)")]
 DEFAULT_TOLERANCE = 1e-3  # explainer.DEFAULT_SELF_CHECK_TOLERANCE (not imported here: the CLI starts without onnx)
 LogitOption = Annotated[bool, typer.Option("--logit", help="also decompose the logit of a class or next token "
                                            "(default: the prediction) into signed token parts and named parts")]
@@ -215,6 +218,7 @@ def explain(
     threshold: ThresholdOption = None,
     renormalize: RenormalizeOption = False,
     lens: LensOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Explain a text: each token's contribution to the target position after all layers.
 
@@ -231,7 +235,8 @@ def explain(
         full = (json_path is not None and not attribution_only) or html_path is not None or png_path is not None
         target = _target_option(target)
         explainer = _explainer(model, input_map, self_check_tolerance, tokenizer=tokenizer, providers=provider,
-                               encoder=encoder, decoder=decoder, decoder_start_token_id=decoder_start_token_id)
+                               encoder=encoder, decoder=decoder, decoder_start_token_id=decoder_start_token_id,
+                               device=device)
         query = _logit_query(explainer, logit, class_, target_token, foil, per_head)
         if query is not None and target is not None and getattr(explainer, "causal", False):
             if not isinstance(target, int):
@@ -431,13 +436,14 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1 (0: any free port)")] = 8000,
     threshold: Annotated[float, typer.Option("--threshold", help="routes: the default smallest edge weight kept "
                                              "(the page can change it)")] = 0.04,
+    device: DeviceOption = "auto",
 ) -> None:
     """Serve a page on this machine (127.0.0.1 only) that explains the texts typed into it: the report
     with the logit decomposition and the routes, the model loaded once. Ctrl-C stops it."""
     from alti_onnx.serve import serve as serve_model
 
     with user_errors():
-        serve_model(model, port=port, threshold=threshold,
+        serve_model(model, port=port, threshold=threshold, device=device,
                     announce=lambda line: out.print(escape(line), soft_wrap=True, highlight=False))
 
 
@@ -561,6 +567,7 @@ def bench(
                                         "ALTI alone is timed beside it")] = False,
     routes: Annotated[bool, typer.Option("--routes", help="time the routes to the default target alone (no ALTI; "
                                          "docs/routes.md)")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
     from alti_onnx.bench import run_benchmark, to_json
@@ -576,7 +583,8 @@ def bench(
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
         if logit and routes:
             raise InputError("bench times --logit or --routes, not both at once")
-        with _explainer(model, input_map, DEFAULT_TOLERANCE) as explainer:  # one-line errors before any worker
+        # one-line errors before any worker
+        with _explainer(model, input_map, DEFAULT_TOLERANCE, providers=provider, device=device) as explainer:
             limit = explainer.text_encoder.max_length
             if routes:
                 explainer.routes("a")
@@ -590,11 +598,11 @@ def bench(
             _require_folder(json_path)  # before minutes of measuring, not after
         results = run_benchmark(
             model, seq_lens, sizes, provider, input_map=roles, attribution_only=attribution_only, logit=logit,
-            routes=routes, progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
+            routes=routes, device=device, progress=(lambda s, b: err.print(f"measuring S={s} B={b} ...", highlight=False)) if err.is_terminal else None,
         )
         if json_path is not None:
             with _writing(json_path):
-                json_path.write_text(json.dumps(to_json(results, model, provider), indent=2, allow_nan=False) + "\n")
+                json_path.write_text(json.dumps(to_json(results, model, provider, device), indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
     columns = ["S", "batch", "forward ms", "explain ms", "explain/fwd", "peak MB fwd/explain"]
     for column in columns + (["ALTI ms", "explain/ALTI"] if logit else []):
@@ -669,6 +677,7 @@ def batch(
     threshold: ThresholdOption = None,
     renormalize: RenormalizeOption = False,
     lens: LensOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Explain a corpus into JSON lines; rerunning after an interruption resumes without loss or duplicates.
 
@@ -682,6 +691,9 @@ def batch(
     """
     if ray is not None:
         with user_errors():
+            if device != "auto":
+                raise InputError("--device is for a batch on this machine; on Ray each actor takes auto (a GPU where "
+                                 "--gpus-per-actor gives it one)")
             query = _logit_fields(None, logit, class_, target_token, foil, per_head, target)
             route_fields = _route_fields(routes, threshold, renormalize, target, lens)
         _batch_on_ray(model, input_path, output_path, ray, actors, cpus_per_actor, gpus_per_actor, batch_size=batch_size,
@@ -703,7 +715,7 @@ def batch(
         target = _target_option(target)
         require_corpus(input_path)
         explainer = _explainer(model, input_map, self_check_tolerance, encoder=encoder, decoder=decoder,
-                               decoder_start_token_id=decoder_start_token_id)
+                               decoder_start_token_id=decoder_start_token_id, device=device)
         query = _logit_fields(explainer, logit, class_, target_token, foil, per_head, target)
         route_fields = _route_fields(routes, threshold, renormalize, target, lens)
         # Off when stderr is no terminal: its closing blank line would break the one-line error contract.

@@ -27,35 +27,51 @@ import numpy as np
 from graph_rewrites import AttentionBlock
 from graph_rewrites.block import BLOCK_KINDS
 
+from .arrays import Array, block_array, namespace
+
 
 class BlockKind(Protocol):
-    def output(self, block: AttentionBlock, attention: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    def output(self, block: AttentionBlock, attention: Array, residual: Array) -> Array:
         """y rebuilt from the attention output a (bias included) and the residual x, float64 [S, D]."""
 
-    def row_scale(self, block: AttentionBlock, attention: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    def row_scale(self, block: AttentionBlock, attention: Array, residual: Array) -> Array:
         """s_i, [S]: T~[i, j] = s_i T'[i, j]."""
 
     def mixing_weight(self, block: AttentionBlock) -> np.ndarray:
-        """W_O as it acts on T~, [H*dh, D] float64."""
+        """W_O as it acts on T~, [H*dh, D] float64 (NumPy: the namespace's copy is ``arrays.block_array``'s)."""
 
-    def residual_vectors(self, block: AttentionBlock, residual: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def residual_vectors(self, block: AttentionBlock, residual: Array, scale: Array) -> Array:
         """x~, [S, D] float64: the residual term of T~[j, j]."""
 
-    def model_output(self, block: AttentionBlock, exposed: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    def model_output(self, block: AttentionBlock, exposed: Array, residual: Array) -> Array:
         """The model's own y, from the block's exposed output tensor."""
 
 
-def _sigma(u: np.ndarray, epsilon: float, centred: bool) -> np.ndarray:
+def _sigma(u: Array, epsilon: float, centred: bool) -> Array:
     """The norm's divisor per row: sqrt(var + eps) for a LayerNorm, sqrt(mean square + eps) for RMSNorm."""
-    second = u.var(-1) if centred else np.square(u).mean(-1)
-    return np.sqrt(second + epsilon)
+    xp = namespace(u)
+    second = xp.var(u, axis=-1) if centred else xp.mean(u * u, axis=-1)
+    return xp.sqrt(second + epsilon)
 
 
-def _normalized(u: np.ndarray, block: AttentionBlock) -> np.ndarray:
+def _gamma(block: AttentionBlock, like: Array) -> Array:
+    """The norm's scale gamma, float64, in the namespace of ``like``."""
+    return block_array(block, "norm_weight", namespace(like), np.float64, lambda: block.norm_weight)
+
+
+def _beta(block: AttentionBlock, like: Array) -> Array | float:
+    """The norm's bias beta (0.0 for a norm without one), float64, in the namespace of ``like``."""
+    if block.norm_bias is None:
+        return 0.0
+    return block_array(block, "norm_bias", namespace(like), np.float64, lambda: block.norm_bias)
+
+
+def _normalized(u: Array, block: AttentionBlock) -> Array:
     """The block's norm applied to u: gamma (u - mean u) / sigma + beta, or gamma u / rms for RMSNorm."""
+    xp = namespace(u)
     centred = not block.norm_rms
-    shifted = u - u.mean(-1, keepdims=True) if centred else u
-    return block.norm_weight * shifted / _sigma(u, block.norm_epsilon, centred)[:, None] + block.norm_bias
+    shifted = u - xp.mean(u, axis=-1, keepdims=True) if centred else u
+    return _gamma(block, u) * shifted / _sigma(u, block.norm_epsilon, centred)[:, None] + _beta(block, u)
 
 
 def _scaled_weight(block: AttentionBlock) -> np.ndarray:
@@ -77,8 +93,9 @@ class PostLN:
         return _scaled_weight(block)
 
     def residual_vectors(self, block, residual, scale):
-        centred = residual if block.norm_rms else residual - residual.mean(-1, keepdims=True)
-        return centred * block.norm_weight
+        xp = namespace(residual)
+        centred = residual if block.norm_rms else residual - xp.mean(residual, axis=-1, keepdims=True)
+        return centred * _gamma(block, residual)
 
     def model_output(self, block, exposed, residual):
         return exposed
@@ -89,7 +106,8 @@ class PreLN:
         return residual + attention
 
     def row_scale(self, block, attention, residual):
-        return np.ones(len(residual))
+        xp = namespace(residual)
+        return xp.ones(residual.shape[0], dtype=xp.float64)
 
     def mixing_weight(self, block):
         return block.out_proj_weight

@@ -1,4 +1,5 @@
-"""ALTI contributions of one attention block, in NumPy (the math of docs/alti.md, "One layer").
+"""ALTI contributions of one attention block (the math of docs/alti.md, "One layer"), written once
+for every array namespace (NumPy on the CPU, CuPy on a GPU: ``arrays``).
 
 Everything works on one example with its padding already removed: probs [H, S, S],
 values [H_kv, S, dh], residual x [S, D], the model's block output y [S, D]. The S*S*D tensor
@@ -10,16 +11,24 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from types import ModuleType
 from typing import ParamSpec, TypeVar
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from alti_onnx.decomposition.arrays import (
+    Array,
+    block_array,
+    contiguous,
+    dtype_in,
+    manhattan_distances,
+    namespace,
+    to_numpy,
+)
 from alti_onnx.decomposition.block_kinds import kind_of
-from alti_onnx.decomposition.distances import by_column, manhattan_distances
 from graph_rewrites import AttentionBlock
 
 P = ParamSpec("P")
@@ -79,53 +88,53 @@ class LayerContributions:
     by-products of the same pass.
     """
 
-    contributions: np.ndarray
-    norms: np.ndarray | None
-    attention: np.ndarray
+    contributions: Array
+    norms: Array | None
+    attention: Array
     reconstruction_error: float
     output_scale: float = 1.0  #: max |y| of the model's block output, what the self-check tolerance scales with
 
+    def to_host(self) -> LayerContributions:
+        """The same matrices as NumPy arrays (from a GPU: one copy each; itself when they are)."""
+        if all(a is None or isinstance(a, np.ndarray) for a in (self.contributions, self.norms, self.attention)):
+            return self
+        return replace(self, **{f.name: to_numpy(getattr(self, f.name)) for f in fields(self)
+                                if f.name in ("contributions", "norms", "attention") and getattr(self, f.name) is not None})
 
-def head_outputs(weight: np.ndarray, values: np.ndarray, num_heads: int) -> np.ndarray:
+
+def head_outputs(weight: Array, values: Array, num_heads: int) -> Array:
     """v^h_j @ W^h for every token j and head h, laid out [S_j, H, D] (grouped key/value heads expanded)."""
+    xp = namespace(weight, values)
     per_head = values_per_head(values, num_heads)
     _, seq_len, head_size = per_head.shape
-    weight = weight.reshape(num_heads, head_size, -1)
-    out = np.empty((seq_len, num_heads, weight.shape[-1]), dtype=np.result_type(per_head, weight))
-    np.matmul(per_head, weight, out=out.transpose(1, 0, 2))  # written straight into the [S_j, H, D] layout
-    return out
+    weight = xp.reshape(weight, (num_heads, head_size, weight.shape[-1]))
+    return contiguous(xp.permute_dims(xp.matmul(per_head, weight), (1, 0, 2)))
 
 
-def values_per_head(values: np.ndarray, num_heads: int) -> np.ndarray:
+def values_per_head(values: Array, num_heads: int) -> Array:
     """[H_kv, S, dh] -> [H, S, dh]: each query head with the key/value head that serves it."""
+    xp = namespace(values)
     kv_heads = values.shape[0]
-    return values if kv_heads == num_heads else values[np.arange(num_heads) // (num_heads // kv_heads)]
+    if kv_heads == num_heads:
+        return values
+    return xp.take(values, xp.arange(num_heads) // (num_heads // kv_heads), axis=0)
 
 
-def output_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
-    """W_O in ``dtype``, converted once per block."""
-    return _per_block(block, "output", dtype, lambda: block.out_proj_weight.astype(dtype))
+def output_weight(block: AttentionBlock, xp: ModuleType, dtype: object) -> Array:
+    """W_O in ``xp`` and NumPy's ``dtype``, converted once per block."""
+    return block_array(block, "output", xp, dtype, lambda: block.out_proj_weight)
 
 
-def mixing_weight(block: AttentionBlock, dtype: type) -> np.ndarray:
-    """W_O as it acts on T~ for the block's kind (post-LN: gamma (W_O - its row means)), in ``dtype``."""
-    return _per_block(block, "mixing", dtype, lambda: kind_of(block).mixing_weight(block).astype(dtype))
+def mixing_weight(block: AttentionBlock, xp: ModuleType, dtype: object) -> Array:
+    """W_O as it acts on T~ for the block's kind (post-LN: gamma (W_O - its row means)), in ``xp`` and ``dtype``."""
+    return block_array(block, "mixing", xp, dtype, lambda: kind_of(block).mixing_weight(block))
 
 
-def _per_block(block: AttentionBlock, kind: str, dtype: type, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """A weight derived from ``block``, computed once per block and dtype (every example and batch reuses it)."""
-    key = (id(block), kind, np.dtype(dtype).str)
-    cached = _BLOCK_WEIGHTS.get(key)
-    if cached is not None and cached[0]() is block:
-        return cached[1]
-    weight = compute()
-    _BLOCK_WEIGHTS[key] = (weakref.ref(block), weight)
-    weakref.finalize(block, _BLOCK_WEIGHTS.pop, key, None)
-    return weight
-
-
-#: (id(block), kind, dtype) -> (weak reference to the block, weight); entries leave with their block.
-_BLOCK_WEIGHTS: dict[tuple[int, str, str], tuple[weakref.ref, np.ndarray]] = {}
+def output_bias(block: AttentionBlock, xp: ModuleType) -> Array | float:
+    """b_O in float64 (0.0 for a block without one)."""
+    if block.out_proj_bias is None:
+        return 0.0
+    return block_array(block, "output bias", xp, np.float64, lambda: block.out_proj_bias)
 
 
 #: Bytes of the attention a row block lays out per thread (see ``row_blocks``): bounded, whatever S is.
@@ -149,17 +158,18 @@ MapBlocks = Callable[[Callable[[tuple[int, int]], None], list[tuple[int, int]]],
 @np.errstate(all="ignore")  # NaN and Inf are the caller's to report (the error is then non-finite), not warnings
 def layer_contributions(
     block: AttentionBlock,
-    probs: np.ndarray,
-    values: np.ndarray,
-    residual: np.ndarray,
-    block_output: np.ndarray,
+    probs: Array,
+    values: Array,
+    residual: Array,
+    block_output: Array,
     dtype: type = np.float32,
     with_norms: bool = True,
     with_attention: bool = True,
     map_blocks: MapBlocks = map,
     parts: int = 1,
 ) -> LayerContributions:
-    """ALTI contributions of one block for one unpadded example.
+    """ALTI contributions of one block for one unpadded example, in the namespace of its arrays
+    (NumPy, CuPy, any array API library; ``arrays``).
 
     The block's norm maps T -> T' linearly once a per-row scale s_i is fixed (post-LN: sigma_i;
     see ``block_kinds``), so the norm's centering and gamma are folded into W_O and x once, giving
@@ -175,48 +185,45 @@ def layer_contributions(
     ``map_blocks`` (a thread pool's map runs them in parallel), so no temporary grows past a
     bounded block whatever the length: only the S*S results themselves are whole.
     """
-    probs = np.asarray(probs)
-    exact = np.float64
+    xp = namespace(probs, values, residual, block_output)
+    exact, working = xp.float64, dtype_in(xp, dtype)
     num_heads, seq_len, _ = probs.shape
     blocks = row_blocks(seq_len, seq_len * num_heads * np.dtype(dtype).itemsize, parts)
     terms = block_terms(block, probs, values, residual, block_output, dtype, blocks, map_blocks)
     vectors, scale, y_norms = terms.vectors, terms.scale, terms.y_norms
-    residual = np.ascontiguousarray(terms.residual_vectors.astype(dtype))
-    target = terms.target.astype(dtype)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
-    model_output, error = terms.model_output, terms.error
+    residual = contiguous(xp.astype(terms.residual_vectors, working))
+    target = xp.astype(terms.target, working)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
+    noise = 8 * float(xp.finfo(working).eps)
 
-    contributions = np.empty((seq_len, seq_len), dtype=exact)
-    norms = np.empty((seq_len, seq_len), dtype=exact) if with_norms else None
-    averaged = np.empty((seq_len, seq_len), dtype=exact) if with_attention else None
+    contributions = xp.empty((seq_len, seq_len), dtype=exact)
+    norms = xp.empty((seq_len, seq_len), dtype=exact) if with_norms else None
+    averaged = xp.empty((seq_len, seq_len), dtype=exact) if with_attention else None
 
     @np.errstate(all="ignore")
     def contribution_rows(rows: tuple[int, int]) -> None:
         start, stop = rows
-        rows_probs = np.ascontiguousarray(probs[:, start:stop], dtype=dtype)  # [H, rows, S_j]
-        distance = np.empty((stop - start, seq_len), dtype=dtype)
-        manhattan_distances(rows_probs, vectors, residual, np.ascontiguousarray(target[start:stop]), distance, start)
+        rows_probs = contiguous(xp.astype(probs[:, start:stop, :], working))  # [H, rows, S_j]
+        distance = manhattan_distances(rows_probs, vectors, residual, contiguous(target[start:stop, :]), start)
         if norms is not None:
-            squared = _squared_norms(by_column(rows_probs), vectors, residual, start)  # [S_j, rows, H] there
-            norms[start:stop] = normalize_rows(np.sqrt(squared) / scale[start:stop, None])
+            squared = _squared_norms(rows_probs, vectors, residual, start)
+            norms[start:stop, :] = normalize_rows(xp.sqrt(squared) / scale[start:stop, None])
         own_norms = y_norms[start:stop, None]
         raw = own_norms - distance / scale[start:stop, None]
         # Differences below the rounding of the distance pass are noise, not contribution: clip them
         # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
-        raw[raw <= 8 * np.finfo(dtype).eps * own_norms] = 0.0
+        raw = xp.where(raw <= noise * own_norms, 0.0, raw)
         # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
         # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
-        attention_sum = probs[:, start:stop].sum(0, dtype=np.float64)
-        silent = attention_sum == 0.0
-        diagonal = np.arange(start, stop)
-        silent[diagonal - start, diagonal] = False
-        raw[silent] = 0.0
-        contributions[start:stop] = normalize_rows(raw)
+        attention_sum = xp.sum(probs[:, start:stop, :], axis=0, dtype=exact)
+        off_diagonal = xp.arange(start, stop)[:, None] != xp.arange(seq_len)[None, :]
+        raw = xp.where((attention_sum == 0.0) & off_diagonal, 0.0, raw)
+        contributions[start:stop, :] = normalize_rows(raw)
         if averaged is not None:
-            averaged[start:stop] = attention_sum / num_heads
+            averaged[start:stop, :] = attention_sum / num_heads
 
     list(map_blocks(contribution_rows, blocks))
-    output_scale = float(np.abs(model_output).max()) if seq_len else 0.0
-    return LayerContributions(contributions, norms, averaged, error, output_scale)
+    output_scale = float(xp.max(xp.abs(terms.model_output))) if seq_len else 0.0
+    return LayerContributions(contributions, norms, averaged, terms.error, output_scale)
 
 
 @dataclass(frozen=True)
@@ -225,84 +232,86 @@ class BlockTerms:
     head outputs v~ [S_j, H, D], the norm's per-row scale s_i, the recomposed output y and its
     L1 norms, x~ for the residual terms, the target s_i y_i, the model's own y and the self-check."""
 
-    vectors: np.ndarray
-    scale: np.ndarray
-    recomposed: np.ndarray
-    y_norms: np.ndarray
-    residual_vectors: np.ndarray
-    target: np.ndarray
-    model_output: np.ndarray
+    vectors: Array
+    scale: Array
+    recomposed: Array
+    y_norms: Array
+    residual_vectors: Array
+    target: Array
+    model_output: Array
     error: float
 
 
-def block_terms(block: AttentionBlock, probs: np.ndarray, values: np.ndarray, residual: np.ndarray,
-                block_output: np.ndarray, dtype: type, blocks: list[tuple[int, int]],
+def block_terms(block: AttentionBlock, probs: Array, values: Array, residual: Array,
+                block_output: Array, dtype: type, blocks: list[tuple[int, int]],
                 map_blocks: MapBlocks = map) -> BlockTerms:
     """The attention output a (rows in ``blocks``, through ``map_blocks``), y rebuilt from it for the
     block's kind and checked against the model's, and the scaled terms the distances need. ``probs``
     is [H, rows, S_j]: square for self-attention, rows over the memory for cross-attention."""
-    exact = np.float64
+    xp = namespace(probs, values, residual, block_output)
+    exact, working = xp.float64, dtype_in(xp, dtype)
     kind = kind_of(block)
     num_heads, rows, _ = probs.shape
-    values = np.asarray(values, dtype=dtype)
-    residual = np.asarray(residual, dtype=exact)
+    values = xp.astype(values, working, copy=False)
+    residual = xp.astype(residual, exact, copy=False)
     per_head = values_per_head(values, num_heads)
-    attention = np.empty((rows, block.hidden_size), dtype=exact)
+    weight, bias = output_weight(block, xp, dtype), output_bias(block, xp)
+    attention = xp.empty((rows, block.hidden_size), dtype=exact)
 
     @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another
     def attention_rows(span: tuple[int, int]) -> None:
         start, stop = span
-        attention[start:stop] = _attention_rows(block, probs[:, start:stop].astype(dtype, copy=False), per_head)
+        rows_probs = xp.astype(probs[:, start:stop, :], working, copy=False)
+        context = xp.matmul(rows_probs, per_head)  # [H, rows, dh]
+        merged = xp.reshape(xp.permute_dims(context, (1, 0, 2)), (stop - start, -1))
+        attention[start:stop, :] = xp.astype(merged @ weight, exact) + bias  # a_i = merge_h(A^h V^h) W_O + b_O
 
     list(map_blocks(attention_rows, blocks))
     recomposed = kind.output(block, attention, residual)
-    model_output = kind.model_output(block, np.asarray(block_output, dtype=exact), residual)
-    error = float(np.max(np.abs(recomposed - model_output))) if rows else 0.0
+    model_output = kind.model_output(block, xp.astype(block_output, exact, copy=False), residual)
+    error = float(xp.max(xp.abs(recomposed - model_output))) if rows else 0.0
     scale = kind.row_scale(block, attention, residual)
     return BlockTerms(
-        vectors=head_outputs(mixing_weight(block, dtype), values, num_heads),  # v^h_j W~^h, [S_j, H, D]
-        scale=scale, recomposed=recomposed, y_norms=np.abs(recomposed).sum(-1),
+        vectors=head_outputs(mixing_weight(block, xp, dtype), values, num_heads),  # v^h_j W~^h, [S_j, H, D]
+        scale=scale, recomposed=recomposed, y_norms=xp.sum(xp.abs(recomposed), axis=-1),
         residual_vectors=kind.residual_vectors(block, residual, scale), target=recomposed * scale[:, None],
         model_output=model_output, error=error,
     )
 
 
-def _attention_rows(block: AttentionBlock, probs: np.ndarray, per_head: np.ndarray) -> np.ndarray:
-    """Rows of a_i = merge_h(A^h V^h) W_O + b_O, from those rows of the probabilities [H, rows, S]."""
-    num_heads, rows, _ = probs.shape
-    context = np.matmul(probs, per_head)  # [H, rows, dh]
-    merged = context.transpose(1, 0, 2).reshape(rows, -1)
-    bias = 0.0 if block.out_proj_bias is None else block.out_proj_bias
-    return (merged @ output_weight(block, merged.dtype)).astype(np.float64) + bias
-
-
-def _squared_norms(by_column: np.ndarray, vectors: np.ndarray, residual: np.ndarray, first_row: int = 0) -> np.ndarray:
+def _squared_norms(probs: Array, vectors: Array, residual: Array, first_row: int = 0) -> Array:
     """||T~[i, j]||_2^2 = a^T G_j a + [i==j] (2 a.c_j + ||x~_j||^2), a = A[:, i, j], from Gram matrices,
-    for the rows ``first_row:first_row + rows`` that ``by_column`` [S_j, rows, H] holds."""
-    gram = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [S_j, H, H]
-    weighted = np.matmul(by_column, gram)  # (G_j a)[h] for every (j, i), [S_j, rows, H]
-    np.multiply(weighted, by_column, out=weighted)
-    squared = np.matmul(weighted, np.ones(weighted.shape[-1], dtype=weighted.dtype)).T.astype(np.float64)
-    rows = np.arange(by_column.shape[1])
-    columns = rows + first_row  # the diagonal pairs (i, i) inside the block
-    self_weights = by_column[columns, rows]  # A[:, i, i], [rows, H]
-    cross = np.einsum("jhd,jd->jh", vectors[columns], residual[columns])  # [rows, H]
-    squared[rows, columns] += (2.0 * np.einsum("jh,jh->j", self_weights, cross)
-                               + np.einsum("jd,jd->j", residual[columns], residual[columns]))
-    return np.maximum(squared, 0.0)
+    for the rows ``first_row:first_row + rows`` that ``probs`` [H, rows, S_j] holds; [rows, S_j] float64."""
+    xp = namespace(probs, vectors, residual)
+    heads, rows, columns = probs.shape
+    by_column = contiguous(xp.permute_dims(probs, (2, 1, 0)))  # [S_j, rows, H]
+    gram = xp.matmul(vectors, xp.permute_dims(vectors, (0, 2, 1)))  # [S_j, H, H]
+    weighted = xp.matmul(by_column, gram) * by_column  # (G_j a)[h] a[h] for every (j, i), [S_j, rows, H]
+    squared = xp.astype(xp.permute_dims(xp.sum(weighted, axis=-1), (1, 0)), xp.float64)  # [rows, S_j]
+    stop = first_row + rows  # the diagonal pairs (i, i) inside the block
+    self_weights = xp.permute_dims(xp.linalg.diagonal(probs[:, :, first_row:stop]), (1, 0))  # A[:, i, i], [rows, H]
+    own_residual = residual[first_row:stop, :]
+    cross = xp.matmul(vectors[first_row:stop, ...], own_residual[:, :, None])[..., 0]  # v~[j, h] . x~_j, [rows, H]
+    extra = 2.0 * xp.sum(self_weights * cross, axis=-1) + xp.sum(own_residual * own_residual, axis=-1)
+    diagonal = (xp.arange(rows) + first_row)[:, None] == xp.arange(columns)[None, :]
+    squared = xp.where(diagonal, squared + xp.astype(extra, xp.float64)[:, None], squared)
+    return xp.clip(squared, min=0.0)
 
 
-def normalize_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to sum to 1; all-zero rows stay zero."""
-    totals = matrix.sum(-1, keepdims=True)
-    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+def normalize_rows(matrix: Array) -> Array:
+    """Rows scaled to sum to 1; all-zero rows (and rows whose sum is not positive) are zero."""
+    xp = namespace(matrix)
+    totals = xp.sum(matrix, axis=-1, keepdims=True)
+    positive = totals > 0
+    return xp.where(positive, matrix / xp.where(positive, totals, 1.0), 0.0)
 
 
-def rollout(contributions: np.ndarray) -> np.ndarray:
+def rollout(contributions: Array) -> Array:
     """R^1 = C^1, R^l = C^l @ R^(l-1) for a stack [L, S, S]."""
-    result = np.empty_like(contributions)
-    current = None
-    for layer, matrix in enumerate(contributions):
+    xp = namespace(contributions)
+    layers, current = [], None
+    for layer in range(contributions.shape[0]):
+        matrix = contributions[layer, ...]
         current = matrix if current is None else matrix @ current
-        result[layer] = current
-    return result
+        layers.append(current)
+    return xp.stack(layers) if layers else xp.asarray(contributions, copy=True)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from alti_onnx.decomposition.arrays import namespace
 from alti_onnx.decomposition.contributions import LayerContributions
 from alti_onnx.errors import InputError, SelfCheckError
 
@@ -33,11 +32,12 @@ def check_layer(where: str, computed: LayerContributions, tokens: list[str], tol
             f"by {error:.3g} (tolerance {tolerance * scale:.3g}); "
             + (INT8_HINT if int8 else "the graph is not what the block description says")
         )
-    empty = np.flatnonzero(computed.contributions.sum(-1) == 0)
-    if len(empty):
-        token = tokens[empty[0]]
+    xp = namespace(computed.contributions)
+    empty = xp.nonzero(xp.sum(computed.contributions, axis=-1) == 0)[0]
+    if empty.shape[0]:
+        first = int(empty[0])
         raise SelfCheckError(
-            f"self-check failed: in {where}, token {empty[0]} ({token!r}) receives no positive "
+            f"self-check failed: in {where}, token {first} ({tokens[first]!r}) receives no positive "
             f"contribution from any token (every one of its transformed vectors is as far from the block "
             f"output as the output is from zero): a degenerate block, nothing to attribute"
         )

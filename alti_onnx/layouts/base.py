@@ -26,6 +26,7 @@ from alti_onnx.errors import (
 )
 from alti_onnx.results.base import ExplanationBase
 from alti_onnx.results.record import Target
+from alti_onnx.runtime.devices import Device, resolve_device
 from alti_onnx.runtime.model_files import (
     ModelFiles,
     locate_model,
@@ -64,7 +65,9 @@ class Explainer(ABC):
 
     ``model`` is an optimum-style export directory or an .onnx file; ``tokenizer`` a tokenizer.json
     (defaults to the one beside the model); ``providers`` onnxruntime execution providers (CUDA
-    when available, else CPU); ``self_check_tolerance`` the largest decomposition error accepted,
+    when available, else CPU); ``device`` where the decomposition is computed, "cpu", "cuda" (CuPy and
+    a numba-cuda kernel; onnxruntime on the GPU too where its CUDA provider is installed) or "auto"
+    (a GPU where one is usable, docs/gpu.md); ``self_check_tolerance`` the largest decomposition error accepted,
     relative to the block output's magnitude (at least 1); ``input_map`` the role of graph inputs
     whose names do not tell it (``{"in_1": "mask"}``; roles: ids, mask, segment, positions);
     ``cache`` whether the prepared model (blocks found, graph split per layer) is kept under
@@ -98,8 +101,10 @@ class Explainer(ABC):
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
                  cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
-                 decoder_start_token_id: int | None = None):
+                 decoder_start_token_id: int | None = None, device: str | Device = "auto"):
         require_tolerance(self_check_tolerance)
+        #: where the model runs and the math is computed (``runtime.devices``); refused first, before any file is read
+        self.device: Device = resolve_device(device, providers)
         self.files: ModelFiles = locate_model(model, tokenizer, encoder, decoder)
         self.config: dict = read_config(self.files)
         #: the tokenizer, read once the graphs are known good (``load_tokenizer``): a file that is no
@@ -107,7 +112,7 @@ class Explainer(ABC):
         self.text_encoder: TextEncoder | None = None
         self.self_check_tolerance = self_check_tolerance
         self.input_map: dict[str, str] = dict(input_map or {})
-        self.providers = providers
+        self.providers: list[str] = self.device.providers
         self.cache = cache
         self.closed = False
 

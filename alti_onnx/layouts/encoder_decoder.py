@@ -31,12 +31,12 @@ from alti_onnx.layouts.routes import StreamSites, seq2seq_routes
 from alti_onnx.results.record import Target
 from alti_onnx.results.routes import RouteQuery
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
+from alti_onnx.runtime.devices import Device
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import (
     SegmentedSession,
-    default_providers,
     plain_session,
     session_inputs,
 )
@@ -63,11 +63,11 @@ class EncoderDecoderExplainer(Explainer):
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
                  cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
-                 decoder_start_token_id: int | None = None):
+                 decoder_start_token_id: int | None = None, device: str | Device = "auto"):
         if input_map:
             raise InputError("--input-map is for single-graph models; an encoder-decoder export's inputs are optimum's")
         super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache, encoder=encoder,
-                         decoder=decoder)
+                         decoder=decoder, device=device)
         generation = self.files.folder / "generation_config.json"
         self.generation = read_json_object(generation, "generation config") if generation.exists() else {}
         self.start_id = (decoder_start_token_id if decoder_start_token_id is not None
@@ -77,7 +77,7 @@ class EncoderDecoderExplainer(Explainer):
             raise InputError(f"{self.files.folder}: neither generation_config.json nor config.json gives "
                              "decoder_start_token_id, the decoder's first token: pass --decoder-start-token-id ID "
                              "(API: decoder_start_token_id=ID; T5 and Flan-T5 start from the pad token, 0)")
-        providers = providers or default_providers()
+        providers = self.providers
         encoder = prepare(self.files.graphs["encoder"], cache=cache)
         decoder = prepare(self.files.graphs["decoder"], cache=cache)
         self.encoder_blocks = encoder.analysis.require_complete()
@@ -224,7 +224,7 @@ class EncoderDecoderExplainer(Explainer):
                                                   [b.kind for b in blocks]) for role, blocks in streams.items()}
             fed = [n for n in (self._memory, self._memory_mask) if n]
             self._route_sessions = {
-                role: SegmentedSession(self._prepared[role], self.providers or default_providers(),
+                role: SegmentedSession(self._prepared[role], self.providers,
                                        fed_by_caller=fed if role == "decoder" else (),
                                        exposed=self._sites[role].exposed(self._prepared[role]))
                 for role in ("encoder", "decoder")}
@@ -291,11 +291,14 @@ class EncoderDecoderExplainer(Explainer):
         decoder_tokens = [self._token(t) for t in decoder_ids]
         errors: list[float] = []
 
+        def on_device(*arrays: np.ndarray) -> list:
+            """One example's tensors where the math runs (the run is the host's: one copy to a GPU)."""
+            return [self.device.to_math(np.ascontiguousarray(a)) for a in arrays]
+
         encoder_layers = []
         for layer, (block, t) in enumerate(zip(self.encoder_blocks, encoder_tensors)):
-            computed = layer_contributions(block, t.probs[row][:, keep][:, :, keep], t.values[row][:, keep],
-                                           t.residual[row][keep], t.output[row][keep], with_norms=False,
-                                           with_attention=False)
+            computed = layer_contributions(block, *on_device(*t.example(row, keep)), with_norms=False,
+                                           with_attention=False).to_host()
             self._check(f"encoder layer {layer}", computed, source_tokens, errors)
             encoder_layers.append(computed.contributions)
         encoder_stack = np.stack(encoder_layers)
@@ -304,14 +307,14 @@ class EncoderDecoderExplainer(Explainer):
         own, cross = [], []
         for layer, (self_block, cross_block) in enumerate(zip(self.self_blocks, self.cross_blocks)):
             t = decoder_tensors[2 * layer]
-            computed = layer_contributions(self_block, t.probs[row][:, :targets, :targets], t.values[row][:, :targets],
-                                           t.residual[row][:targets], t.output[row][:targets], with_norms=False,
-                                           with_attention=False)
+            computed = layer_contributions(self_block, *on_device(*t.example(row, slice(0, targets))),
+                                           with_norms=False, with_attention=False).to_host()
             self._check(f"decoder layer {layer} (self-attention)", computed, decoder_tokens, errors)
             own.append(computed.contributions)
             t = decoder_tensors[2 * layer + 1]
-            computed = cross_contributions(cross_block, t.probs[row][:, :targets][:, :, keep], t.values[row][:, keep],
-                                           t.residual[row][:targets], t.output[row][:targets])
+            computed = cross_contributions(cross_block, *on_device(
+                t.probs[row][:, :targets][:, :, keep], t.values[row][:, keep], t.residual[row][:targets],
+                t.output[row][:targets])).to_host()
             self._check(f"decoder layer {layer} (cross-attention)", computed, decoder_tokens, errors)
             cross.append(computed.contributions)
         combined = combined_rollout(encoder_rollout[-1], own, cross)

@@ -42,8 +42,7 @@ class RouteRecorder:
 
     def on_block(self, layer: int, tensors: BlockTensors) -> None:
         for row, keep in enumerate(self.kept):
-            probs = tensors.probs[row][:, keep][:, :, keep]
-            parts = (tensors.values[row][:, keep], tensors.residual[row][keep], tensors.output[row][keep])
+            probs, *parts = tensors.example(row, keep)
             if not all(np.all(np.isfinite(a)) for a in (probs, *parts)):
                 raise NonFiniteError(f"the model produced NaN or Inf in layer {layer}: no route is meaningful")
             self.stores[row].append(probs)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alti_onnx.decomposition.arrays import namespace
 from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
 from alti_onnx.decomposition.layer_store import LayerStore
 from alti_onnx.decomposition.logit import capture_layer
@@ -34,6 +35,7 @@ from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
 from alti_onnx.results.record import MEAN, Target
 from alti_onnx.results.routes import RouteExplanation, RouteQuery
+from alti_onnx.runtime.devices import Device
 from alti_onnx.runtime.pooling import Pooling, declared_pooling
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
@@ -49,8 +51,8 @@ class SingleGraphExplainer(Explainer):
     def __init__(self, model: str | Path, tokenizer: str | Path | None = None, providers: list[str] | None = None,
                  self_check_tolerance: float = DEFAULT_SELF_CHECK_TOLERANCE, input_map: dict[str, str] | None = None,
                  cache: bool = True, *, encoder: str | Path | None = None, decoder: str | Path | None = None,
-                 decoder_start_token_id: int | None = None):
-        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache)
+                 decoder_start_token_id: int | None = None, device: str | Device = "auto"):
+        super().__init__(model, tokenizer, providers, self_check_tolerance, input_map, cache, device=device)
         self.refuse_options(decoder_start_token_id=decoder_start_token_id)
         # Fused attention/norm operators hide the probabilities: the unfused (same numbers) model runs,
         # split into one segment per layer.
@@ -59,7 +61,7 @@ class SingleGraphExplainer(Explainer):
         check_layer_count(self.config, self.prepared.analysis, LAYER_COUNT_KEYS["model"])
         self.load_tokenizer()
         self.prepared, self.session = self.sessions_of(
-            self.prepared, lambda prepared: SegmentedSession(prepared, providers, self.input_map))
+            self.prepared, lambda prepared: SegmentedSession(prepared, self.providers, self.input_map, device=self.device))
         check_tokenizer_fits(self.prepared, self.session.inputs.ids_name, self.text_encoder, self.files)
         check_special_tokens(self.text_encoder, self.config, self.files)
         self.int8 = self.prepared.dynamically_quantized
@@ -194,7 +196,7 @@ class SingleGraphExplainer(Explainer):
         def decompose_pending() -> None:
             nonlocal causal
             if causal is None:
-                causal = _causal_attention(pending[0][1].probs, kept)
+                causal = _causal_attention(pending[0][1], kept)
             for (layer, tensors), computed_rows in zip(pending, self._decompose(pending, kept, baselines, full)):
                 for row, computed in zip(rows, computed_rows):
                     _require_finite(layer, computed, tensors, row, kept[row])
@@ -208,17 +210,17 @@ class SingleGraphExplainer(Explainer):
             pending.clear()
 
         def on_block(layer: int, tensors: BlockTensors) -> None:
+            on_host = tensors.to_host() if logit_run is not None or recorder is not None else None  # their math is NumPy's
             if logit_run is not None and decomposer.decoder:
                 for row, keep in zip(rows, kept):
                     logit_run.layers[row].append(capture_layer(
-                        self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
-                        tensors.residual[row][keep], tensors.output[row][keep], logit_run.token_positions[row]))
+                        self.blocks[layer], *on_host.example(row, keep), logit_run.token_positions[row]))
             if recorder is not None:
-                recorder.on_block(layer, tensors)
+                recorder.on_block(layer, on_host)
             if not alti:
                 return
             pending.append((layer, tensors))
-            if sum(t.probs.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
+            if sum(t.nbytes for _, t in pending) >= BUFFER_BYTES or layer == len(self.blocks) - 1:
                 decompose_pending()
 
         try:
@@ -335,16 +337,16 @@ class SingleGraphExplainer(Explainer):
 
         def one(index: int, row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
             layer, tensors = pending[index]
-            keep = kept[row]
             return layer_contributions(
-                self.blocks[layer], tensors.probs[row][:, keep][:, :, keep], tensors.values[row][:, keep],
-                tensors.residual[row][keep], tensors.output[row][keep],
+                self.blocks[layer], *tensors.example(row, kept[row]),
                 with_norms=baselines, with_attention=full, map_blocks=map_blocks, parts=parts,
-            )
+            ).to_host()
 
         jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
-            if len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
+            if not self.device.on_host:  # a GPU takes one layer at a time, whole
+                done = [one(index, row) for index, row in jobs]
+            elif len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
                 done = list(self._pool.map(lambda job: one(*job), jobs))
             else:
                 # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
@@ -454,8 +456,8 @@ def _require_finite(layer: int, computed: LayerContributions, t: BlockTensors, r
     """NaN or Inf anywhere in a block's tensors makes its decomposition error non-finite: refuse the
     explanation (NaN would otherwise be normalized into zero rows), naming the tensor."""
     if not (np.isfinite(computed.reconstruction_error) and np.all(np.isfinite(computed.contributions))):
-        parts = {"attention probabilities": t.probs[row][:, keep][:, :, keep], "values": t.values[row][:, keep],
-                 "block input": t.residual[row][keep], "block output": t.output[row][keep]}
+        names = ("attention probabilities", "values", "block input", "block output")
+        parts = dict(zip(names, t.to_host().example(row, keep)))
         bad = [name for name, array in parts.items() if not np.all(np.isfinite(array))] or ["decomposition"]
         raise NonFiniteError(
             f"the model produced NaN or Inf in layer {layer} ({', '.join(bad)}): no explanation of this text is "
@@ -474,16 +476,17 @@ def _causal_from_config(config: dict) -> bool | None:
     return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
-def _causal_attention(probs: np.ndarray, kept: list) -> bool:
+def _causal_attention(tensors: BlockTensors, kept: list) -> bool:
     """Causal when no row attends to a later real token (the first block's probabilities are
     lower-triangular) and some row has two tokens to tell by: a decoder without a config saying so
     (an encoder's Softmax is positive everywhere unmasked)."""
+    xp = namespace(tensors.probs)
     seen = False
     for row, keep in enumerate(kept):
-        square = probs[row][:, keep][:, :, keep]
+        square = tensors.example(row, keep)[0]
         if square.shape[-1] < 2:
             continue
-        if np.any(np.triu(square, k=1)):
+        if bool(xp.any(xp.triu(square, k=1) != 0)):
             return False
         seen = True
     return seen

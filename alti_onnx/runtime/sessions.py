@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Container, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
 
+from alti_onnx.decomposition.arrays import Array, namespace, to_numpy
 from alti_onnx.errors import RuntimeFailure
 
+from .devices import Device, default_providers, host
 from .model_inputs import FLOAT_TYPES, DeclaredInput, ModelInputs
 from .prepared import PreparedModel, SegmentFile
 from .text_inputs import Batch
-
-
-def default_providers() -> list[str]:
-    """CUDA when onnxruntime has it and the machine has an NVIDIA driver, else CPU."""
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available and os.path.exists("/proc/driver/nvidia/version"):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 def shared_arena() -> None:
@@ -104,23 +100,48 @@ def plain_session(onnx_path: Path, providers: list[str] | None = None) -> ort.In
 
 @dataclass(frozen=True)
 class BlockTensors:
-    """One block's run-time tensors for a batch (float arrays straight from onnxruntime)."""
+    """One block's run-time tensors for a batch: float arrays straight from onnxruntime, NumPy's or,
+    on a GPU, the namespace the math runs in (``devices.Device.xp``)."""
 
-    probs: np.ndarray
-    values: np.ndarray
-    residual: np.ndarray
-    output: np.ndarray
+    probs: Array
+    values: Array
+    residual: Array
+    output: Array
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the probabilities (what a run's buffer of pending layers is measured by)."""
+        return math.prod(self.probs.shape) * (8 if self.probs.dtype == namespace(self.probs).float64 else 4)
+
+    def example(self, row: int, keep: slice | np.ndarray) -> tuple[Array, Array, Array, Array]:
+        """Row ``row``'s probs [H, S, S], values [H_kv, S, dh], residual and output [S, D] at the positions
+        ``keep`` only (a slice: views; the positions' indices: copies), in the tensors' namespace."""
+        if isinstance(keep, slice):
+            return (self.probs[row, :, keep, keep], self.values[row, :, keep, :], self.residual[row, keep, :],
+                    self.output[row, keep, :])
+        xp = namespace(self.probs)
+        at = xp.asarray(keep)
+        probs = xp.take(xp.take(self.probs[row, ...], at, axis=1), at, axis=2)
+        return (probs, xp.take(self.values[row, ...], at, axis=1), xp.take(self.residual[row, ...], at, axis=0),
+                xp.take(self.output[row, ...], at, axis=0))
+
+    def to_host(self) -> BlockTensors:
+        """The same tensors as NumPy arrays (itself when they are)."""
+        if all(isinstance(a, np.ndarray) for a in (self.probs, self.values, self.residual, self.output)):
+            return self
+        return BlockTensors(*(to_numpy(a) for a in (self.probs, self.values, self.residual, self.output)))
 
 
-def block_tensors(probs: np.ndarray, values: np.ndarray, residual: np.ndarray, output: np.ndarray) -> BlockTensors:
+def block_tensors(probs: Array, values: Array, residual: Array, output: Array) -> BlockTensors:
     """One block's tensors, widened to at least float32, with heads on their own axis: a block that
     folds its heads into the batch axis ([B*H, S, S], [B*H_kv, S, dh]) is read as [B, H, S, S], [B, H_kv, S, dh]."""
+    xp = namespace(probs, values, residual, output)
     batch = residual.shape[0]
     if probs.ndim == 3:
-        probs = probs.reshape(batch, -1, *probs.shape[1:])
+        probs = xp.reshape(probs, (batch, -1, *probs.shape[1:]))
     if values.ndim == 3:
-        values = values.reshape(batch, -1, *values.shape[1:])
-    return BlockTensors(_widen(probs), _widen(values), _widen(residual), _widen(output))
+        values = xp.reshape(values, (batch, -1, *values.shape[1:]))
+    return BlockTensors(*(_widen(a, xp) for a in (probs, values, residual, output)))
 
 
 class SegmentedSession:
@@ -134,7 +155,10 @@ class SegmentedSession:
 
     def __init__(self, prepared: PreparedModel, providers: list[str] | None = None,
                  input_map: dict[str, str] | None = None, fed_by_caller: Iterable[str] = (),
-                 exposed: dict[int, list[str]] | None = None):
+                 exposed: dict[int, list[str]] | None = None, device: Device | None = None):
+        #: where the segments leave their outputs and the math reads the block tensors (``devices``):
+        #: None, or a device on the host, runs ``session.run`` and hands NumPy arrays over
+        self.device = None if device is None or device.on_host else device
         #: per segment, intermediate tensors it also hands out (a logit decomposition reads them):
         #: ``stream_feeds(..., collect=...)`` gathers them with the segment's own outputs
         self.exposed = {number: list(names) for number, names in (exposed or {}).items()}
@@ -205,24 +229,36 @@ class SegmentedSession:
         options = _returning_memory() if pairs >= RETURN_MEMORY_FROM else None
         for number, (segment, session) in enumerate(zip(self.segments, self.sessions)):
             extra = self.exposed.get(number, [])
-            try:
-                results = session.run(segment.outputs + extra, {name: live[name] for name in segment.inputs}, options)
-            except Exception as exc:  # noqa: BLE001
-                raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+            results = self._run_segment(session, segment.outputs + extra, {name: live[name] for name in segment.inputs},
+                                        options)
             if collect is not None and number in collect_from:
-                collect.update((n, v) for n, v in zip(segment.outputs + extra, results) if only is None or n in only)
-                collect.update((name, live[name]) for name in segment.inputs if only is None or name in only)
+                collect.update((n, host(v)) for n, v in zip(segment.outputs + extra, results) if only is None or n in only)
+                collect.update((name, host(live[name])) for name in segment.inputs if only is None or name in only)
             live.update(zip(segment.outputs, results))
             del results
-            outputs.update((name, live[name]) for name in segment.outputs if name in self.original_outputs)
+            outputs.update((name, host(live[name])) for name in segment.outputs if name in self.original_outputs)
             while layer < len(self.blocks) and self.ready_after[layer] <= number:
-                tensors = block_tensors(*(live[name] for name in self.blocks[layer].tensor_names()))
+                tensors = block_tensors(*(self._to_math(live[name]) for name in self.blocks[layer].tensor_names()))
                 on_block(layer, tensors)
                 del tensors
                 layer += 1
             for name in [name for name in live if name not in self.read_later[number]]:
                 del live[name]
         return outputs
+
+    def _run_segment(self, session: ort.InferenceSession, names: list[str], feeds: dict[str, object],
+                     options: ort.RunOptions | None) -> list[np.ndarray | ort.OrtValue]:
+        """One segment's outputs: NumPy arrays, or on a device OrtValues left where the device wants them."""
+        try:
+            if self.device is not None and self.device.bound_outputs is not None:
+                return run_bound(session, names, feeds, self.device.bound_outputs, options)
+            return session.run(names, {n: host(v) for n, v in feeds.items()}, options)
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeFailure(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+
+    def _to_math(self, value: np.ndarray | ort.OrtValue) -> Array:
+        """A block tensor as the math reads it: itself on the host, else moved by the device."""
+        return value if self.device is None else self.device.to_math(value)
 
     def run(self, batch: Batch) -> tuple[dict[str, np.ndarray], list[BlockTensors]]:
         """The model's own outputs by name, and every block's tensors in layer order (all of them
@@ -282,9 +318,27 @@ def _with_outputs(serialized: bytes, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def _widen(array: np.ndarray) -> np.ndarray:
+def _widen(array: Array, xp: ModuleType) -> Array:
     """Half-precision block tensors are read as they ran and computed on in float32."""
-    return array.astype(np.float32) if array.dtype in (np.float16,) else array
+    half = getattr(xp, "float16", None)  # not a dtype of the array API standard
+    return xp.astype(array, xp.float32) if half is not None and array.dtype == half else array
+
+
+def run_bound(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray | ort.OrtValue],
+              device: str, options: ort.RunOptions | None = None) -> list[ort.OrtValue]:
+    """``session.run`` through IO binding: the feeds bound where they lie (NumPy arrays on the CPU,
+    OrtValues where onnxruntime left them), the outputs left on ``device`` ("cuda" or "cpu") as
+    OrtValues, so that a GPU run's tensors never pass through the host."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in names:
+        binding.bind_output(name, device, 0)
+    session.run_with_iobinding(binding, options)
+    return binding.get_outputs()
 
 
 def _first_line(exc: Exception) -> str:
