@@ -3,6 +3,8 @@ run a GPU takes (``run_bound``), and the one-line errors of ``--device``."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -14,12 +16,7 @@ from alti_onnx.runtime.sessions import run_bound
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.fixture_cases import FIXTURES
 
-try:
-    import cupy  # noqa: F401
-
-    HAS_CUPY = True
-except Exception:  # noqa: BLE001 - any failure to load means none here
-    HAS_CUPY = False
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
 
 no_gpu = pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here: cuda may be usable")
 
