@@ -202,22 +202,21 @@ def layer_contributions(
     @np.errstate(all="ignore")
     def contribution_rows(rows: tuple[int, int]) -> None:
         start, stop = rows
-        rows_probs = contiguous(xp.astype(probs[:, start:stop, :], working))  # [H, rows, S_j]
+        rows_probs = contiguous(xp.astype(probs[:, start:stop, :], working, copy=False))  # [H, rows, S_j]
         distance = manhattan_distances(rows_probs, vectors, residual, contiguous(target[start:stop, :]), start)
         if norms is not None:
             squared = _squared_norms(rows_probs, vectors, residual, start)
             norms[start:stop, :] = normalize_rows(xp.sqrt(squared) / scale[start:stop, None])
         own_norms = y_norms[start:stop, None]
         raw = own_norms - distance / scale[start:stop, None]
+        attention_sum = xp.sum(probs[:, start:stop, :], axis=0, dtype=exact)
         # Differences below the rounding of the distance pass are noise, not contribution: clip them
         # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
-        raw = xp.where(raw <= noise * own_norms, 0.0, raw)
         # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
         # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
-        attention_sum = xp.sum(probs[:, start:stop, :], axis=0, dtype=exact)
         off_diagonal = xp.arange(start, stop)[:, None] != xp.arange(seq_len)[None, :]
-        raw = xp.where((attention_sum == 0.0) & off_diagonal, 0.0, raw)
-        contributions[start:stop, :] = normalize_rows(raw)
+        zero = (raw <= noise * own_norms) | ((attention_sum == 0.0) & off_diagonal)  # NaN stays NaN: it is reported
+        contributions[start:stop, :] = normalize_rows(xp.where(zero, 0.0, raw))
         if averaged is not None:
             averaged[start:stop, :] = attention_sum / num_heads
 
@@ -299,11 +298,11 @@ def _squared_norms(probs: Array, vectors: Array, residual: Array, first_row: int
 
 
 def normalize_rows(matrix: Array) -> Array:
-    """Rows scaled to sum to 1; all-zero rows (and rows whose sum is not positive) are zero."""
+    """Rows of non-negative entries scaled to sum to 1; all-zero rows stay zero (and a row with NaN
+    stays NaN, for the caller to report)."""
     xp = namespace(matrix)
     totals = xp.sum(matrix, axis=-1, keepdims=True)
-    positive = totals > 0
-    return xp.where(positive, matrix / xp.where(positive, totals, 1.0), 0.0)
+    return matrix / xp.where(totals > 0, totals, xp.inf)
 
 
 def rollout(contributions: Array) -> Array:
