@@ -91,9 +91,10 @@ def shaped(config_dir: Path, model_dir: Path, seed: int = 0) -> Path:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     with torch.no_grad():
+        # the dynamo exporter (onnxscript): transformers' masks defeat the TorchScript tracer of recent PyTorch
         torch.onnx.export(Logits(model), (ids, torch.ones_like(ids)), str(model_dir / "model.onnx"),
                           input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
+                          opset_version=18, dynamo=True, external_data=False)
     for path in config_dir.iterdir():
         if path.is_file() and path.suffix != ".onnx" and path.stat().st_size <= SMALL_FILE:
             shutil.copy2(path, model_dir / path.name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import numpy_helper
 
 from alti_onnx import Explainer
@@ -76,3 +77,20 @@ def test_the_device_check_refuses_a_missing_package(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "scripts" / "device-check.sh"), "run"], capture_output=True, text=True,
                           env={**os.environ, "ALTI_DEVICE_CHECK_DIR": str(tmp_path / "none")}, timeout=60)
     assert done.returncode == 2 and "run 'prepare' first" in done.stderr
+
+
+@pytest.mark.torch
+def test_a_model_of_a_configs_shape_is_exported_and_explained(tmp_path):
+    """What the device check times at 2,048 tokens when SmolLM2's weights cannot travel: a model of the
+    config's shape with random weights, exported with the machine's PyTorch (here Llama's tiny fixture)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from models.device_pack import shaped
+
+    folder = shaped(FIXTURES / "tiny-llama", tmp_path / "shaped")
+    assert (folder / "tokenizer.json").exists()
+    with Explainer(folder) as explainer:
+        assert len(explainer.blocks) == 2 and explainer.causal
+        explained = explainer.explain("the cat sat on the mat")
+    assert np.all(explained.reconstruction_error < 1e-5)
+    np.testing.assert_allclose(explained.rollout[-1].sum(-1), 1.0, atol=1e-9)
