@@ -181,3 +181,24 @@ def test_an_encoder_decoder_on_an_array_api_device_equals_numpy():
         got = on_device.explain("the cat sat", "le chat")
     for name in ("encoder_contributions", "self_contributions", "cross_contributions", "combined"):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=0, atol=WITHIN)
+
+
+@pytest.mark.parametrize("family", ["bert-classifier", "llama"])
+def test_logit_and_routes_beside_a_device_equal_numpy(family):
+    """The logit decomposition and the routes read their layers on the host; beside math on a device
+    they give what they give on the CPU."""
+    from alti_onnx.results.logit import LogitQuery
+    from alti_onnx.results.routes import RouteQuery
+
+    device = Device("cpu", strict, ["CPUExecutionProvider"], bound_outputs="cpu")
+    text = "the quick brown fox jumps over the lazy dog"
+    with Explainer(FIXTURES / f"tiny-{family}") as reference, Explainer(FIXTURES / f"tiny-{family}", device=device) as on_device:
+        want = reference.explain(text, logit=LogitQuery(), routes=RouteQuery(threshold=0.0))
+        got = on_device.explain(text, logit=LogitQuery(), routes=RouteQuery(threshold=0.0))
+    np.testing.assert_allclose(got.contributions, want.contributions, rtol=0, atol=WITHIN)
+    np.testing.assert_allclose(got.logit.attribution, want.logit.attribution, rtol=0, atol=WITHIN)
+    assert got.logit.parts == pytest.approx(want.logit.parts, abs=WITHIN)
+    assert len(got.routes.edges) == len(want.routes.edges) > 0
+    for g, w in zip(got.routes.edges, want.routes.edges):
+        assert (g.layer, g.kind, g.head, g.source, g.target) == (w.layer, w.kind, w.head, w.source, w.target)
+        assert g.weight == pytest.approx(w.weight, abs=WITHIN)
