@@ -4,7 +4,8 @@ Each configuration (sequence length, batch size) runs in two fresh worker proces
 resident memory is its own: one runs only the plain model, as its users do (the forward's own
 peak); the other explains (its peak is read before it loads anything else), then times the plain
 forward and the explanation in turns on onnxruntime sessions with the same options and providers.
-Times are medians after warm-up. With ``logit`` the explanation also decomposes the predicted
+Times are medians after warm-up. ``measure_corpus`` (``bench --corpus``) times ``batch`` over a
+corpus next to the plain forward on the same texts, in this process. With ``logit`` the explanation also decomposes the predicted
 class's or next token's logit (docs/logit.md), and ALTI alone is timed in the same turns.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from alti_onnx.errors import RuntimeFailure
+from alti_onnx.errors import InputError, RuntimeFailure
 from alti_onnx.explainer import Explainer
 from alti_onnx.runtime.devices import resolve_device
 from alti_onnx.runtime.model_files import locate_model, read_config
@@ -63,6 +64,70 @@ class BenchResult:
     alti_s: float | None = None
     #: the routes to the default target alone were timed (``Explainer.routes``: no ALTI)
     routes: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusBenchResult:
+    """``bench --corpus``: texts per second of ``batch`` (records written) and of the plain forward on
+    the same texts in the same length-sorted runs (tokenizing included in both), best of ``repeats``
+    turns each; ``ratio`` is how many times longer ``batch`` takes."""
+
+    texts: int
+    batch_size: int
+    forward_texts_per_s: float
+    batch_texts_per_s: float
+    ratio: float
+    repeats: int
+    device: str = "cpu"
+
+
+def measure_corpus(model: str | Path, corpus: str | Path, batch_size: int = 32, providers: list[str] | None = None,
+                   device: str = "auto", limit: int | None = None, repeats: int = 2,
+                   input_map: dict[str, str] | None = None) -> CorpusBenchResult:
+    """The throughput of ``batch`` over the first ``limit`` texts of ``corpus`` (a ``batch`` input) next
+    to the plain forward's on the same texts, batched as ``batch`` batches them (length-sorted runs of
+    at most ``batch_size`` texts), timed in turns in this process."""
+    import tempfile
+
+    from alti_onnx.corpus.inputs import read_records
+    from alti_onnx.corpus.run import PAIRS_PER_RUN, explain_corpus, require_corpus, run_groups
+
+    corpus = Path(corpus)
+    require_corpus(corpus)
+    explainer = Explainer(model, providers=providers, input_map=input_map, device=device)
+    records = [r for r in read_records(corpus) if r.error is None]
+    texts = [r.text for r in (records if limit is None else records[:limit])]
+    if not texts:
+        raise InputError(f"{corpus} holds no text to time")
+    plain = plain_session(explainer.files.onnx, explainer.providers)
+    with tempfile.TemporaryDirectory(prefix="alti-onnx-bench-") as folder:
+        subset = Path(folder) / "corpus.jsonl"
+        subset.write_text("".join(json.dumps(text) + "\n" for text in texts), encoding="utf-8")
+
+        def forward() -> None:
+            lengths = sorted((explainer.text_encoder.token_count(text), text) for text in texts)
+            for run in run_groups([n for n, _ in lengths], batch_size, PAIRS_PER_RUN):
+                batch = explainer.text_encoder.encode([lengths[k][1] for k in run])
+                plain.run(None, explainer.session.batch_feeds(batch))
+
+        def explain(turn: list[int] = [0]) -> None:  # noqa: B006 - a counter: each turn writes a new output
+            turn[0] += 1
+            summary = explain_corpus(explainer, subset, Path(folder) / f"out-{turn[0]}.jsonl", batch_size=batch_size)
+            if summary.failed:
+                raise RuntimeFailure(f"bench --corpus: {summary.failed} texts failed, the first: {summary.first_error}")
+
+        forward()  # warm-ups: sessions, numba's kernel, the tokenizer
+        explain()
+        timed: list[list[float]] = [[], []]
+        for _ in range(repeats):
+            for run, samples in zip((forward, explain), timed):
+                began = time.perf_counter()
+                run()
+                samples.append(time.perf_counter() - began)
+    forward_s, batch_s = min(timed[0]), min(timed[1])
+    explainer.close()
+    return CorpusBenchResult(len(texts), batch_size, len(texts) / forward_s, len(texts) / batch_s, batch_s / forward_s,
+                             repeats, explainer.device.name)
 
 
 def synthetic_batch(tokenizer: Tokenizer, seq_len: int, batch_size: int) -> Batch:
@@ -272,7 +337,7 @@ def _proc_field(path: str, key: str) -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
 
 
-def to_json(results: list[BenchResult], model: str | Path, providers: list[str] | None,
+def to_json(results: list[BenchResult] | list[CorpusBenchResult], model: str | Path, providers: list[str] | None,
             device: str = "auto") -> dict[str, object]:
     return {
         "model": str(model),

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
-from alti_onnx import Explainer
 import alti_onnx.bench as bench
+from alti_onnx import Explainer
 from alti_onnx.bench import _median_seconds, measure, measure_forward, synthetic_batch
 from alti_onnx.cli.app import app
 
@@ -105,3 +106,38 @@ def test_routes_mode_times_the_routes_alone(tmp_path):
     assert json.loads(out.read_text())["results"][0]["routes"] is True
     both = CliRunner().invoke(app, ["bench", str(decoder), "--lengths", "8", "--routes", "--logit"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_corpus_mode_times_batch_next_to_the_forward_on_the_same_texts(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    texts = [("a good film " * (1 + k % 7)).strip() for k in range(30)]
+    corpus.write_text("\n".join(texts) + "\n\n")  # a blank line is a failed record of batch, not a text to time
+    timed: list[int] = []
+    from alti_onnx.corpus import run as corpus_run  # measure_corpus batches with the corpus run's own runs
+
+    real = corpus_run.run_groups
+    monkeypatch.setattr(corpus_run, "run_groups", lambda lengths, *a: timed.append(len(lengths)) or real(lengths, *a))
+    out = tmp_path / "corpus.json"
+    result = CliRunner().invoke(app, ["bench", str(FIXTURE), "--corpus", str(corpus), "--limit", "25",
+                                      "--batch-sizes", "4,8", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["corpus"] == str(corpus) and record["device"] == "auto"
+    assert [(r["batch_size"], r["texts"]) for r in record["results"]] == [(4, 25), (8, 25)]
+    for r in record["results"]:
+        assert r["forward_texts_per_s"] > 0 and r["batch_texts_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["forward_texts_per_s"] / r["batch_texts_per_s"], rel=1e-9)
+    assert set(timed) == {25}  # both paths batch the same 25 texts, in the same runs
+    assert "batch texts/s" in result.output and "batch/fwd" in result.output
+
+
+def test_corpus_mode_refuses_what_it_does_not_time(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello\n")
+    for extra, words in ((["--logit"], "not with --logit"), (["--limit", "3"], None)):
+        args = ["bench", str(FIXTURE)] + (["--corpus", str(corpus)] if words else []) + extra
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert (words or "--limit goes with --corpus") in result.output
+    result = CliRunner().invoke(app, ["bench", str(FIXTURE), "--corpus", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 2 and "input not found" in result.output

@@ -568,8 +568,12 @@ def bench(
     routes: Annotated[bool, typer.Option("--routes", help="time the routes to the default target alone (no ALTI; "
                                          "docs/routes.md)")] = False,
     device: DeviceOption = "auto",
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="time `batch` over this corpus (a batch input) "
+                                                   "next to the plain forward on the same texts, in texts/s")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="with --corpus: its first N texts")] = None,
 ) -> None:
-    """Time the plain forward pass and the explanation (medians), with the peak memory of each."""
+    """Time the plain forward pass and the explanation (medians), with the peak memory of each; with
+    --corpus, the throughput of `batch` over a corpus next to the plain forward's."""
     from alti_onnx.bench import run_benchmark, to_json
     from alti_onnx.runtime.model_inputs import parse_input_map
 
@@ -583,6 +587,14 @@ def bench(
             raise InputError(f"bench times a model in one graph; {model} is an encoder-decoder export")
         if logit and routes:
             raise InputError("bench times --logit or --routes, not both at once")
+        if corpus is not None and (logit or routes or attribution_only):
+            raise InputError("bench --corpus times `batch` as it runs by default: not with --logit, --routes or "
+                             "--attribution-only")
+        if limit is not None and corpus is None:
+            raise InputError("--limit goes with --corpus")
+        if corpus is not None:
+            _bench_corpus(model, corpus, sizes, provider, device, limit, roles, json_path)
+            return
         # one-line errors before any worker
         with _explainer(model, input_map, DEFAULT_TOLERANCE, providers=provider, device=device) as explainer:
             limit = explainer.text_encoder.max_length
@@ -613,6 +625,34 @@ def bench(
         if logit:
             cells += ["-", "-"] if r.alti_s is None else [f"{r.alti_s * 1e3:.1f}", f"{r.explain_s / r.alti_s:.2f}x"]
         table.add_row(*cells)
+    out.print(table)
+
+
+def _bench_corpus(model: Path, corpus: Path, sizes: list[int], provider, device: str, limit: Optional[int], roles,
+                  json_path: Optional[Path]) -> None:
+    """``bench --corpus``: one measurement per batch size, a table, and the JSON record."""
+    from alti_onnx.bench import measure_corpus, to_json
+    from alti_onnx.corpus.run import require_corpus
+
+    require_corpus(corpus)
+    if json_path is not None:
+        _require_folder(json_path)
+    results = []
+    for size in sizes:
+        if err.is_terminal:
+            err.print(f"measuring batch size {size} ...", highlight=False)
+        results.append(measure_corpus(model, corpus, size, provider, device, limit, input_map=roles))
+    if json_path is not None:
+        with _writing(json_path):
+            record = to_json(results, model, provider, device)
+            record["corpus"] = str(corpus)
+            json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    table = Table(title=Text(f"alti-onnx bench {model} --corpus {corpus}"), title_justify="left")
+    for column in ["batch", "texts", "forward texts/s", "batch texts/s", "batch/fwd"]:
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r.batch_size), str(r.texts), f"{r.forward_texts_per_s:.0f}", f"{r.batch_texts_per_s:.0f}",
+                      f"{r.ratio:.2f}x")
     out.print(table)
 
 
