@@ -3,4 +3,5 @@ PYTHONPATH, as scripts/device-check.sh may run it)."""
 
 from alti_onnx.cli.console import main
 
-main()
+if __name__ == "__main__":
+    main()

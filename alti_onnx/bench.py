@@ -339,6 +339,7 @@ def _proc_field(path: str, key: str) -> str:
 
 def to_json(results: list[BenchResult] | list[CorpusBenchResult], model: str | Path, providers: list[str] | None,
             device: str = "auto") -> dict[str, object]:
+    """The record: the results, the model, the providers asked for, the device the math ran on, the machine."""
     return {
         "model": str(model),
         "providers": providers or ["default"],

@@ -40,7 +40,8 @@ def pack(model_dir: Path, out_dir: Path) -> int:
     weights = {}
     for index, tensor in enumerate(model.graph.initializer):
         array = numpy_helper.to_array(tensor)
-        if array.dtype == np.float32 and array.size > 1:  # scalars (epsilons, scales) stay exact
+        # scalars (epsilons, scales) stay exact, and so does a tensor float16 cannot hold (|x| > 65504)
+        if array.dtype == np.float32 and array.size > 1 and np.all(np.abs(array) <= np.finfo(np.float16).max):
             weights[str(index)] = array.astype(np.float16)
             tensor.ClearField("raw_data")
             tensor.ClearField("float_data")

@@ -184,20 +184,32 @@ def test_an_encoder_decoder_on_an_array_api_device_equals_numpy():
 
 
 @pytest.mark.parametrize("family", ["bert-classifier", "llama"])
-def test_logit_and_routes_beside_a_device_equal_numpy(family):
-    """The logit decomposition and the routes read their layers on the host; beside math on a device
-    they give what they give on the CPU."""
+@pytest.mark.parametrize("routes", [False, True])
+def test_logit_and_routes_beside_a_device_equal_numpy(family, routes, monkeypatch):
+    """The logit decomposition and the routes read their layers on the host; beside them ALTI stays on
+    the device (every session of the run hands its block tensors there), and each gives what it gives
+    on the CPU."""
+    from alti_onnx.layouts import single_graph
     from alti_onnx.results.logit import LogitQuery
     from alti_onnx.results.routes import RouteQuery
 
+    computed_in = []
+    real = single_graph.layer_contributions
+    monkeypatch.setattr(single_graph, "layer_contributions",
+                        lambda block, probs, *a, **k: computed_in.append(namespace(probs)) or real(block, probs, *a, **k))
     device = Device("cpu", strict, ["CPUExecutionProvider"], bound_outputs="cpu")
     text = "the quick brown fox jumps over the lazy dog"
+    query = {"logit": LogitQuery(), **({"routes": RouteQuery(threshold=0.0)} if routes else {})}
     with Explainer(FIXTURES / f"tiny-{family}") as reference, Explainer(FIXTURES / f"tiny-{family}", device=device) as on_device:
-        want = reference.explain(text, logit=LogitQuery(), routes=RouteQuery(threshold=0.0))
-        got = on_device.explain(text, logit=LogitQuery(), routes=RouteQuery(threshold=0.0))
+        want = reference.explain(text, **query)
+        computed_in.clear()
+        got = on_device.explain(text, **query)
+    assert computed_in and all(xp is strict for xp in computed_in)
     np.testing.assert_allclose(got.contributions, want.contributions, rtol=0, atol=WITHIN)
     np.testing.assert_allclose(got.logit.attribution, want.logit.attribution, rtol=0, atol=WITHIN)
     assert got.logit.parts == pytest.approx(want.logit.parts, abs=WITHIN)
+    if not routes:
+        return
     assert len(got.routes.edges) == len(want.routes.edges) > 0
     for g, w in zip(got.routes.edges, want.routes.edges):
         assert (g.layer, g.kind, g.head, g.source, g.target) == (w.layer, w.kind, w.head, w.source, w.target)

@@ -122,7 +122,7 @@ def test_corpus_mode_times_batch_next_to_the_forward_on_the_same_texts(tmp_path,
                                       "--batch-sizes", "4,8", "--json", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    assert record["corpus"] == str(corpus) and record["device"] == "auto"
+    assert record["corpus"] == str(corpus) and record["device"] == "cpu"  # what auto resolved to here
     assert [(r["batch_size"], r["texts"]) for r in record["results"]] == [(4, 25), (8, 25)]
     for r in record["results"]:
         assert r["forward_texts_per_s"] > 0 and r["batch_texts_per_s"] > 0

@@ -56,20 +56,23 @@ def test_a_packed_model_travels_in_float16_and_arrives_in_float32(tmp_path):
 def test_the_device_check_runs_end_to_end_on_the_cpu(tmp_path):
     packed = tmp_path / "packed"
     pack(FIXTURES / "tiny-bert", packed / "minilm")
-    env = {**os.environ, "ALTI_DEVICE_CHECK_DIR": str(packed), "ALTI_DEVICE_CHECK_DEVICE": "cpu",
+    env = {**os.environ, "ALTI_DEVICE_CHECK_DIR": str(packed), "ALTI_DEVICE_CHECK_DEVICE": "cpu",  # run from /
            "ALTI_DEVICE_CHECK_INSTALL": "0", "ALTI_DEVICE_CHECK_LENGTHS": "8", "ALTI_DEVICE_CHECK_BATCHES": "1,4",
            "ALTI_DEVICE_CHECK_LONG": "0", "PYTHON": sys.executable, "OUT": str(tmp_path / "record"),
            "TMPDIR": str(tmp_path)}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "device-check.sh"), "run"], env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, cwd="/")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     record = json.loads((tmp_path / "record" / "device-record.json").read_text())
-    assert record["tests"] == "passed", (tmp_path / "record" / "tests.txt").read_text()[-2000:]
+    steps = record["steps"]
+    assert steps["tests"]["status"] == "passed", steps["tests"]["tail"]
+    assert steps["tests"]["counts"]["passed"] > 20 and steps["tests"]["counts"]["skipped"] >= 1  # test_gpu.py: no GPU
+    assert steps["minilm"]["status"] == "passed" and "shaped" not in steps
     assert record["minilm"]["device"] == "cpu"
     results = record["minilm"]["results"]
     assert [(r["seq_len"], r["batch_size"]) for r in results] == [(8, 1), (8, 4)]
     assert all(r["explain_s"] > 0 and r["forward_s"] > 0 for r in results)
-    assert list(record["targets"]) == ["S=128 B=4 texts/s (target > 1000)"] or record["targets"] == {}
+    assert record["targets"] == {}  # issue 27's targets are read at 128 and 512 tokens
     assert record["versions"]["onnxruntime"] == ort.__version__
 
 

@@ -598,6 +598,7 @@ def bench(
         # one-line errors before any worker
         with _explainer(model, input_map, DEFAULT_TOLERANCE, providers=provider, device=device) as explainer:
             limit = explainer.text_encoder.max_length
+            ran_on = explainer.device.name  # what "auto" resolved to, for the record
             if routes:
                 explainer.routes("a")
             if logit:  # an operator the decomposition cannot read is one line here, not a worker's traceback
@@ -614,7 +615,7 @@ def bench(
         )
         if json_path is not None:
             with _writing(json_path):
-                json_path.write_text(json.dumps(to_json(results, model, provider, device), indent=2, allow_nan=False) + "\n")
+                json_path.write_text(json.dumps(to_json(results, model, provider, ran_on), indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model}"), title_justify="left")
     columns = ["S", "batch", "forward ms", "explain ms", "explain/fwd", "peak MB fwd/explain"]
     for column in columns + (["ALTI ms", "explain/ALTI"] if logit else []):
@@ -644,7 +645,7 @@ def _bench_corpus(model: Path, corpus: Path, sizes: list[int], provider, device:
         results.append(measure_corpus(model, corpus, size, provider, device, limit, input_map=roles))
     if json_path is not None:
         with _writing(json_path):
-            record = to_json(results, model, provider, device)
+            record = to_json(results, model, provider, results[0].device)
             record["corpus"] = str(corpus)
             json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     table = Table(title=Text(f"alti-onnx bench {model} --corpus {corpus}"), title_justify="left")

@@ -27,11 +27,6 @@ def namespace(*arrays: Array) -> ModuleType:
     return array_namespace(*(a for a in arrays if a is not None and not isinstance(a, (int, float))))
 
 
-def is_numpy(xp: ModuleType) -> bool:
-    """Whether ``xp`` is NumPy's namespace (the CPU road: NumPy's own idioms are allowed there)."""
-    return is_numpy_array(xp.empty(0))
-
-
 def to_numpy(array: Array) -> np.ndarray:
     """``array`` on the host as a NumPy array: itself when it is one, else one copy (GPU) or a
     zero-copy view through DLPack (a CPU library)."""

@@ -298,8 +298,8 @@ def _squared_norms(probs: Array, vectors: Array, residual: Array, first_row: int
 
 
 def normalize_rows(matrix: Array) -> Array:
-    """Rows of non-negative entries scaled to sum to 1; all-zero rows stay zero (and a row with NaN
-    stays NaN, for the caller to report)."""
+    """Rows of non-negative entries scaled to sum to 1; all-zero rows stay zero (and a row with NaN keeps
+    a NaN, for the caller to report)."""
     xp = namespace(matrix)
     totals = xp.sum(matrix, axis=-1, keepdims=True)
     return matrix / xp.where(totals > 0, totals, xp.inf)

@@ -1,5 +1,5 @@
-"""The distance kernel of ``distances`` on an NVIDIA GPU (numba-cuda; issue 27, first step): the
-same S*S*D pass, one thread per pair (i, j), that never stores T~.
+"""The distance kernel of ``distances`` on an NVIDIA GPU (numba-cuda; issue 27): the same S*S*D pass,
+one thread per pair (i, j), that never stores T~.
 
     distance[i, j] = || target_i - T~[i, j] ||_1,   T~[i, j] = sum_h A[h, i, j] v~[j, h] + [i == j] x~_j
 
@@ -7,8 +7,7 @@ Each thread forms T~[i, j] one component at a time in a register and adds its ab
 to a float64 sum, so nothing S*S*D-sized exists anywhere; a pair no head attends to (a causal
 mask) and off the diagonal is ||target_i||_1, as on the CPU. It runs under numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) on any machine, which is how CI checks it against the CPU kernel;
-``explain`` does not call it yet (the array-namespace math and the device plumbing of issue 27 are
-the next steps).
+``arrays.manhattan_distances`` calls it for CuPy arrays (``device="cuda"``, docs/gpu.md).
 """
 
 from __future__ import annotations

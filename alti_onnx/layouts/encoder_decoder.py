@@ -31,7 +31,7 @@ from alti_onnx.layouts.routes import StreamSites, seq2seq_routes
 from alti_onnx.results.record import Target
 from alti_onnx.results.routes import RouteQuery
 from alti_onnx.results.seq2seq import Seq2SeqExplanation
-from alti_onnx.runtime.devices import Device
+from alti_onnx.runtime.devices import Device, on_device
 from alti_onnx.runtime.model_files import read_json_object
 from alti_onnx.runtime.model_inputs import FLOAT_TYPES, INTEGER_TYPES
 from alti_onnx.runtime.prepared import PreparedModel, prepare
@@ -291,14 +291,18 @@ class EncoderDecoderExplainer(Explainer):
         decoder_tokens = [self._token(t) for t in decoder_ids]
         errors: list[float] = []
 
-        def on_device(*arrays: np.ndarray) -> list:
-            """One example's tensors where the math runs (the run is the host's: one copy to a GPU)."""
-            return [self.device.to_math(np.ascontiguousarray(a)) for a in arrays]
+        def decomposed(decompose, block: AttentionBlock, *arrays: np.ndarray) -> LayerContributions:
+            """``decompose(block, *arrays)`` where the math runs (the run is the host's: one copy to a GPU),
+            back on the host."""
+            moved = [self.device.to_math(np.ascontiguousarray(a)) for a in arrays]
+            return on_device(lambda: decompose(block, *moved)).to_host()
+
+        def self_attention(block: AttentionBlock, *arrays) -> LayerContributions:
+            return layer_contributions(block, *arrays, with_norms=False, with_attention=False)
 
         encoder_layers = []
         for layer, (block, t) in enumerate(zip(self.encoder_blocks, encoder_tensors)):
-            computed = layer_contributions(block, *on_device(*t.example(row, keep)), with_norms=False,
-                                           with_attention=False).to_host()
+            computed = decomposed(self_attention, block, *t.example(row, keep))
             self._check(f"encoder layer {layer}", computed, source_tokens, errors)
             encoder_layers.append(computed.contributions)
         encoder_stack = np.stack(encoder_layers)
@@ -307,14 +311,12 @@ class EncoderDecoderExplainer(Explainer):
         own, cross = [], []
         for layer, (self_block, cross_block) in enumerate(zip(self.self_blocks, self.cross_blocks)):
             t = decoder_tensors[2 * layer]
-            computed = layer_contributions(self_block, *on_device(*t.example(row, slice(0, targets))),
-                                           with_norms=False, with_attention=False).to_host()
+            computed = decomposed(self_attention, self_block, *t.example(row, slice(0, targets)))
             self._check(f"decoder layer {layer} (self-attention)", computed, decoder_tokens, errors)
             own.append(computed.contributions)
             t = decoder_tensors[2 * layer + 1]
-            computed = cross_contributions(cross_block, *on_device(
-                t.probs[row][:, :targets][:, :, keep], t.values[row][:, keep], t.residual[row][:targets],
-                t.output[row][:targets])).to_host()
+            computed = decomposed(cross_contributions, cross_block, t.probs[row][:, :targets][:, :, keep],
+                                  t.values[row][:, keep], t.residual[row][:targets], t.output[row][:targets])
             self._check(f"decoder layer {layer} (cross-attention)", computed, decoder_tokens, errors)
             cross.append(computed.contributions)
         combined = combined_rollout(encoder_rollout[-1], own, cross)

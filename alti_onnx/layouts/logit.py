@@ -20,6 +20,7 @@ from alti_onnx.decomposition.linearized import LinearizedGraph, Node
 from alti_onnx.decomposition.logit import ADDITIVE_KINDS, LayerAtTarget, LogitParts, alti_logit, token_parts
 from alti_onnx.errors import InputError, LinearizationError, SelfCheckError
 from alti_onnx.results.logit import LogitExplanation, LogitItem, LogitQuery
+from alti_onnx.runtime.devices import Device
 from alti_onnx.runtime.linear_graph import HEAD, SegmentValues, last_residual_sum, named_parts, read_segment
 from alti_onnx.runtime.prepared import PreparedModel
 from alti_onnx.runtime.sessions import SegmentedSession, open_session, session_options
@@ -45,7 +46,7 @@ class LogitDecomposer:
     """The logit decomposition of one prepared single-graph model (built on the first ``--logit``)."""
 
     def __init__(self, prepared: PreparedModel, providers: list[str] | None, input_map: dict[str, str],
-                 causal: bool | None, labels: list[str] | None, tokenizer):
+                 causal: bool | None, labels: list[str] | None, tokenizer, device: Device | None = None):
         if LOGITS not in prepared.graph_outputs:
             raise InputError(f"--logit explains a classifier's class or a language model's next token, from the "
                              f"model's {LOGITS!r} output; this model outputs {', '.join(prepared.graph_outputs)}")
@@ -80,8 +81,10 @@ class LogitDecomposer:
         else:
             self.graphs = [read_segment(segment) for segment in prepared.segments]
             exposed = {number: graph.exposed for number, graph in enumerate(self.graphs)}
-            self.session = SegmentedSession(prepared, providers, input_map, exposed=exposed)
+            # the block tensors go where ALTI is computed (``device``); what the sweep collects comes to the host
+            self.session = SegmentedSession(prepared, providers, input_map, exposed=exposed, device=device)
             self._session_args = (providers, input_map)
+            self._device = device
             #: the whole graph read linearly: made on the first run (its structure needs every
             #: tensor's type), then reused, the session narrowed to the tensors its sweep reads
             self.linear: LinearizedGraph | None = None
@@ -252,7 +255,7 @@ class LogitDecomposer:
         self.narrowed_to = read | self.also_exposed
         wanted = self.narrowed_to
         exposed = {number: [name for name in graph.exposed if name in wanted] for number, graph in enumerate(self.graphs)}
-        narrowed = SegmentedSession(self.prepared, *self._session_args, exposed=exposed)
+        narrowed = SegmentedSession(self.prepared, *self._session_args, exposed=exposed, device=self._device)
         self.session.close()
         self.session = narrowed
 

@@ -35,7 +35,7 @@ from alti_onnx.results.logit import LogitExplanation, LogitQuery
 from alti_onnx.results.prediction import class_labels, classify, next_token
 from alti_onnx.results.record import MEAN, Target
 from alti_onnx.results.routes import RouteExplanation, RouteQuery
-from alti_onnx.runtime.devices import Device
+from alti_onnx.runtime.devices import Device, on_device
 from alti_onnx.runtime.pooling import Pooling, declared_pooling
 from alti_onnx.runtime.prepared import PreparedModel, prepare
 from alti_onnx.runtime.sessions import BlockTensors, SegmentedSession
@@ -104,7 +104,7 @@ class SingleGraphExplainer(Explainer):
         """The logit decomposition's sessions and graphs, made on first use (docs/logit.md)."""
         if self._logit is None:
             self._logit = LogitDecomposer(self.prepared, self.providers, self.input_map, self.causal, self.labels,
-                                          self.tokenizer)
+                                          self.tokenizer, self.device)
         return self._logit
 
     @property
@@ -290,7 +290,7 @@ class SingleGraphExplainer(Explainer):
         """The sessions that also hand over the stream after the feed-forward blocks (made once)."""
         if self._routes_session is None:
             self._routes_session = SegmentedSession(self.prepared, self.providers, self.input_map,
-                                                    exposed=post.exposed(self.prepared))
+                                                    exposed=post.exposed(self.prepared), device=self.device)
         return self._routes_session
 
     def _logit_run(self, batch: Batch, kept: list, logit: list[LogitQuery]) -> LogitRun:
@@ -344,8 +344,8 @@ class SingleGraphExplainer(Explainer):
 
         jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
-            if not self.device.on_host:  # a GPU takes one layer at a time, whole
-                done = [one(index, row) for index, row in jobs]
+            if not isinstance(pending[0][1].probs, np.ndarray):  # a device takes one layer at a time, whole
+                done = [on_device(lambda: one(index, row)) for index, row in jobs]
             elif len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
                 done = list(self._pool.map(lambda job: one(*job), jobs))
             else:

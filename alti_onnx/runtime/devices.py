@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
-from alti_onnx.errors import InputError
+from alti_onnx.errors import InputError, RuntimeFailure
+
+T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,6 +59,19 @@ class Device:
         if isinstance(value, np.ndarray) or _on_cpu(value):
             return self.xp.asarray(value if isinstance(value, np.ndarray) else np.from_dlpack(value))
         return self.xp.from_dlpack(value)
+
+
+def on_device(compute: Callable[[], T]) -> T:
+    """``compute()``, with what the GPU's libraries raise (CuPy's out-of-memory and CUDA errors, numba-cuda's
+    launch and compile errors, an NVRTC or PTX mismatch) as one RuntimeFailure line; our own errors pass."""
+    try:
+        return compute()
+    except Exception as exc:  # noqa: BLE001 - sorted by where the exception type comes from
+        if type(exc).__module__.split(".")[0] not in ("cupy", "cupy_backends", "numba", "cuda"):
+            raise
+        text = str(exc).strip().splitlines()
+        raise RuntimeFailure(f"the GPU failed ({type(exc).__name__}): {text[0] if text else 'no message'}; "
+                             "--device cpu runs the same math on the CPU") from None
 
 
 def host(value: Any) -> np.ndarray:
@@ -110,13 +126,25 @@ def _cupy() -> tuple[ModuleType | None, str]:
         return None, f"CuPy finds no GPU ({_first_line(exc)})"
     if count == 0:
         return None, "CuPy finds no GPU"
+    try:  # one small computation each: a missing NVRTC or a PTX the driver refuses shows here, not mid-run
+        if float((cupy.arange(4, dtype=cupy.float64) * 2).sum()) != 12.0:
+            return None, "CuPy computes wrong sums"
+    except Exception as exc:  # noqa: BLE001
+        return None, f"CuPy cannot compute ({_first_line(exc)})"
     try:
         from numba import cuda
 
         if not cuda.is_available():
             return None, "numba-cuda finds no GPU"
+        from alti_onnx.decomposition.distances_cuda import manhattan_distances_cuda
+
+        out = np.zeros((1, 1), dtype=np.float32)
+        ones = np.ones((1, 1, 1), dtype=np.float32)
+        manhattan_distances_cuda(ones, ones, np.zeros((1, 1), np.float32), np.full((1, 1), 3, np.float32), out, 0)
+        if out[0, 0] != 2.0:
+            return None, "numba-cuda's distance kernel computes wrong numbers"
     except Exception as exc:  # noqa: BLE001
-        return None, f"numba-cuda does not load ({_first_line(exc)})"
+        return None, f"numba-cuda cannot run the distance kernel ({_first_line(exc)})"
     return cupy, ""
 
 

@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Callable, Container, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -187,6 +187,10 @@ class SegmentedSession:
         # onnxruntime optimizes each graph with the GIL released: the segments load in parallel
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             self.sessions = list(pool.map(load, range(len(self.segments)), self.segments))
+        if self.device is not None and self.device.bound_outputs == "cuda" and \
+                any(s.get_providers()[0] != "CUDAExecutionProvider" for s in self.sessions):
+            # onnxruntime fell back to the CPU (no cuDNN, say): its outputs are the host's, copied to the GPU once
+            self.device = replace(self.device, bound_outputs=None)
         produced = {name: number for number, s in enumerate(self.segments) for name in s.outputs}
         #: the segment after which each block's tensors all exist
         self.ready_after = [max(produced[name] for name in b.tensor_names()) for b in self.blocks]
