@@ -8,6 +8,8 @@ float64 reference by tests/test_reference.py, so agreeing with them within 1e-6 
 
 from __future__ import annotations
 
+import itertools
+
 import array_api_strict as strict
 import numpy as np
 import pytest
@@ -18,7 +20,13 @@ from hypothesis.extra import numpy as hnp
 from alti_onnx import Explainer
 from alti_onnx.decomposition.alti_plus import combined_rollout, source_share
 from alti_onnx.decomposition.arrays import namespace, to_numpy
-from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, normalize_rows, rollout
+from alti_onnx.decomposition.contributions import (
+    LayerContributions,
+    batch_contributions,
+    layer_contributions,
+    normalize_rows,
+    rollout,
+)
 from alti_onnx.decomposition.logit import alti_logit, capture_layer, token_parts
 from alti_onnx.decomposition.self_check import check_layer
 from alti_onnx.errors import SelfCheckError
@@ -214,3 +222,28 @@ def test_logit_and_routes_beside_a_device_equal_numpy(family, routes, monkeypatc
     for g, w in zip(got.routes.edges, want.routes.edges):
         assert (g.layer, g.kind, g.head, g.source, g.target) == (w.layer, w.kind, w.head, w.source, w.target)
         assert g.weight == pytest.approx(w.weight, abs=WITHIN)
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["gemma2", "phi", "opt", "t5-encoder"])
+def test_a_batchs_layer_at_once_equals_each_example_alone(family):
+    """``batch_contributions`` (a right-padded batch's block terms in one pass) against
+    ``layer_contributions`` on each unpadded example, every output, in NumPy and array-api-strict."""
+    texts = ["the quick brown fox jumps over the lazy dog", "a short one", "the dog", "jumps over the quick fox"]
+    with Explainer(FIXTURES / f"tiny-{family}") as explainer:
+        batch = explainer.text_encoder.encode(texts)
+        _, tensors = explainer.session.run(batch)
+        lengths = [int(n) for n in batch.attention_mask.sum(-1)]
+        assert len(set(lengths)) > 1 and all(batch.attention_mask[r, :n].all() for r, n in enumerate(lengths))
+        for (block, t), norms in itertools.product(zip(explainer.blocks, tensors), (False, True)):
+            together = batch_contributions(block, t.probs, t.values, t.residual, t.output, lengths, with_norms=norms)
+            strictly = batch_contributions(block, *_strict(t.probs, t.values, t.residual, t.output), lengths,
+                                           with_norms=norms)
+            for row, n in enumerate(lengths):
+                alone = layer_contributions(block, *t.example(row, slice(0, n)), with_norms=norms)
+                for got in (together[row], strictly[row]):
+                    for name in ("contributions", "norms", "attention") if norms else ("contributions", "attention"):
+                        assert to_numpy(getattr(got, name)).shape == (n, n)
+                        _close(getattr(got, name), getattr(alone, name))
+                    assert norms or got.norms is None
+                    assert abs(got.reconstruction_error - alone.reconstruction_error) <= WITHIN
+                    assert got.output_scale == pytest.approx(alone.output_scale, abs=WITHIN)

@@ -71,7 +71,7 @@ def _normalized(u: Array, block: AttentionBlock) -> Array:
     xp = namespace(u)
     centred = not block.norm_rms
     shifted = u - xp.mean(u, axis=-1, keepdims=True) if centred else u
-    return _gamma(block, u) * shifted / _sigma(u, block.norm_epsilon, centred)[:, None] + _beta(block, u)
+    return _gamma(block, u) * shifted / _sigma(u, block.norm_epsilon, centred)[..., None] + _beta(block, u)
 
 
 def _scaled_weight(block: AttentionBlock) -> np.ndarray:
@@ -107,7 +107,7 @@ class PreLN:
 
     def row_scale(self, block, attention, residual):
         xp = namespace(residual)
-        return xp.ones(residual.shape[0], dtype=xp.float64)
+        return xp.ones(residual.shape[:-1], dtype=xp.float64)
 
     def mixing_weight(self, block):
         return block.out_proj_weight
@@ -130,7 +130,7 @@ class Sandwich:
         return _scaled_weight(block)
 
     def residual_vectors(self, block, residual, scale):
-        return residual * scale[:, None]
+        return residual * scale[..., None]
 
     def model_output(self, block, exposed, residual):
         return exposed

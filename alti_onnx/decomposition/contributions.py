@@ -21,6 +21,7 @@ from threadpoolctl import ThreadpoolController
 
 from alti_onnx.decomposition.arrays import (
     Array,
+    batch_manhattan_distances,
     block_array,
     contiguous,
     dtype_in,
@@ -106,18 +107,18 @@ def head_outputs(weight: Array, values: Array, num_heads: int) -> Array:
     """v^h_j @ W^h for every token j and head h, laid out [S_j, H, D] (grouped key/value heads expanded)."""
     xp = namespace(weight, values)
     per_head = values_per_head(values, num_heads)
-    _, seq_len, head_size = per_head.shape
+    head_size = per_head.shape[-1]
     weight = xp.reshape(weight, (num_heads, head_size, weight.shape[-1]))
-    return contiguous(xp.permute_dims(xp.matmul(per_head, weight), (1, 0, 2)))
+    return contiguous(xp.moveaxis(xp.matmul(per_head, weight), -3, -2))  # [..., H, S, D] -> [..., S, H, D]
 
 
 def values_per_head(values: Array, num_heads: int) -> Array:
-    """[H_kv, S, dh] -> [H, S, dh]: each query head with the key/value head that serves it."""
+    """[..., H_kv, S, dh] -> [..., H, S, dh]: each query head with the key/value head that serves it."""
     xp = namespace(values)
-    kv_heads = values.shape[0]
+    kv_heads = values.shape[-3]
     if kv_heads == num_heads:
         return values
-    return xp.take(values, xp.arange(num_heads) // (num_heads // kv_heads), axis=0)
+    return xp.take(values, xp.arange(num_heads) // (num_heads // kv_heads), axis=values.ndim - 3)
 
 
 def output_weight(block: AttentionBlock, xp: ModuleType, dtype: object) -> Array:
@@ -185,11 +186,63 @@ def layer_contributions(
     ``map_blocks`` (a thread pool's map runs them in parallel), so no temporary grows past a
     bounded block whatever the length: only the S*S results themselves are whole.
     """
-    xp = namespace(probs, values, residual, block_output)
-    exact, working = xp.float64, dtype_in(xp, dtype)
     num_heads, seq_len, _ = probs.shape
     blocks = row_blocks(seq_len, seq_len * num_heads * np.dtype(dtype).itemsize, parts)
     terms = block_terms(block, probs, values, residual, block_output, dtype, blocks, map_blocks)
+    return contributions_of(terms, probs, dtype, with_norms, with_attention, map_blocks, blocks)
+
+
+@one_blas_thread
+@np.errstate(all="ignore")  # NaN and Inf are the caller's to report, not warnings
+def batch_contributions(block: AttentionBlock, probs: Array, values: Array, residual: Array, block_output: Array,
+                        lengths: list[int], dtype: type = np.float32, with_norms: bool = True,
+                        with_attention: bool = True) -> list[LayerContributions]:
+    """``layer_contributions`` of every example of a right-padded batch ([B, H, S, S], [B, H_kv, S, dh],
+    [B, S, D], [B, S, D]; example b's real tokens are its first ``lengths[b]``), the whole batch in one
+    pass of each step (a short text's layer is otherwise mostly per-call overhead): the block terms, the
+    distances (each example on its own tokens, one compiled call), the clipping and the rows normalized.
+    The numbers are an unpadded example's: no real row attends to a padded position, so the padding
+    adds exact zeros to every sum a real row makes, and the padded columns are zeroed before the rows
+    are normalized. With the norm-based baseline, each example's distances are taken alone."""
+    size = probs.shape[-1]
+    terms = block_terms(block, probs, values, residual, block_output, dtype, [(0, size)])
+    if with_norms:
+        return [contributions_of(terms.example(b, n), probs[b, :, :n, :n], dtype, with_norms, with_attention, map,
+                                 [(0, n)] if n else [])
+                for b, n in enumerate(lengths)]
+    xp = namespace(probs, terms.vectors)
+    exact, working = xp.float64, dtype_in(xp, dtype)
+    num_heads = probs.shape[-3]
+    distance = batch_manhattan_distances(contiguous(xp.astype(probs, working, copy=False)), terms.vectors,
+                                         contiguous(xp.astype(terms.residual_vectors, working)),
+                                         contiguous(xp.astype(terms.target, working)), lengths)
+    own_norms = terms.y_norms[..., None]
+    raw = own_norms - distance / terms.scale[..., None]
+    attention_sum = xp.sum(probs, axis=-3, dtype=exact)
+    positions = xp.arange(size)
+    real = positions[None, :] < xp.asarray(lengths)[:, None]  # [B, S]: each example's own tokens
+    off_diagonal = positions[:, None] != positions[None, :]
+    noise = 8 * float(xp.finfo(working).eps)
+    # as in contributions_of: rounding noise and pairs no head attends are no contribution; nor is padding
+    zero = (raw <= noise * own_norms) | ((attention_sum == 0.0) & off_diagonal) | ~real[:, None, :]
+    contributions = normalize_rows(xp.where(zero, 0.0, raw))
+    averaged = attention_sum / num_heads if with_attention else None
+    # each example's self-check and output scale over its own rows
+    errors = xp.max(xp.where(real[..., None], xp.abs(terms.recomposed - terms.model_output), 0.0), axis=(-2, -1))
+    scales = xp.max(xp.where(real[..., None], xp.abs(terms.model_output), 0.0), axis=(-2, -1))
+    return [LayerContributions(contributions[b, :n, :n], None, None if averaged is None else averaged[b, :n, :n],
+                               float(errors[b]) if n else 0.0, float(scales[b]) if n else 0.0)
+            for b, n in enumerate(lengths)]
+
+
+def contributions_of(terms: BlockTerms, probs: Array, dtype: type, with_norms: bool, with_attention: bool,
+                     map_blocks: MapBlocks, blocks: list[tuple[int, int]]) -> LayerContributions:
+    """The contributions of one example from its block terms and its attention [H, S, S] (the rows in
+    ``blocks``, through ``map_blocks``): the distances, the noise and silent-pair clipping, the rows
+    normalized; the norm-based baseline and the averaged attention when asked."""
+    xp = namespace(probs, terms.vectors)
+    exact, working = xp.float64, dtype_in(xp, dtype)
+    num_heads, seq_len, _ = probs.shape
     vectors, scale, y_norms = terms.vectors, terms.scale, terms.y_norms
     residual = contiguous(xp.astype(terms.residual_vectors, working))
     target = xp.astype(terms.target, working)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
@@ -240,40 +293,51 @@ class BlockTerms:
     model_output: Array
     error: float
 
+    def example(self, row: int, size: int) -> BlockTerms:
+        """The terms of a batch's example ``row`` on its first ``size`` tokens, its self-check over them."""
+        first = (row, slice(0, size), ...)
+        recomposed, model_output = self.recomposed[first], self.model_output[first]
+        xp = namespace(recomposed)
+        error = float(xp.max(xp.abs(recomposed - model_output))) if size else 0.0
+        return BlockTerms(self.vectors[first], self.scale[first], recomposed, self.y_norms[first],
+                          self.residual_vectors[first], self.target[first], model_output, error)
+
 
 def block_terms(block: AttentionBlock, probs: Array, values: Array, residual: Array,
                 block_output: Array, dtype: type, blocks: list[tuple[int, int]],
                 map_blocks: MapBlocks = map) -> BlockTerms:
     """The attention output a (rows in ``blocks``, through ``map_blocks``), y rebuilt from it for the
     block's kind and checked against the model's, and the scaled terms the distances need. ``probs``
-    is [H, rows, S_j]: square for self-attention, rows over the memory for cross-attention."""
+    is [H, rows, S_j]: square for self-attention, rows over the memory for cross-attention; or a
+    batch of them, [B, H, rows, S_j] with every other argument batched alike (``batch_contributions``)."""
     xp = namespace(probs, values, residual, block_output)
     exact, working = xp.float64, dtype_in(xp, dtype)
     kind = kind_of(block)
-    num_heads, rows, _ = probs.shape
+    num_heads, rows = probs.shape[-3], probs.shape[-2]
+    batch = tuple(probs.shape[:-3])
     values = xp.astype(values, working, copy=False)
     residual = xp.astype(residual, exact, copy=False)
     per_head = values_per_head(values, num_heads)
     weight, bias = output_weight(block, xp, dtype), output_bias(block, xp)
-    attention = xp.empty((rows, block.hidden_size), dtype=exact)
+    attention = xp.empty((*batch, rows, block.hidden_size), dtype=exact)
 
     @np.errstate(all="ignore")  # errstate is per thread, and map_blocks may run this on another
     def attention_rows(span: tuple[int, int]) -> None:
         start, stop = span
-        rows_probs = xp.astype(probs[:, start:stop, :], working, copy=False)
-        context = xp.matmul(rows_probs, per_head)  # [H, rows, dh]
-        merged = xp.reshape(xp.permute_dims(context, (1, 0, 2)), (stop - start, -1))
-        attention[start:stop, :] = xp.astype(merged @ weight, exact) + bias  # a_i = merge_h(A^h V^h) W_O + b_O
+        rows_probs = xp.astype(probs[..., start:stop, :], working, copy=False)
+        context = xp.matmul(rows_probs, per_head)  # [..., H, rows, dh]
+        merged = xp.reshape(xp.moveaxis(context, -3, -2), (*batch, stop - start, -1))
+        attention[..., start:stop, :] = xp.astype(merged @ weight, exact) + bias  # a_i = merge_h(A^h V^h) W_O + b_O
 
     list(map_blocks(attention_rows, blocks))
     recomposed = kind.output(block, attention, residual)
     model_output = kind.model_output(block, xp.astype(block_output, exact, copy=False), residual)
-    error = float(xp.max(xp.abs(recomposed - model_output))) if rows else 0.0
+    error = float(xp.max(xp.abs(recomposed - model_output))) if rows and not batch else float("nan")  # batch: per example
     scale = kind.row_scale(block, attention, residual)
     return BlockTerms(
         vectors=head_outputs(mixing_weight(block, xp, dtype), values, num_heads),  # v^h_j W~^h, [S_j, H, D]
         scale=scale, recomposed=recomposed, y_norms=xp.sum(xp.abs(recomposed), axis=-1),
-        residual_vectors=kind.residual_vectors(block, residual, scale), target=recomposed * scale[:, None],
+        residual_vectors=kind.residual_vectors(block, residual, scale), target=recomposed * scale[..., None],
         model_output=model_output, error=error,
     )
 

@@ -141,6 +141,17 @@ def manhattan_distances(
                 out[i0, j], out[i1, j], out[i2, j], out[i3, j] = s0, s1, s2, s3
 
 
+@_compiled(fastmath=_FAST_MATH)
+def batch_manhattan_distances(probs: np.ndarray, vectors: np.ndarray, residual: np.ndarray, target: np.ndarray,
+                              out: np.ndarray, lengths: np.ndarray) -> None:
+    """``manhattan_distances`` of every example b of a right-padded batch ([B, H, S, S], [B, S, H, D],
+    [B, S, D], [B, S, D]) on its own first ``lengths[b]`` tokens, into ``out[b, :n, :n]`` (the rest of
+    ``out`` is left as it is): one call for a batch's layer instead of one per text."""
+    for b in range(probs.shape[0]):
+        n = lengths[b]
+        manhattan_distances(probs[b, :, :n, :n], vectors[b, :n], residual[b, :n], target[b, :n], out[b, :n, :n], 0, 0)
+
+
 @_compiled()
 def by_column(probs: np.ndarray) -> np.ndarray:
     """The attention [H, S_i, S_j] (or a block of its rows) laid out [S_j, S_i, H]: the layout the

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from alti_onnx.decomposition.arrays import namespace
-from alti_onnx.decomposition.contributions import LayerContributions, layer_contributions, one_blas_thread, rollout
+from alti_onnx.decomposition.contributions import (
+    LayerContributions,
+    batch_contributions,
+    layer_contributions,
+    one_blas_thread,
+    rollout,
+)
 from alti_onnx.decomposition.layer_store import LayerStore
 from alti_onnx.decomposition.logit import capture_layer
 from alti_onnx.decomposition.self_check import check_layer
@@ -330,9 +336,10 @@ class SingleGraphExplainer(Explainer):
 
     def _decompose(self, pending: list[tuple[int, BlockTensors]], kept: list, baselines: bool,
                    full: bool) -> list[list[LayerContributions]]:
-        """The contributions of each pending layer for every row of the batch: (layer, row) pairs in
-        parallel threads when there are enough of them or the texts are short, else each text's rows
-        of S split into blocks run in parallel."""
+        """The contributions of each pending layer for every row of the batch: for short right-padded
+        texts, each layer's batch at once (``batch_contributions``), layers in parallel threads; else
+        (layer, row) pairs in parallel threads when there are enough of them or the texts are short,
+        else each text's rows of S split into blocks run in parallel."""
         workers = self._workers
 
         def one(index: int, row: int, map_blocks=map, parts: int = 1) -> LayerContributions:
@@ -342,9 +349,23 @@ class SingleGraphExplainer(Explainer):
                 with_norms=baselines, with_attention=full, map_blocks=map_blocks, parts=parts,
             ).to_host()
 
+        def whole_layer(index: int) -> list[LayerContributions]:
+            layer, tensors = pending[index]
+            return [c.to_host() for c in batch_contributions(
+                self.blocks[layer], tensors.probs, tensors.values, tensors.residual, tensors.output,
+                [k.stop for k in kept], with_norms=baselines, with_attention=full)]
+
+        on_host = isinstance(pending[0][1].probs, np.ndarray)
+        size = pending[0][1].probs.shape[-1]
+        if len(kept) > 1 and size < _LONG and all(isinstance(k, slice) and k.start == 0 for k in kept):
+            # short right-padded texts: each layer's block terms in one pass over the batch
+            with one_blas_thread():
+                if on_host:
+                    return list(self._pool.map(whole_layer, range(len(pending))))
+                return [on_device(lambda: whole_layer(index)) for index in range(len(pending))]
         jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
-            if not isinstance(pending[0][1].probs, np.ndarray):  # a device takes one layer at a time, whole
+            if not on_host:  # a device takes one layer at a time, whole
                 done = [on_device(lambda: one(index, row)) for index, row in jobs]
             elif len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
                 done = list(self._pool.map(lambda job: one(*job), jobs))
