@@ -2,8 +2,9 @@
 any library of the Python array API standard (array-api-strict in the tests, which refuses the
 NumPy-only idioms a GPU library lacks).
 
-The math is written once against ``xp = namespace(...)`` of its inputs (``array_api_compat`` gives
-NumPy and CuPy the standard's names). What is not in the standard lives here: moving arrays to the
+The math is written once against ``xp = namespace(...)`` of its inputs (NumPy's own namespace, which
+implements the standard; ``array_api_compat`` gives CuPy its names). What is not in the standard
+lives here: moving arrays to the
 host, the block weights in the namespace (converted once per block), and the distance kernel, which
 is compiled per place (numba on the CPU, numba-cuda on the GPU).
 """
