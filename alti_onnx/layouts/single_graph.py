@@ -367,7 +367,7 @@ class SingleGraphExplainer(Explainer):
         with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
             if not on_host:  # a device takes one layer at a time, whole
                 done = [on_device(lambda: one(index, row)) for index, row in jobs]
-            elif len(jobs) >= 2 * workers or (len(jobs) > 1 and pending[0][1].probs.shape[-1] < _LONG):
+            elif len(jobs) >= 2 * workers or (len(jobs) > 1 and size < _LONG):
                 done = list(self._pool.map(lambda job: one(*job), jobs))
             else:
                 # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
