@@ -11,6 +11,7 @@ class's or next token's logit (docs/logit.md), and ALTI alone is timed in the sa
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -94,13 +95,13 @@ def measure_corpus(model: str | Path, corpus: str | Path, batch_size: int = 32, 
 
     corpus = Path(corpus)
     require_corpus(corpus)
-    explainer = Explainer(model, providers=providers, input_map=input_map, device=device)
     records = [r for r in read_records(corpus) if r.error is None]
     texts = [r.text for r in (records if limit is None else records[:limit])]
     if not texts:
         raise InputError(f"{corpus} holds no text to time")
-    plain = plain_session(explainer.files.onnx, explainer.providers)
-    with tempfile.TemporaryDirectory(prefix="alti-onnx-bench-") as folder:
+    with Explainer(model, providers=providers, input_map=input_map, device=device) as explainer, \
+            tempfile.TemporaryDirectory(prefix="alti-onnx-bench-") as folder:
+        plain = plain_session(explainer.files.onnx, explainer.providers)
         subset = Path(folder) / "corpus.jsonl"
         subset.write_text("".join(json.dumps(text) + "\n" for text in texts), encoding="utf-8")
 
@@ -110,9 +111,10 @@ def measure_corpus(model: str | Path, corpus: str | Path, batch_size: int = 32, 
                 batch = explainer.text_encoder.encode([lengths[k][1] for k in run])
                 plain.run(None, explainer.session.batch_feeds(batch))
 
-        def explain(turn: list[int] = [0]) -> None:  # noqa: B006 - a counter: each turn writes a new output
-            turn[0] += 1
-            summary = explain_corpus(explainer, subset, Path(folder) / f"out-{turn[0]}.jsonl", batch_size=batch_size)
+        turns = itertools.count(1)  # each turn writes an output of its own (an existing one would be resumed)
+
+        def explain() -> None:
+            summary = explain_corpus(explainer, subset, Path(folder) / f"out-{next(turns)}.jsonl", batch_size=batch_size)
             if summary.failed:
                 raise RuntimeFailure(f"bench --corpus: {summary.failed} texts failed, the first: {summary.first_error}")
 
@@ -124,10 +126,10 @@ def measure_corpus(model: str | Path, corpus: str | Path, batch_size: int = 32, 
                 began = time.perf_counter()
                 run()
                 samples.append(time.perf_counter() - began)
+        ran_on = explainer.device.name
     forward_s, batch_s = min(timed[0]), min(timed[1])
-    explainer.close()
     return CorpusBenchResult(len(texts), batch_size, len(texts) / forward_s, len(texts) / batch_s, batch_s / forward_s,
-                             repeats, explainer.device.name)
+                             repeats, ran_on)
 
 
 def synthetic_batch(tokenizer: Tokenizer, seq_len: int, batch_size: int) -> Batch:

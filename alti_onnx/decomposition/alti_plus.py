@@ -15,7 +15,7 @@ from alti_onnx.decomposition.arrays import Array, contiguous, dtype_in, manhatta
 from alti_onnx.decomposition.contributions import (
     LayerContributions,
     block_terms,
-    normalize_rows,
+    clipped_rows,
     one_blas_thread,
     row_blocks,
 )
@@ -51,12 +51,10 @@ def cross_contributions(
     to_memory = y_norms[:, None] - distance / scale[:, None]
     to_residual = y_norms - xp.sum(xp.abs(target - carried), axis=-1) / scale
     raw = xp.concat([xp.astype(to_memory, exact), xp.astype(to_residual, exact)[:, None]], axis=1)
-    noise = 8 * float(xp.finfo(working).eps)
-    raw = xp.where(raw <= noise * y_norms[:, None], 0.0, raw)  # rounding noise, as in layer_contributions
     attention_sum = xp.sum(probs, axis=0, dtype=exact)
-    unread = xp.concat([attention_sum == 0.0, xp.zeros((rows, 1), dtype=xp.bool)], axis=1)
-    raw = xp.where(unread, 0.0, raw)  # no head reads j (padding): exactly no contribution
-    return LayerContributions(normalize_rows(raw), None, attention_sum / num_heads, terms.error,
+    unread = xp.concat([attention_sum == 0.0, xp.zeros((rows, 1), dtype=xp.bool)], axis=1)  # the residual is read
+    return LayerContributions(clipped_rows(raw, y_norms[:, None], unread, working), None, attention_sum / num_heads,
+                              terms.error,
                               float(xp.max(xp.abs(terms.model_output))) if rows else 0.0)
 
 

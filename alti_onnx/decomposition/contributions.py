@@ -13,7 +13,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import ParamSpec, TypeVar
 
@@ -100,8 +100,9 @@ class LayerContributions:
         """The same matrices as NumPy arrays (from a GPU: one copy each; itself when they are)."""
         if all(a is None or isinstance(a, np.ndarray) for a in (self.contributions, self.norms, self.attention)):
             return self
-        return replace(self, **{f.name: to_numpy(getattr(self, f.name)) for f in fields(self)
-                                if f.name in ("contributions", "norms", "attention") and getattr(self, f.name) is not None})
+        return replace(self, contributions=to_numpy(self.contributions),
+                       norms=None if self.norms is None else to_numpy(self.norms),
+                       attention=None if self.attention is None else to_numpy(self.attention))
 
 
 def head_outputs(weight: Array, values: Array, num_heads: int) -> Array:
@@ -232,10 +233,7 @@ def batch_contributions(block: AttentionBlock, probs: Array, values: Array, resi
     positions = xp.arange(size)
     real = positions[None, :] < xp.asarray(lengths)[:, None]  # [B, S]: each example's own tokens
     off_diagonal = positions[:, None] != positions[None, :]
-    noise = 8 * float(xp.finfo(working).eps)
-    # as in contributions_of: rounding noise and pairs no head attends are no contribution; nor is padding
-    zero = (raw <= noise * own_norms) | ((attention_sum == 0.0) & off_diagonal) | ~real[:, None, :]
-    contributions = normalize_rows(xp.where(zero, 0.0, raw))
+    contributions = clipped_rows(raw, own_norms, ((attention_sum == 0.0) & off_diagonal) | ~real[:, None, :], working)
     averaged = attention_sum / num_heads if with_attention else None
     # each example's self-check and output scale over its own rows
     errors = xp.max(xp.where(real[..., None], xp.abs(terms.recomposed - terms.model_output), 0.0), axis=(-2, -1))
@@ -256,7 +254,6 @@ def contributions_of(terms: BlockTerms, probs: Array, dtype: type, with_norms: b
     vectors, scale, y_norms = terms.vectors, terms.scale, terms.y_norms
     residual = contiguous(xp.astype(terms.residual_vectors, working))
     target = xp.astype(terms.target, working)  # s_i y_i: ||target_i - T~[i, j]|| = s_i ||y_i - T'[i, j]||
-    noise = 8 * float(xp.finfo(working).eps)
 
     contributions = xp.empty((seq_len, seq_len), dtype=exact)
     norms = xp.empty((seq_len, seq_len), dtype=exact) if with_norms else None
@@ -273,13 +270,8 @@ def contributions_of(terms: BlockTerms, probs: Array, dtype: type, with_norms: b
         own_norms = y_norms[start:stop, None]
         raw = own_norms - distance / scale[start:stop, None]
         attention_sum = xp.sum(probs[:, start:stop, :], axis=0, dtype=exact)
-        # Differences below the rounding of the distance pass are noise, not contribution: clip them
-        # with the negative ones, so a row whose true c is all zero does not normalize noise to 1.
-        # T'[i, j] is exactly zero where no head attends (causal masks, padding); keep c exactly zero
-        # there rather than the rounding residue of ||y_i|| - ||s_i y_i|| / s_i.
         off_diagonal = xp.arange(start, stop)[:, None] != xp.arange(seq_len)[None, :]
-        zero = (raw <= noise * own_norms) | ((attention_sum == 0.0) & off_diagonal)  # NaN stays NaN: it is reported
-        contributions[start:stop, :] = normalize_rows(xp.where(zero, 0.0, raw))
+        contributions[start:stop, :] = clipped_rows(raw, own_norms, (attention_sum == 0.0) & off_diagonal, working)
         if averaged is not None:
             averaged[start:stop, :] = attention_sum / num_heads
 
@@ -369,6 +361,17 @@ def _squared_norms(probs: Array, vectors: Array, residual: Array, first_row: int
     diagonal = (xp.arange(rows) + first_row)[:, None] == xp.arange(columns)[None, :]
     squared = xp.where(diagonal, squared + xp.astype(extra, xp.float64)[:, None], squared)
     return xp.clip(squared, min=0.0)
+
+
+def clipped_rows(raw: Array, own_norms: Array, unattended: Array, working: object) -> Array:
+    """ALTI's rows from the raw proximities ||y_i|| - ||y_i - T'[i, j]||: differences below the rounding
+    of the distance pass (computed in ``working``) are noise, not contribution, and are clipped with the
+    negative ones, so a row whose true c is all zero does not normalize noise to 1; where no head
+    attends (``unattended``: causal masks, padding) T'[i, j] is exactly zero and so is c, not the
+    rounding residue of ||y_i|| - ||s_i y_i|| / s_i. Then the rows normalized (NaN stays, to be reported)."""
+    xp = namespace(raw, own_norms)
+    noise = 8 * float(xp.finfo(working).eps)
+    return normalize_rows(xp.where((raw <= noise * own_norms) | unattended, 0.0, raw))
 
 
 def normalize_rows(matrix: Array) -> Array:

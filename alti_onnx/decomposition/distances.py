@@ -150,16 +150,3 @@ def batch_manhattan_distances(probs: np.ndarray, vectors: np.ndarray, residual: 
     for b in range(probs.shape[0]):
         n = lengths[b]
         manhattan_distances(probs[b, :, :n, :n], vectors[b, :n], residual[b, :n], target[b, :n], out[b, :n, :n], 0, 0)
-
-
-@_compiled()
-def by_column(probs: np.ndarray) -> np.ndarray:
-    """The attention [H, S_i, S_j] (or a block of its rows) laid out [S_j, S_i, H]: the layout the
-    norm-based baseline's Gram products read (one matmul over all columns j)."""
-    n_heads, n_rows, n_columns = probs.shape
-    out = np.empty((n_columns, n_rows, n_heads), probs.dtype)
-    for i in range(n_rows):
-        for j in range(n_columns):
-            for h in range(n_heads):
-                out[j, i, h] = probs[h, i, j]
-    return out
