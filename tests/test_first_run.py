@@ -138,7 +138,7 @@ def test_the_first_run_line_and_no_library_noise(tmp_path):
     from models.sentiment import FIRST_RUN, is_built
 
     line = FIRST_RUN.format(train=8456, epochs=3, cache=cache)
-    assert "5 to 15 minutes" in line and "resumes" in line
+    assert "4 to 8 minutes" in line and "resumes" in line
     if not is_built(cache):
         pytest.skip("the default model is not built here")
     done = subprocess.run([sys.executable, "-m", "models.sentiment", "--quiet"], cwd=ROOT, capture_output=True,
