@@ -261,6 +261,25 @@ def test_blas_threads_are_restored_after_explaining(explainer):
     assert blas_threads() == before
 
 
+def test_the_whole_run_keeps_one_blas_thread(explainer, monkeypatch):
+    """Products on the calling thread (the rollout) run with one BLAS thread too: a second one, woken
+    there, spins afterwards and takes a core from the next decomposition (issue 28's short texts)."""
+    from threadpoolctl import threadpool_info
+
+    import alti_onnx.layouts.single_graph as single_graph
+
+    seen = []
+
+    def rollout(contributions):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return real_rollout(contributions)
+
+    real_rollout = single_graph.rollout
+    monkeypatch.setattr(single_graph, "rollout", rollout)
+    explainer.explain(["the cat sat", "a dog ran on the mat"])
+    assert seen and all(threads and set(threads) == {1} for threads in seen)
+
+
 # --------------------------------------------------------------------------- one record per line
 def test_every_bad_line_becomes_an_error_record_in_its_place(explainer, tmp_path):
     lines = [

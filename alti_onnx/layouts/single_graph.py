@@ -175,12 +175,15 @@ class SingleGraphExplainer(Explainer):
                 explanations[row] = explanation
         return explanations  # type: ignore[return-value]
 
+    @one_blas_thread
     def _explain_run(self, batch: Batch, check: bool, baselines: bool, full: bool,
                      targets: list[int | str] | None, logit: list[LogitQuery] | None = None,
                      routes: list[RouteQuery] | None = None, alti: bool = True) -> list[Explanation]:
         """One onnxruntime run, the layers decomposed as their tensors arrive and then dropped: a few
         at a time (up to ``BUFFER_BYTES`` of attention), so that short texts keep every core busy
-        with whole layers while long ones hold one layer at a time."""
+        with whole layers while long ones hold one layer at a time. OpenBLAS keeps one thread for
+        the whole run, not only inside the decomposition: its worker, woken by a product on this
+        thread (the rollout), spins for a while afterwards and takes a core from the next layers."""
         rows = range(len(batch.lengths))
         kept = [_kept_positions(batch.attention_mask[row]) for row in rows]
         layers: list[list[LayerContributions]] = [[] for _ in rows]
