@@ -62,8 +62,69 @@ def test_kernel_equals_the_formula(case):
         assert np.all(np.abs(got[upper] - norms) <= tolerance[upper])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("heads", [1, 5, 12])
+def test_the_vector_block_with_whole_chunks_and_a_rest(dtype, heads):
+    """Widths of whole chunks of ``four_row_sums`` (two of them), and two chunks and a rest, with many
+    heads and rows that are not a multiple of four, causal and not: the formula within rounding, the
+    causal zeros the target norms, blocks of rows (other rows skipped, other diagonals) exactly the whole."""
+    from alti_onnx.decomposition.distances import CHUNK_BYTES
+
+    chunk = CHUNK_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(heads)
+    for width in (2 * chunk, 2 * chunk + 3):
+        for causal in (False, True):
+            seq = 11
+            probs = rng.random((heads, seq, seq))
+            probs = np.tril(probs) if causal else probs
+            probs = (probs / probs.sum(-1, keepdims=True)).astype(dtype)
+            vectors = rng.standard_normal((seq, heads, width)).astype(dtype)
+            residual = rng.standard_normal((seq, width)).astype(dtype)
+            target = rng.standard_normal((seq, width)).astype(dtype)
+            got = np.full((seq, seq), np.nan, dtype=dtype)
+            manhattan_distances(probs, vectors, residual, target, got)
+            want = direct_distances(probs, vectors, residual, target)
+            scale = direct_distances(probs, np.abs(vectors), np.abs(residual), -np.abs(target))
+            assert np.all(np.abs(got - want) <= (1e-12 if dtype is np.float64 else 1e-5) * scale), width
+            blocked = np.full((seq, seq), np.nan, dtype=dtype)
+            for start in range(0, seq, 3):
+                manhattan_distances(np.ascontiguousarray(probs[:, start:start + 3]), vectors, residual,
+                                    target[start:start + 3], blocked[start:start + 3], start, 4)
+            np.testing.assert_array_equal(blocked, got)
+            if causal:
+                upper = np.triu_indices(seq, k=1)
+                norms = np.abs(target.astype(np.float64)).sum(-1)[upper[0]]
+                assert np.all(np.abs(got[upper] - norms) <= 1e-5 * norms)
+
+
+def test_the_vector_block_at_256_bits():
+    """Machines without AVX-512 get 256-bit vectors: the same kernel, run with them in a fresh process
+    (its own numba cache), equals the formula."""
+    code = (
+        "import numpy as np, sys; sys.path.insert(0, 'tests')\n"
+        "from alti_onnx.decomposition import distances\n"
+        "assert distances.VECTOR_BITS == 256, distances.VECTOR_BITS\n"
+        "from test_distances import test_the_vector_block_with_whole_chunks_and_a_rest as check\n"
+        "for dtype in (np.float32, np.float64):\n"
+        "    check(dtype, 12)\n"
+        "print('ok')\n"
+    )
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "ALTI_ONNX_VECTOR_BITS": "256", "NUMBA_CACHE_DIR": cache}
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_a_nan_in_the_inputs_reaches_the_distance():
-    """Fast math here allows reassociation only; NaNs are not assumed away."""
+    """Fast math here allows contraction only; NaNs are not assumed away."""
     probs = np.full((3, 2, 2), 0.5, dtype=np.float32)
     vectors = np.ones((2, 3, 4), dtype=np.float32)
     vectors[1, 2, 3] = np.nan
