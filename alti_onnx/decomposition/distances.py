@@ -23,7 +23,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-
 # --------------------------------------------------------------------------- the vector block
 # Four rows i of one column j, as LLVM vector code:
 #
@@ -66,8 +65,8 @@ CHUNK_BYTES = VECTOR_BITS // 8 * CHUNKS
 def four_row_sums(typingctx, t0, t1, t2, t3, a0, a1, a2, a3, v, width):
     """(sum_d |t_r[d] - sum_h a_r[h] v[h, d]|, r = 0..3) over the first ``width`` components of d,
     ``width`` a multiple of ``CHUNK_BYTES`` / itemsize. ``t_r`` are 1-D arrays with unit stride (target
-    rows), ``a_r`` 1-D arrays of any stride (a row's H weights: a column of the attention [H, rows, S_j]),
-    ``v`` [H, D] with unit stride along D; one float dtype for all."""
+    rows), ``a_r`` 1-D arrays of any stride (a row's H weights), ``v`` [H, D] with unit stride along D;
+    one float dtype for all."""
     dtype = t0.dtype
     arrays = (t0, t1, t2, t3, a0, a1, a2, a3)
     if not all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == dtype for a in arrays) or \
@@ -82,15 +81,16 @@ def four_row_sums(typingctx, t0, t1, t2, t3, a0, a1, a2, a3, v, width):
         vector = ir.VectorType(scalar, lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         suffix = f"v{lanes}f{8 * context.get_abi_sizeof(scalar)}"
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.{suffix}")
-        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector]), f"llvm.fabs.{suffix}")
+        module = builder.module
+        fma = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.{suffix}")
+        fabs = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector]), f"llvm.fabs.{suffix}")
 
         def data(position: int):
             return cgutils.create_struct_proxy(sig.args[position])(context, builder, value=args[position]).data
 
         targets = [data(k) for k in range(4)]
         byte = ir.IntType(8).as_pointer()
-        weights, weight_strides = [], []  # a row's weights may be strided (a column of the attention)
+        weights, weight_strides = [], []  # a row's weights, read with their own stride
         for k in range(4, 8):
             proxy = cgutils.create_struct_proxy(sig.args[k])(context, builder, value=args[k])
             weights.append(builder.bitcast(proxy.data, byte))
@@ -206,8 +206,9 @@ def manhattan_distances(
     Rows are taken in tiles whose targets stay in the L2 cache (``TILE_BYTES``, or ``tile_rows``)
     while every column j passes (v~[j] in the L1 cache); each tile's weights are first laid out
     [j, i, h], so the H weights of a row are one contiguous read (read where they are, strided by
-    the attention's planes, they cost more than the layout at 512 tokens). Four rows at a time go through ``_four_rows``; a block of four
-    rows that no head of j reaches, off the diagonal, is given the target norms.
+    the attention's planes, they cost more than the layout at 512 tokens). Four rows at a time go
+    through ``_four_rows``; a block of four rows that no head of j reaches, off the diagonal, is
+    given the target norms.
     """
     n_heads, n_rows, n_columns = probs.shape
     width = vectors.shape[2]
