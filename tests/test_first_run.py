@@ -3,7 +3,6 @@ run), a progress bar fed by every step, and pip's and transformers' output kept 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(epochs=2, train_limit=96, batch_size=32)
+#: The recipe that fine-tunes every layer (the default freezes the lower three; both must resume).
+EVERY_LAYER = {**SMALL, "frozen_layers": 0, "lr": 5e-5}
 
 
 class RecordedProgress:
@@ -57,16 +58,16 @@ def sources():
 def test_an_interrupted_training_resumes_from_its_last_epoch_with_the_same_numbers(sources, tmp_path):
     from models.sentiment import train_sentiment_classifier
 
-    whole = train_sentiment_classifier(tmp_path / "whole", progress=(seen := RecordedProgress()), **SMALL)
+    whole = train_sentiment_classifier(tmp_path / "whole", progress=(seen := RecordedProgress()), **EVERY_LAYER)
     steps = [c for c in seen.calls if c[0] == "step"]
     assert seen.calls[0] == ("start", 2, 3, 0) and len(steps) == 6  # 96 examples, batches of 32, 2 epochs
     assert [c[1] for c in seen.calls if c[0] == "epoch"] == [1, 2]
     assert not (tmp_path / "whole.checkpoint").exists()  # removed once the model is saved
 
     with pytest.raises(KeyboardInterrupt):
-        train_sentiment_classifier(tmp_path / "cut", stop_after_epoch=1, **SMALL)
+        train_sentiment_classifier(tmp_path / "cut", stop_after_epoch=1, **EVERY_LAYER)
     assert (tmp_path / "cut.checkpoint" / "state.pt").is_file() and not (tmp_path / "cut").exists()
-    resumed = train_sentiment_classifier(tmp_path / "cut", progress=(again := RecordedProgress()), **SMALL)
+    resumed = train_sentiment_classifier(tmp_path / "cut", progress=(again := RecordedProgress()), **EVERY_LAYER)
     assert again.calls[0] == ("start", 2, 3, 1)  # the bar starts after the finished epoch
     assert len([c for c in again.calls if c[0] == "step"]) == 3
     assert resumed["dev_accuracy_per_epoch"] == whole["dev_accuracy_per_epoch"]

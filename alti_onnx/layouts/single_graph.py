@@ -360,21 +360,20 @@ class SingleGraphExplainer(Explainer):
 
         on_host = isinstance(pending[0][1].probs, np.ndarray)
         size = pending[0][1].probs.shape[-1]
+        # (one BLAS thread each: ``_explain_run``, the only caller, holds OpenBLAS at one for the whole run)
         if len(kept) > 1 and size < _LONG and all(isinstance(k, slice) and k.start == 0 for k in kept):
             # short right-padded texts: each layer's block terms in one pass over the batch
-            with one_blas_thread():
-                if on_host:
-                    return list(self._pool.map(whole_layer, range(len(pending))))
-                return [on_device(lambda: whole_layer(index)) for index in range(len(pending))]
+            if on_host:
+                return list(self._pool.map(whole_layer, range(len(pending))))
+            return [on_device(lambda: whole_layer(index)) for index in range(len(pending))]
         jobs = [(index, row) for index in range(len(pending)) for row in range(len(kept))]
-        with one_blas_thread():  # the threads run BLAS calls of their own, each with one BLAS thread
-            if not on_host:  # a device takes one layer at a time, whole
-                done = [on_device(lambda: one(index, row)) for index, row in jobs]
-            elif len(jobs) >= 2 * workers or (len(jobs) > 1 and size < _LONG):
-                done = list(self._pool.map(lambda job: one(*job), jobs))
-            else:
-                # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
-                done = [one(index, row, self._pool.map, 4 * workers) for index, row in jobs]
+        if not on_host:  # a device takes one layer at a time, whole
+            done = [on_device(lambda: one(index, row)) for index, row in jobs]
+        elif len(jobs) >= 2 * workers or (len(jobs) > 1 and size < _LONG):
+            done = list(self._pool.map(lambda job: one(*job), jobs))
+        else:
+            # several blocks a thread: a causal mask makes later rows costlier, and the queue evens that out
+            done = [one(index, row, self._pool.map, 4 * workers) for index, row in jobs]
         return [done[index * len(kept):(index + 1) * len(kept)] for index in range(len(pending))]
 
     def _explanation(
